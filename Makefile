@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both need only python3.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv demo test lint types pytest bench bench-peers chaos clean
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[prometheus]' -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stalwart demo
+
+test: lint types pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest --cov --cov-report=term-missing --cov-fail-under=95
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/peers.py
+
+chaos: $(STAMP)
+	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest tests/reliability -p no:cacheprovider -q
+
+clean:
+	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache stalwart-data demo-data

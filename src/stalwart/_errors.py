@@ -1,0 +1,142 @@
+"""The exceptions stalwart raises, and the two a user raises to route an error.
+
+::
+
+    Exception
+     +-- StalwartError                 everything stalwart raises on purpose
+          +-- UsageError(ValueError)   bad run ID, step or dead-letter id, bad setting (exit 2)
+          +-- RunLockedError           another process holds this run (exit 75)
+          +-- StepFailedError          a step raised; the original is ``__cause__`` (exit 1)
+          +-- HttpError                an HTTP call failed for good (after its retries)
+          |    +-- HttpStatusError     the server answered with a status that is not 2xx
+          |    +-- ResponseFormatError(ValueError)  the body is not what the step asked for
+          +-- DeadLetterError          a dead letter cannot be read, replayed or discarded
+          +-- Transient                raise it (or ``raise Transient(...) from exc``): retry me
+          +-- Permanent                raise it: never retry me
+
+Each error keeps its context as attributes (``step``, ``run_id``, ``url``, ``status``...) and
+survives pickling. No message ever contains a secret: URLs are redacted before they get here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DeadLetterError",
+    "HttpError",
+    "HttpStatusError",
+    "Permanent",
+    "ResponseFormatError",
+    "RunLockedError",
+    "StalwartError",
+    "StepFailedError",
+    "Transient",
+    "UsageError",
+]
+
+
+class StalwartError(Exception):
+    """Base class of every exception stalwart raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword attributes across pickling (multiprocessing, executors).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[StalwartError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
+
+
+class UsageError(StalwartError, ValueError):
+    """The caller asked for something malformed: a bad run ID, step name, id or setting."""
+
+
+class RunLockedError(StalwartError):
+    """Another process is running this pipeline run; nothing was touched.
+
+    ``holder`` is what that process wrote into the lock file (pid, host, started), if known.
+    """
+
+    def __init__(self, message: str, *, lock_path: str = "", holder: str = "") -> None:
+        super().__init__(message)
+        self.lock_path = lock_path
+        self.holder = holder
+
+
+class StepFailedError(StalwartError):
+    """A step raised an ``Exception``; the original is chained as ``__cause__``."""
+
+    def __init__(self, message: str, *, pipeline: str = "", run_id: str = "", step: str = "") -> None:
+        super().__init__(message)
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.step = step
+
+
+class HttpError(StalwartError):
+    """An HTTP call failed for good. ``url`` is redacted; ``attempts`` counts the tries."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        attempts: int = 1,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.attempts = attempts
+        self.transient = transient
+
+
+class HttpStatusError(HttpError):
+    """The server answered with a non-2xx status (``status``; ``body_excerpt`` is short)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        status: int = 0,
+        body_excerpt: str = "",
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            method=method,
+            url=url,
+            attempts=attempts,
+            transient=status in TRANSIENT_STATUSES or status >= 500,
+        )
+        self.status = status
+        self.body_excerpt = body_excerpt
+        self.retry_after = retry_after
+
+
+class ResponseFormatError(HttpError, ValueError):
+    """The response body is not what the step asked for (not JSON, not UTF-8...)."""
+
+
+class DeadLetterError(StalwartError):
+    """A dead-letter envelope cannot be read, replayed or discarded."""
+
+
+class Transient(StalwartError):  # noqa: N818 - the name is the routing decision, by design
+    """Raise (or ``raise Transient(...) from exc``) to have ``retry`` try again."""
+
+
+class Permanent(StalwartError):  # noqa: N818 - the name is the routing decision, by design
+    """Raise to stop retrying at once, whatever the cause."""
+
+
+#: Statuses that mean "try again later": timeouts, too early, too many requests, and 5xx.
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
