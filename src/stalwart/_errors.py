@@ -6,7 +6,6 @@
      +-- StalwartError                 everything stalwart raises on purpose
           +-- UsageError(ValueError)   bad run ID, step or dead-letter id, bad setting (exit 2)
           +-- RunLockedError           another process holds this run (exit 75)
-          +-- StepFailedError          a step raised; the original is ``__cause__`` (exit 1)
           +-- HttpError                an HTTP call failed for good (after its retries)
           |    +-- HttpStatusError     the server answered with a status that is not 2xx
           |    +-- ResponseFormatError(ValueError)  the body is not what the step asked for
@@ -30,7 +29,6 @@ __all__ = [
     "ResponseFormatError",
     "RunLockedError",
     "StalwartError",
-    "StepFailedError",
     "Transient",
     "UsageError",
 ]
@@ -65,16 +63,6 @@ class RunLockedError(StalwartError):
         super().__init__(message)
         self.lock_path = lock_path
         self.holder = holder
-
-
-class StepFailedError(StalwartError):
-    """A step raised an ``Exception``; the original is chained as ``__cause__``."""
-
-    def __init__(self, message: str, *, pipeline: str = "", run_id: str = "", step: str = "") -> None:
-        super().__init__(message)
-        self.pipeline = pipeline
-        self.run_id = run_id
-        self.step = step
 
 
 class HttpError(StalwartError):

@@ -1,0 +1,366 @@
+"""Checkpoints: one ``.done`` marker per completed step of a run, and the run's lock.
+
+Layout under the run directory ``<root>/<pipeline>/runs/<run_id>/``::
+
+    .checkpoints/<step>.done        JSON marker, written atomically after the step's outputs
+    .checkpoints/<step>.last.json   the step's latest start/failure (runs count, error)
+    .lock                           flock'ed while a process runs this run
+
+Every disk access of this module goes through the few private methods of ``CheckpointStore``
+(read, write atomically, list, delete) and ``RunLock``: the seam a second backend plugs into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._atomic import atomic_write_bytes, json_dumps, temp_name_for
+from ._errors import RunLockedError, UsageError
+
+__all__ = [
+    "CheckpointStore",
+    "Marker",
+    "OutputRecord",
+    "RunLock",
+    "SkipDecision",
+    "StepRecord",
+    "utc_now",
+    "validate_name",
+]
+
+log = logging.getLogger("stalwart.checkpoint")
+
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+MARKER_FORMAT = 1
+
+
+def validate_name(value: object, what: str) -> str:
+    """A run ID, pipeline or step name: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``, never a path."""
+    if isinstance(value, str) and NAME_RE.match(value) and value not in (".", ".."):
+        return value
+    shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60])
+    raise UsageError(
+        f"invalid {what} {shown}: use 1 to 128 characters from A-Z a-z 0-9 . _ -, "
+        f"starting with a letter or digit (it becomes a directory name, never a path)"
+    )
+
+
+def utc_now() -> str:
+    """Now, as UTC RFC 3339 with microseconds: ``2026-11-28T03:00:00.123456Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Marker:
+    """What a ``.done`` marker records about a completed step."""
+
+    pipeline: str
+    step: str
+    run_id: str
+    started: str
+    finished: str
+    duration_s: float
+    attempts: int
+    """HTTP attempts the step made in its completing run (first tries plus retries)."""
+    retries: int
+    """How many of those attempts were retries."""
+    runs: int
+    """How many times this step started for this run ID, across processes."""
+    outputs: tuple[OutputRecord, ...] = ()
+    format: int = MARKER_FORMAT
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["outputs"] = [asdict(o) for o in self.outputs]
+        return json_dumps(data).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Marker:
+        """Parse a marker; ``ValueError`` (saying what is wrong) if it is not one."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"not valid JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+        try:
+            outputs = tuple(
+                OutputRecord(name=str(o["name"]), size=int(o["size"]), sha256=str(o["sha256"]))
+                for o in data.get("outputs", [])
+            )
+            marker = cls(
+                pipeline=_typed(data, "pipeline", str),
+                step=_typed(data, "step", str),
+                run_id=_typed(data, "run_id", str),
+                started=_typed(data, "started", str),
+                finished=_typed(data, "finished", str),
+                duration_s=float(_typed(data, "duration_s", (int, float))),
+                attempts=_typed(data, "attempts", int),
+                retries=_typed(data, "retries", int),
+                runs=_typed(data, "runs", int),
+                outputs=outputs,
+                format=_typed(data, "format", int),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"missing or malformed field: {exc}") from None
+        if any(o.size < 0 for o in outputs):
+            raise ValueError("an output has a negative size")
+        return marker
+
+
+def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """The latest start of a step (``.last.json``): survives failures, unlike the marker."""
+
+    runs: int = 0
+    started: str = ""
+    outcome: str = ""
+    """``"running"``, ``"failed"``, ``"interrupted"``, ``"done"`` (or empty if never run)."""
+    finished: str = ""
+    error_type: str = ""
+    error: str = ""
+    attempts: int = 0
+    retries: int = 0
+    dead_letter_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SkipDecision:
+    done: bool
+    reason: str
+    """Why the step must run (empty when it is done)."""
+    marker: Marker | None = None
+    corrupt: bool = False
+
+
+class CheckpointStore:
+    """The ``.done`` markers of one run (``run_dir`` = ``<root>/<pipeline>/runs/<run_id>``).
+
+    Crash safety: markers are written with ``atomic_write`` (temp, fsync, rename, fsync of the
+    directory), so a marker on disk is always complete; a marker that is not (edited by hand,
+    disk corruption) is reported as corrupt and its step runs again. ``.last.json`` records
+    are written atomically but without fsync: after a power cut they may lag by one start.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.directory = self.run_dir / ".checkpoints"
+
+    # -- the storage seam --------------------------------------------------------------------
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            with open(self.directory / name, "rb") as handle:
+                return handle.read(16 * 1024 * 1024 + 1)
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        self._ensure_directory()
+        if durable:
+            atomic_write_bytes(self.directory / name, data)
+            return
+        tmp = self.directory / temp_name_for(name)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.directory / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _list(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+
+    def _delete(self, name: str) -> bool:
+        try:
+            os.unlink(self.directory / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _ensure_directory(self) -> None:
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            pass
+
+    # -- markers -----------------------------------------------------------------------------
+
+    def marker_path(self, step: str) -> Path:
+        return self.directory / f"{validate_name(step, 'step name')}.done"
+
+    def read_marker(self, step: str) -> Marker | None:
+        """The step's marker, ``None`` if there is none; ``ValueError`` if it is corrupt."""
+        raw = self._read(f"{validate_name(step, 'step name')}.done")
+        if raw is None:
+            return None
+        return Marker.from_json(raw)
+
+    def check(self, step: str, *, run_id: str) -> SkipDecision:
+        """Is ``step`` done? Only if its marker parses, names this step and run, and every
+        recorded output still exists with the recorded size (no rehashing: it is fast)."""
+        try:
+            marker = self.read_marker(step)
+        except ValueError as exc:
+            return SkipDecision(
+                False, f"its marker {self.marker_path(step)} is corrupt ({exc})", corrupt=True
+            )
+        if marker is None:
+            return SkipDecision(False, "not done yet")
+        if marker.step != step or marker.run_id != run_id:
+            return SkipDecision(
+                False,
+                f"its marker belongs to step {marker.step!r} of run {marker.run_id!r}",
+                corrupt=True,
+            )
+        for output in marker.outputs:
+            path = self.run_dir / output.name
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                return SkipDecision(False, f"its output {output.name} is missing", marker)
+            if size != output.size:
+                return SkipDecision(
+                    False,
+                    f"its output {output.name} changed size ({output.size} -> {size} bytes)",
+                    marker,
+                )
+        return SkipDecision(True, "", marker)
+
+    def is_done(self, step: str, *, run_id: str | None = None) -> bool:
+        return self.check(step, run_id=run_id or self.run_dir.name).done
+
+    def write_marker(self, marker: Marker) -> None:
+        """Write the marker atomically. Call only after every output is durable."""
+        self._write(f"{validate_name(marker.step, 'step name')}.done", marker.to_json())
+
+    def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
+        """Remove the markers of ``steps``; return the steps that had one."""
+        return [step for step in steps if self._delete(f"{validate_name(step, 'step name')}.done")]
+
+    def clear_all(self) -> list[str]:
+        return [
+            name[: -len(".done")]
+            for name in self._list()
+            if name.endswith(".done") and self._delete(name)
+        ]
+
+    # -- step records ------------------------------------------------------------------------
+
+    def read_record(self, step: str) -> StepRecord:
+        raw = self._read(f"{validate_name(step, 'step name')}.last.json")
+        if raw is None:
+            return StepRecord()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            known = {k: data[k] for k in StepRecord.__dataclass_fields__ if k in data}
+            record = StepRecord(**known)
+            if not isinstance(record.runs, int):
+                raise TypeError("runs is not an integer")
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+            log.warning("ignoring unreadable step record for %s in %s", step, self.directory)
+            return StepRecord()
+        return record
+
+    def write_record(self, step: str, record: StepRecord) -> None:
+        self._write(
+            f"{validate_name(step, 'step name')}.last.json",
+            json_dumps(asdict(record)).encode("utf-8"),
+            durable=False,
+        )
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run_dir>/.lock``, released by the OS if we die.
+
+    The lock file is never deleted (deleting a flock'ed file races with the next locker); it
+    holds a line naming the holder (pid, host, start time) for the message of the loser.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+            finally:
+                os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLockedError(
+                f"this run is already being worked on by another process "
+                f"({holder or 'holder unknown'}); lock file {self.path}. Nothing was touched. "
+                f"Wait for it to finish, or stop it first.",
+                lock_path=str(self.path),
+                holder=holder,
+            ) from None
+        holder = f"pid {os.getpid()} on host {socket.gethostname()} since {utc_now()}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode("utf-8"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,292 @@
+"""The command line shared by ``pipeline.main()`` and the ``stalwart`` console script.
+
+``run`` is the default sub-command, so ``python my_pipeline.py --force`` works. Library
+errors become exit codes and one readable paragraph on stderr:
+
+    0 success · 1 a step failed (or a replay was refused) · 2 usage error
+    75 run locked by another process · 130 interrupted (SIGINT) · 143 terminated (SIGTERM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any, TextIO
+
+from ._errors import RunLockedError, UsageError
+from ._pipeline import Pipeline, Terminated
+
+__all__ = ["console_main", "run_cli"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+COMMANDS = ("run", "status", "reset", "deadletter", "demo")
+
+
+def _common(standalone: bool) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    if standalone:
+        parent.add_argument(
+            "target",
+            metavar="PIPELINE",
+            help="path/to/file.py[:name] or package.module[:name]",
+        )
+    parent.add_argument("--run-id", metavar="ID", help="the run (default: today's UTC date)")
+    parent.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="log format on stderr (default: text on a terminal, json otherwise)",
+    )
+    parent.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    return parent
+
+
+def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
+    common = _common(standalone)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run a stalwart pipeline: checkpoints, atomic writes, retries, alerts.",
+    )
+    from . import __version__  # noqa: PLC0415
+
+    parser.add_argument("--version", action="version", version=f"stalwart {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", parents=[common], help="run the pipeline (default)")
+    how = run.add_mutually_exclusive_group()
+    how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
+    how.add_argument("--step", metavar="NAME", help="re-run NAME and every step after it")
+
+    status = sub.add_parser("status", parents=[common], help="show each step of a run")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    reset = sub.add_parser("reset", parents=[common], help="clear markers without running")
+    reset.add_argument("--step", metavar="NAME", help="clear NAME and every step after it")
+
+    dead = sub.add_parser("deadletter", help="list, show, replay or discard dead letters")
+    dead_sub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dl_list = dead_sub.add_parser("list", parents=[common], help="a table of dead letters")
+    dl_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dead_sub.add_parser("show", parents=[common], help="everything in one envelope").add_argument(
+        "id", metavar="ID"
+    )
+    replay = dead_sub.add_parser("replay", parents=[common], help="re-send a dead letter")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", metavar="ID", nargs="?")
+    which.add_argument("--all", action="store_true", help="every pending dead letter")
+    dead_sub.add_parser("discard", parents=[common], help="mark one as discarded").add_argument(
+        "id", metavar="ID"
+    )
+    if standalone:
+        demo = sub.add_parser("demo", help="run the reference pipeline against a flaky server")
+        demo.add_argument("--fail", metavar="STEP", help="make STEP raise (shows the alert)")
+        demo.add_argument("--interrupt", metavar="STEP", help="Ctrl-C inside STEP (no alert)")
+        demo.add_argument("--root", metavar="DIR", help="state directory (default: a temp dir)")
+        demo.add_argument("--log-format", choices=("json", "text"), default="text")
+        demo.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        return ["run", *argv]
+    return argv
+
+
+def console_main() -> None:
+    """Entry point of the ``stalwart`` console script."""
+    sys.exit(run_cli(sys.argv[1:], pipeline=None))
+
+
+def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None = None) -> int:
+    """Parse ``argv``, do it, return the exit code (never raises for library errors)."""
+    err = stderr or sys.stderr
+    standalone = pipeline is None
+    prog = "stalwart" if standalone else Path(sys.argv[0] or "pipeline").name
+    parser = build_parser(prog, standalone=standalone)
+    try:
+        args = parser.parse_args(_with_default_command(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if args.command == "demo":
+        from ._demo import run_demo  # noqa: PLC0415
+
+        return run_demo(args)
+    verbose = bool(getattr(args, "verbose", False))
+    handler = _configure_logging(args.log_format, verbose)
+    try:
+        with _sigterm_as_interrupt():
+            if standalone:
+                pipeline = load_pipeline(args.target)
+            assert pipeline is not None  # noqa: S101 - set above in both branches
+            return _dispatch(args, pipeline, prog, argv, err)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=err)
+        return EXIT_USAGE
+    except RunLockedError as exc:
+        print(f"{prog}: {exc}", file=err)
+        return EXIT_LOCKED
+    except Terminated:
+        print(
+            f"{prog}: terminated (SIGTERM); no step was marked done that did not finish", file=err
+        )
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no step was marked done that did not finish", file=err)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        _explain_failure(exc, prog, verbose, err)
+        return EXIT_FAILED
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def _configure_logging(fmt: str | None, verbose: bool) -> logging.Handler:
+    from ._logging import configure  # noqa: PLC0415
+
+    return configure(fmt, verbose=verbose)  # type: ignore[arg-type]
+
+
+def _explain_failure(exc: BaseException, prog: str, verbose: bool, err: TextIO) -> None:
+    notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("stalwart:")]
+    if verbose:
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exception(exc, file=err)
+    message = f"{type(exc).__name__}: {exc}"
+    hint = notes[-1].removeprefix("stalwart: ") if notes else "the run failed"
+    print(
+        f"{prog}: {hint}.\n  {message}\n"
+        f"  Finished steps keep their checkpoints."
+        + ("" if verbose else " Add --verbose for the traceback."),
+        file=err,
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` (a KeyboardInterrupt) while the command runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_command(prog: str, argv: Sequence[str], target: str | None, run_id: str) -> str:
+    if target is not None:
+        return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
+    script = sys.argv[0] if sys.argv and sys.argv[0] else prog
+    return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
+
+
+def _dispatch(
+    args: argparse.Namespace, pipeline: Pipeline, prog: str, argv: list[str], err: TextIO
+) -> int:
+    from ._pipeline import today  # noqa: PLC0415
+    from ._status import print_status, status_json  # noqa: PLC0415
+
+    run_id = args.run_id if args.run_id is not None else today()
+    target = getattr(args, "target", None)
+    if args.command == "run":
+        pipeline.run(
+            run_id=run_id,
+            force=args.force,
+            from_step=args.step,
+            resume_command=_resume_command(prog, argv, target, run_id),
+        )
+        return EXIT_OK
+    if args.command == "status":
+        if args.json:
+            print(status_json(pipeline, run_id))
+        else:
+            print_status(pipeline, run_id)
+        return EXIT_OK
+    if args.command == "reset":
+        cleared = pipeline.reset(run_id=run_id, step=args.step)
+        print(
+            f"cleared {len(cleared)} marker(s) of run {run_id}"
+            + (f": {', '.join(cleared)}" if cleared else "")
+        )
+        return EXIT_OK
+    from ._deadletter_cli import deadletter_command  # noqa: PLC0415
+
+    return deadletter_command(args, pipeline, err)
+
+
+# -- loading a pipeline from the command line ------------------------------------------------
+
+
+def load_pipeline(target: str) -> Pipeline:
+    """``path/to/file.py[:name]`` or ``package.module[:name]`` -> the ``Pipeline`` object.
+
+    Without ``:name``, the module must hold exactly one ``Pipeline``. The file is imported
+    under its own name, not as ``__main__``, so its ``if __name__ == "__main__"`` block
+    does not run.
+    """
+    spec, _, attribute = target.partition(":")
+    if spec.endswith(".py") or "/" in spec or Path(spec).is_file():
+        module = _import_file(Path(spec))
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except ImportError as exc:
+            raise UsageError(f"cannot import pipeline module {spec!r}: {exc}") from None
+    return _find_pipeline(module, attribute, target)
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise UsageError(f"no pipeline file at {str(path)!r}")
+    name = f"stalwart_target_{path.stem}".replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot load {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    directory = str(path.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _find_pipeline(module: ModuleType, attribute: str, target: str) -> Pipeline:
+    if attribute:
+        found = getattr(module, attribute, None)
+        if not isinstance(found, Pipeline):
+            raise UsageError(f"{target!r}: {attribute!r} is not a stalwart.Pipeline")
+        return found
+    candidates = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
+    if len(candidates) == 1:
+        return next(iter(candidates.values()))
+    if not candidates:
+        raise UsageError(f"{target!r} defines no stalwart.Pipeline")
+    raise UsageError(
+        f"{target!r} defines several pipelines ({', '.join(sorted(candidates))}); "
+        f"name one as {target}:NAME"
+    )
+
+
+Callback = Callable[[], None]

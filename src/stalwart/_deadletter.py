@@ -1,0 +1,460 @@
+"""Dead letters: requests (or payloads) that failed for good, kept on disk for replay.
+
+One envelope per failure, ``<root>/<pipeline>/deadletter/<id>.json``: JSON, written
+atomically (temp, fsync, rename, fsync of the directory) with mode 0600 in a 0700 directory,
+so a crash leaves either the whole envelope or none. Ids sort by creation time:
+``20261128T031500123456Z-1a2b3c4d``. Secrets are never stored: credential headers are
+dropped, and a URL that carried a secret (user-info, ``?token=``) is stored redacted and
+refused at replay (credentials belong on the ``HttpClient``, which replay goes through).
+
+An envelope is never deleted by stalwart: replay marks it ``replayed``, discard marks it
+``discarded``; both keep it for audit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._atomic import atomic_write_bytes, json_dumps
+from ._checkpoint import utc_now
+from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
+from ._events import DeadLettered, Event
+from ._redact import is_secret_header, redact_url
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._http import HttpClient, Response
+
+__all__ = ["DeadLetterStore", "EnvelopeSummary", "StepDeadLetters"]
+
+log = logging.getLogger("stalwart.deadletter")
+
+ID_RE = re.compile(r"\A\d{8}T\d{12}Z-[0-9a-f]{8}\Z")
+ENVELOPE_FORMAT = 1
+_DROP_HEADERS = frozenset(
+    {"host", "content-length", "connection", "accept-encoding", "user-agent", "transfer-encoding"}
+)
+_MAX_ENVELOPE = 256 * 1024 * 1024
+
+
+def new_id(now: datetime | None = None) -> str:
+    moment = now or datetime.now(UTC)
+    return moment.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
+
+
+def validate_id(envelope_id: object) -> str:
+    if isinstance(envelope_id, str) and ID_RE.match(envelope_id):
+        return envelope_id
+    shown = repr(envelope_id)[:80]
+    raise UsageError(
+        f"invalid dead-letter id {shown}: ids look like 20261128T031500123456Z-1a2b3c4d "
+        f"(see 'deadletter list')"
+    )
+
+
+def encode_body(body: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(body).hexdigest()
+    try:
+        return {
+            "encoding": "utf-8",
+            "data": body.decode("utf-8"),
+            "sha256": digest,
+            "size": len(body),
+        }
+    except UnicodeDecodeError:
+        return {
+            "encoding": "base64",
+            "data": base64.b64encode(body).decode("ascii"),
+            "sha256": digest,
+            "size": len(body),
+        }
+
+
+def decode_body(record: Any) -> bytes:
+    """The exact bytes of a stored body; ``DeadLetterError`` if the record is damaged."""
+    if not isinstance(record, dict) or not isinstance(record.get("data"), str):
+        raise DeadLetterError("the envelope's body is missing or malformed")
+    try:
+        if record.get("encoding") == "base64":
+            body = base64.b64decode(record["data"], validate=True)
+        elif record.get("encoding") == "utf-8":
+            body = record["data"].encode("utf-8")
+        else:
+            raise DeadLetterError(f"unknown body encoding {record.get('encoding')!r}")
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise DeadLetterError(f"the envelope's body cannot be decoded: {exc}") from None
+    if hashlib.sha256(body).hexdigest() != record.get("sha256"):
+        raise DeadLetterError("the envelope's body does not match its sha256: it was altered")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeSummary:
+    """One row of ``deadletter list``."""
+
+    id: str
+    created_at: str
+    pipeline: str
+    run_id: str
+    step: str
+    reason: str
+    state: str
+    """``pending``, ``replayed``, ``discarded`` or ``corrupt`` (unreadable file)."""
+
+
+class DeadLetterStore:
+    """The dead-letter envelopes of one pipeline, in ``directory`` (0700).
+
+    Disk access goes through ``_read``, ``_write``, ``_list`` and ``_locked`` only: the seam
+    for another backend.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, pipeline: str) -> None:
+        self.directory = Path(directory)
+        self.pipeline = pipeline
+
+    # -- the storage seam --------------------------------------------------------------------
+
+    def _ensure_directory(self) -> None:
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            pass
+
+    def _path(self, envelope_id: str) -> Path:
+        return self.directory / f"{validate_id(envelope_id)}.json"
+
+    def _read(self, envelope_id: str) -> bytes:
+        path = self._path(envelope_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise UsageError(
+                f"no dead letter {envelope_id} in {self.directory} (see 'deadletter list')"
+            ) from None
+        except OSError as exc:
+            raise DeadLetterError(
+                f"cannot open dead letter {envelope_id}: {exc.strerror}"
+            ) from None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(_MAX_ENVELOPE + 1)
+
+    def _write(self, envelope_id: str, data: bytes) -> None:
+        self._ensure_directory()
+        path = self._path(envelope_id)
+        old_umask = os.umask(0o077)
+        try:
+            atomic_write_bytes(path, data)
+        finally:
+            os.umask(old_umask)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600, follow_symlinks=False)
+
+    def _list(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and ID_RE.match(n[:-5]))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise replays and discards (another process replaying the same id waits)."""
+        self._ensure_directory()
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- envelopes ---------------------------------------------------------------------------
+
+    def write(self, envelope: dict[str, Any]) -> str:
+        """Store a new envelope (its ``id`` is filled in if missing); return the id."""
+        envelope.setdefault("id", new_id())
+        envelope.setdefault("format", ENVELOPE_FORMAT)
+        envelope.setdefault("state", "pending")
+        envelope.setdefault("history", [])
+        self._write(envelope["id"], json_dumps(envelope).encode("utf-8"))
+        return str(envelope["id"])
+
+    def load(self, envelope_id: str) -> dict[str, Any]:
+        """The envelope as a dict; ``UsageError`` if unknown, ``DeadLetterError`` if corrupt."""
+        raw = self._read(envelope_id)
+        if len(raw) > _MAX_ENVELOPE:
+            raise DeadLetterError(f"dead letter {envelope_id} is larger than 256 MiB: not loaded")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DeadLetterError(
+                f"dead letter {envelope_id} is corrupt (not valid JSON: {type(exc).__name__}); "
+                f"the file is {self._path(envelope_id)}"
+            ) from None
+        if not isinstance(data, dict) or data.get("id") != envelope_id:
+            raise DeadLetterError(
+                f"dead letter {envelope_id} is corrupt (not an envelope for this id); "
+                f"the file is {self._path(envelope_id)}"
+            )
+        return data
+
+    def ids(self) -> list[str]:
+        return self._list()
+
+    def list(self) -> list[EnvelopeSummary]:
+        """Every envelope, oldest first; unreadable ones are listed with state ``corrupt``."""
+        rows = []
+        for envelope_id in self._list():
+            try:
+                env = self.load(envelope_id)
+            except (DeadLetterError, UsageError):
+                rows.append(
+                    EnvelopeSummary(envelope_id, "", self.pipeline, "", "", "unreadable", "corrupt")
+                )
+                continue
+            rows.append(
+                EnvelopeSummary(
+                    id=envelope_id,
+                    created_at=str(env.get("created_at", "")),
+                    pipeline=str(env.get("pipeline", "")),
+                    run_id=str(env.get("run_id", "")),
+                    step=str(env.get("step", "")),
+                    reason=str(env.get("reason", "")),
+                    state=str(env.get("state", "")),
+                )
+            )
+        return rows
+
+    def _update(
+        self, envelope: dict[str, Any], action: str, detail: str = "", **fields: Any
+    ) -> None:
+        envelope.update(fields)
+        history = envelope.get("history")
+        if not isinstance(history, list):
+            history = []
+        history.append({"at": utc_now(), "action": action, "by": _who(), "detail": detail})
+        envelope["history"] = history
+        self._write(envelope["id"], json_dumps(envelope).encode("utf-8"))
+
+    def discard(self, envelope_id: str) -> dict[str, Any]:
+        """Mark an envelope discarded (kept for audit, with who and when)."""
+        with self._locked():
+            envelope = self.load(envelope_id)
+            if envelope.get("state") != "pending":
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} is already {envelope.get('state')}: nothing to discard"
+                )
+            self._update(
+                envelope,
+                "discarded",
+                state="discarded",
+                discarded_at=utc_now(),
+                discarded_by=_who(),
+            )
+            return envelope
+
+    def replay(self, envelope_id: str, client: HttpClient) -> Response:
+        """Re-send a pending HTTP dead letter through ``client`` (its credentials, its retry
+        policy) with the original body and Idempotency-Key. On success the envelope is marked
+        ``replayed``; a second replay is refused. On failure it stays pending and the attempt
+        is recorded; the error is raised."""
+        with self._locked():
+            envelope = self.load(envelope_id)
+            state = envelope.get("state")
+            if state != "pending":
+                when = envelope.get("replayed_at") or envelope.get("discarded_at") or "earlier"
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} was already {state} ({when}); refusing to send it again"
+                )
+            if envelope.get("kind") != "http":
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} holds a payload, not an HTTP request: there is "
+                    f"nothing to re-send. Inspect it with 'deadletter show', then 'deadletter discard'."
+                )
+            request = envelope.get("request")
+            if (
+                not isinstance(request, dict)
+                or not isinstance(request.get("method"), str)
+                or not isinstance(request.get("url"), str)
+            ):
+                raise DeadLetterError(f"dead letter {envelope_id} has no usable request")
+            if request.get("url_redacted"):
+                raise DeadLetterError(
+                    f"dead letter {envelope_id}: its URL carried a secret that was not stored "
+                    f"({request['url']}); put credentials on the HttpClient (headers=, auth=), "
+                    f"then re-send it yourself"
+                )
+            body = decode_body(request.get("body"))
+            headers = request.get("headers") if isinstance(request.get("headers"), dict) else {}
+            headers = {str(k): str(v) for k, v in headers.items() if not is_secret_header(str(k))}
+            key = request.get("idempotency_key")
+            try:
+                response = client.request(
+                    request["method"],
+                    request["url"],
+                    content=body,
+                    headers=headers,
+                    idempotency_key=key if isinstance(key, str) and key else None,
+                )
+            except HttpError as exc:
+                self._update(envelope, "replay_failed", str(exc)[:500])
+                raise
+            self._update(
+                envelope,
+                "replayed",
+                f"HTTP {response.status_code}",
+                state="replayed",
+                replayed_at=utc_now(),
+                replay_status=response.status_code,
+            )
+            return response
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _user_frames(limit: int = 6) -> list[str]:
+    """Where in the user's code the failing call was made (stalwart's own frames left out)."""
+    package = str(Path(__file__).parent)
+    frames = [f for f in traceback.extract_stack() if not f.filename.startswith(package)]
+    return [f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-limit:]]
+
+
+class StepDeadLetters:
+    """Writes the dead letters of one running step (what ``dead_letter=True`` uses)."""
+
+    def __init__(
+        self, store: DeadLetterStore, *, run_id: str, step: str, emit: Callable[[Event], None]
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.step = step
+        self.emit = emit
+
+    def _base(self, kind: str, reason: str) -> dict[str, Any]:
+        return {
+            "format": ENVELOPE_FORMAT,
+            "id": new_id(),
+            "kind": kind,
+            "state": "pending",
+            "created_at": utc_now(),
+            "pipeline": self.store.pipeline,
+            "run_id": self.run_id,
+            "step": self.step,
+            "reason": reason,
+            "where": _user_frames(),
+            "history": [],
+        }
+
+    def _keep(self, envelope: dict[str, Any]) -> str:
+        envelope_id = self.store.write(envelope)
+        log.warning(
+            "step %s: kept the failed %s as dead letter %s (%s)",
+            self.step,
+            "request" if envelope["kind"] == "http" else "payload",
+            envelope_id,
+            envelope["reason"],
+            extra={"dead_letter_id": envelope_id, "step": self.step, "run_id": self.run_id},
+        )
+        self.emit(
+            DeadLettered(
+                pipeline=self.store.pipeline,
+                run_id=self.run_id,
+                step=self.step,
+                envelope_id=envelope_id,
+                reason=envelope["reason"],
+            )
+        )
+        return envelope_id
+
+    def keep_request(
+        self,
+        *,
+        request: httpx.Request,
+        body: bytes,
+        error: HttpError,
+        attempts: int,
+        elapsed: float = 0.0,
+    ) -> str:
+        status = error.status if isinstance(error, HttpStatusError) else None
+        reason = f"HTTP {status}" if status else type(error).__name__
+        if error.transient and attempts > 1:
+            reason += f" after {attempts} attempts"
+        raw_url = str(request.url)
+        shown = redact_url(raw_url)
+        envelope = self._base("http", reason)
+        now = datetime.now(UTC)
+        envelope.update(
+            {
+                "attempts": attempts,
+                "first_failure_at": datetime.fromtimestamp(now.timestamp() - elapsed, UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%S.%fZ"
+                ),
+                "last_failure_at": utc_now(),
+                "error": {
+                    "type": type(error).__name__,
+                    "message": str(error),
+                    "traceback": "".join(traceback.format_exception_only(error)).strip(),
+                },
+                "response": (
+                    {"status": status, "excerpt": getattr(error, "body_excerpt", "")}
+                    if status
+                    else None
+                ),
+                "request": {
+                    "method": request.method,
+                    "url": shown,
+                    "url_redacted": shown != raw_url,
+                    "content_type": request.headers.get("content-type", ""),
+                    "headers": {
+                        k: v
+                        for k, v in request.headers.items()
+                        if k.lower() not in _DROP_HEADERS and not is_secret_header(k)
+                    },
+                    "idempotency_key": request.headers.get("idempotency-key", ""),
+                    "body": encode_body(body),
+                },
+            }
+        )
+        return self._keep(envelope)
+
+    def keep_payload(self, payload: bytes | str | Any, *, reason: str) -> str:
+        if isinstance(payload, bytes):
+            body, content_type = payload, "application/octet-stream"
+        elif isinstance(payload, str):
+            body, content_type = payload.encode("utf-8"), "text/plain; charset=utf-8"
+        else:
+            body, content_type = json_dumps(payload).encode("utf-8"), "application/json"
+        envelope = self._base("payload", reason)
+        envelope.update(
+            {
+                "attempts": 1,
+                "first_failure_at": envelope["created_at"],
+                "last_failure_at": envelope["created_at"],
+                "error": None,
+                "response": None,
+                "payload": {"content_type": content_type, "body": encode_body(body)},
+            }
+        )
+        return self._keep(envelope)

@@ -1,0 +1,86 @@
+"""``deadletter list|show ID|replay ID|replay --all|discard ID``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TextIO
+
+from ._errors import DeadLetterError, HttpError
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+__all__ = ["deadletter_command"]
+
+
+def _age(created_at: str, now: datetime | None = None) -> str:
+    try:
+        then = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "?"
+    seconds = max(0.0, ((now or datetime.now(UTC)) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
+    store = pipeline.deadletters
+    if args.action == "list":
+        rows = store.list()
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "format": 1,
+                        "dead_letters": [
+                            r.__dict__ if hasattr(r, "__dict__") else _row(r) for r in rows
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        if not rows:
+            print(f"no dead letters for {pipeline.name} ({store.directory})")
+            return 0
+        print(
+            f"{'ID':<33} {'AGE':>5}  {'PIPELINE':<14} {'RUN':<12} {'STEP':<12} {'STATE':<9}  REASON"
+        )
+        for r in rows:
+            print(
+                f"{r.id:<33} {_age(r.created_at):>5}  {r.pipeline:<14} {r.run_id:<12} "
+                f"{r.step:<12} {r.state:<9}  {r.reason}"
+            )
+        return 0
+    if args.action == "show":
+        print(json.dumps(store.load(args.id), indent=2, ensure_ascii=False))
+        return 0
+    if args.action == "discard":
+        try:
+            store.discard(args.id)
+        except DeadLetterError as exc:
+            print(f"deadletter discard: {exc}", file=err)
+            return 1
+        print(f"dead letter {args.id} discarded (kept for audit)")
+        return 0
+    ids = [r.id for r in store.list() if r.state == "pending"] if args.all else [args.id]
+    failed = 0
+    for envelope_id in ids:
+        try:
+            response = store.replay(envelope_id, pipeline.http)
+        except (DeadLetterError, HttpError) as exc:
+            failed += 1
+            print(f"deadletter replay {envelope_id}: {exc}", file=err)
+            continue
+        print(f"dead letter {envelope_id} replayed: HTTP {response.status_code}")
+    if args.all:
+        print(f"replayed {len(ids) - failed} of {len(ids)} pending dead letter(s)")
+    return 1 if failed else 0
+
+
+def _row(row: object) -> dict[str, object]:
+    return {name: getattr(row, name) for name in getattr(row, "__slots__", ())}

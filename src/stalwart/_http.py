@@ -1,0 +1,503 @@
+"""An httpx client that survives a flaky API without repeating what must not be repeated.
+
+- Every request has a timeout (default 30 s, 10 s to connect).
+- Transient failures (timeouts, connection errors, 408/425/429/5xx) are retried under a
+  ``RetryPolicy``; ``Retry-After`` (seconds or HTTP-date) lengthens a wait, never shortens
+  it, and a wait that would cross the deadline fails the call at once.
+- POST and PATCH are retried only when that is safe: the request never reached the server
+  (connect error), or it carries an ``Idempotency-Key``. Inside a pipeline step each
+  POST/PATCH gets a deterministic key (see ``StepScope.idempotency_key``).
+- Errors name the method, the redacted URL, the status and a short body excerpt; secrets
+  (credentials, tokens in URLs) never appear in logs or exceptions.
+
+httpx is imported on first use, so ``import stalwart`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json as jsonlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._errors import HttpError, HttpStatusError, ResponseFormatError
+from ._redact import Scrubber, is_secret_header, redact_url, secrets_in_url
+from ._retry import RetryPolicy, RetryStats, call_with_retries
+from ._scope import StepScope
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["HttpClient", "Response", "StepHttp"]
+
+log = logging.getLogger("stalwart.http")
+
+_MISSING: Any = object()
+_SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_EXCERPT = 200
+
+
+def excerpt(content: bytes, limit: int = _EXCERPT) -> str:
+    """The start of a body, as one readable line (invalid UTF-8 replaced)."""
+    text = " ".join(content[: limit * 4].decode("utf-8", errors="replace").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        import email.utils  # noqa: PLC0415 - rare path; email costs ~30 ms to import
+
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+class Response:
+    """An httpx response whose ``json()`` says what came back when it is not JSON.
+
+    Everything else (``status_code``, ``headers``, ``content``, ``text``...) is httpx's.
+    """
+
+    __slots__ = ("_describe", "raw")
+
+    def __init__(self, raw: httpx.Response, describe: str) -> None:
+        self.raw = raw
+        self._describe = describe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    @property
+    def status_code(self) -> int:
+        return self.raw.status_code
+
+    @property
+    def content(self) -> bytes:
+        return self.raw.content
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.raw.headers
+
+    @property
+    def text(self) -> str:
+        return self.raw.text
+
+    def json(self) -> Any:
+        """The body as JSON, or ``ResponseFormatError`` naming what came back instead."""
+        content_type = self.raw.headers.get("content-type", "no content type")
+        body = self.raw.content
+        try:
+            return jsonlib.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except jsonlib.JSONDecodeError as exc:
+            problem = f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        raise ResponseFormatError(
+            f"{self._describe} -> {self.raw.status_code}: expected JSON, but the body "
+            f"({content_type}, {len(body)} bytes) {problem}: {excerpt(body)!r}",
+            method=self.raw.request.method,
+            url=self._describe.split(" ", 1)[-1],
+        )
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.raw.status_code}] {self._describe}>"
+
+
+class HttpClient:
+    """An httpx-based client with default timeouts, retries per call and redacted errors.
+
+    ``timeout``: seconds for each network operation (``connect_timeout`` for connecting).
+    ``retry``: the ``RetryPolicy`` of every call (a step's ``retry=`` overrides it).
+    ``headers``/``auth``: credentials belong here, not on single calls: dead-letter replay
+    re-sends through the pipeline's client, so only the client's credentials are replayed.
+    ``transport``: an httpx transport (``httpx.MockTransport`` in tests, a proxy...).
+    Thread-safe; close it with ``close()`` or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        base_url: str = "",
+        follow_redirects: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not (timeout > 0 and connect_timeout > 0):
+            raise ValueError("HttpClient timeouts must be positive: no request without one")
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.retry = retry or RetryPolicy()
+        self._headers = dict(headers or {})
+        self._auth = auth
+        self._base_url = base_url
+        self._follow_redirects = follow_redirects
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._secrets = [v for k, v in self._headers.items() if is_secret_header(k)]
+        self._secrets += [part for v in list(self._secrets) for part in v.split()]
+        if auth is not None:
+            self._secrets.append(auth[1])
+
+    def _httpx(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                import httpx  # noqa: PLC0415 - loaded on first request, not at import
+
+                _install_httpx_log_redaction()
+
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                    headers=self._headers,
+                    auth=self._auth,
+                    base_url=self._base_url,
+                    follow_redirects=self._follow_redirects,
+                    transport=self._transport,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the verbs ---------------------------------------------------------------------------
+
+    def get(self, url: str, **kwargs: Any) -> Response:
+        return self.request("GET", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> Response:
+        return self.request("HEAD", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PUT", url, **kwargs)
+
+    def patch(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = _MISSING,
+        data: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: Any = False,
+    ) -> Response:
+        """Send one request, retrying transient failures; raise ``HttpError`` if it fails.
+
+        A non-2xx final answer raises ``HttpStatusError``. ``idempotency_key`` makes a
+        POST/PATCH safe to retry (sent as ``Idempotency-Key``). ``dead_letter`` (a
+        ``DeadLetterStore``, or ``True`` inside a step) keeps the request for replay when it
+        fails for good.
+        """
+        return self._send(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            content=content,
+            json=json,
+            data=data,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            policy=retry,
+            dead_letter=dead_letter,
+            scope=None,
+        )
+
+    # -- the machinery -----------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        data: Mapping[str, Any] | None,
+        timeout: float | None,
+        idempotency_key: str | None,
+        policy: RetryPolicy | None,
+        dead_letter: Any,
+        scope: StepScope | None,
+    ) -> Response:
+        method = method.upper()
+        client = self._httpx()
+        import httpx  # noqa: PLC0415 - already loaded by _httpx()
+
+        if json is not _MISSING:
+            content = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        elif isinstance(content, str):
+            content = content.encode("utf-8")
+        request = client.build_request(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            content=content,
+            data=data,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, self.connect_timeout))
+            if timeout
+            else httpx.USE_CLIENT_DEFAULT,
+        )
+        body = request.read()
+        if method in ("POST", "PATCH") and "idempotency-key" not in request.headers:
+            if idempotency_key is None and scope is not None:
+                idempotency_key = scope.idempotency_key(
+                    method, request.url.path, hashlib.sha256(body).hexdigest()
+                )
+            if idempotency_key is not None:
+                request.headers["Idempotency-Key"] = idempotency_key
+        repeatable = method in _SAFE_TO_REPEAT or "idempotency-key" in request.headers
+        shown = redact_url(str(request.url))
+        operation = f"{method} {shown}"
+        call_secrets = list(self._secrets) + secrets_in_url(str(request.url))
+        for name, value in request.headers.items():
+            if is_secret_header(name):
+                call_secrets += [value, *value.split()]
+        scrub = Scrubber(call_secrets)
+
+        def attempt() -> httpx.Response:
+            try:
+                response = client.send(request)
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, method, shown, scrub) from None
+            if response.is_success:
+                return response
+            raise HttpStatusError(
+                f"{operation} -> {response.status_code} {response.reason_phrase}: "
+                f"{scrub(excerpt(response.content))!r}",
+                method=method,
+                url=shown,
+                status=response.status_code,
+                body_excerpt=scrub(excerpt(response.content)),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+
+        def classify(exc: BaseException) -> bool:
+            if not isinstance(exc, HttpError) or not exc.transient:
+                return False
+            return repeatable or getattr(exc, "not_sent", False)
+
+        stats = RetryStats()
+        effective = policy or (scope.retry_policy if scope else None) or self.retry
+        try:
+            raw = call_with_retries(
+                attempt,
+                effective,
+                operation=operation,
+                classify=classify,
+                retry_after=lambda exc: getattr(exc, "retry_after", None),
+                describe=_describe,
+                stats=stats,
+                logger=log,
+            )
+        except HttpError as exc:
+            exc.attempts = stats.attempts
+            final = _final_message(exc, stats, effective, repeatable)
+            exc.args = (final,)
+            if dead_letter:
+                _keep_dead_letter(dead_letter, scope, request, body, exc, stats)
+            raise
+        return Response(raw, operation)
+
+
+class _RedactUrls(logging.Filter):
+    """httpx logs every request's full URL at INFO; mask the secrets in it first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg
+                for arg in record.args
+            )
+        return True
+
+
+_redaction_installed = False
+
+
+def _install_httpx_log_redaction() -> None:
+    global _redaction_installed  # noqa: PLW0603 - once per process
+    if not _redaction_installed:
+        logging.getLogger("httpx").addFilter(_RedactUrls())
+        _redaction_installed = True
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HttpStatusError):
+        return str(exc.status)
+    text = str(exc)
+    return text.split(": ", 1)[-1] if ": " in text else text
+
+
+def _transport_error(
+    exc: httpx.HTTPError, method: str, shown: str, scrub: Callable[[str], str]
+) -> HttpError:
+    import httpx  # noqa: PLC0415
+
+    # The request never reached the server: safe to repeat even a POST.
+    not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    transient = isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.ProtocolError)
+    detail = scrub(str(exc)) or "no detail"
+    error = HttpError(
+        f"{method} {shown} failed: {type(exc).__name__}: {detail}",
+        method=method,
+        url=shown,
+        transient=transient,
+    )
+    error.not_sent = not_sent  # type: ignore[attr-defined]
+    return error
+
+
+def _final_message(exc: HttpError, stats: RetryStats, policy: RetryPolicy, repeatable: bool) -> str:
+    message = str(exc)
+    if stats.stop_reason == "deadline":
+        asked = getattr(exc, "retry_after", None)
+        why = (
+            f"the server asked to wait {asked:.0f} s (Retry-After)"
+            if asked
+            else "the next backoff wait"
+        )
+        message += (
+            f" [gave up after {stats.attempts} attempt(s) in {stats.elapsed:.1f} s: {why} "
+            f"would cross the {policy.deadline:.0f} s retry deadline]"
+        )
+    elif stats.attempts > 1:
+        message += f" [after {stats.attempts} attempts in {stats.elapsed:.1f} s]"
+    elif exc.transient and not repeatable and not getattr(exc, "not_sent", False):
+        message += f" [not retried: {exc.method} is not safe to repeat without an Idempotency-Key]"
+    return message
+
+
+def _keep_dead_letter(
+    target: Any,
+    scope: StepScope | None,
+    request: httpx.Request,
+    body: bytes,
+    exc: HttpError,
+    stats: RetryStats,
+) -> None:
+    from ._deadletter import DeadLetterStore, StepDeadLetters  # noqa: PLC0415
+
+    writer = scope.dead_letter if (target is True and scope is not None) else target
+    if isinstance(writer, DeadLetterStore):
+        writer = StepDeadLetters(writer, run_id="", step="", emit=lambda _event: None)
+    if writer is None or writer is True:
+        log.warning("dead_letter=True outside a pipeline step needs a DeadLetterStore: not kept")
+        return
+    envelope_id = writer.keep_request(
+        request=request, body=body, error=exc, attempts=stats.attempts, elapsed=stats.elapsed
+    )
+    exc.dead_letter_id = envelope_id  # type: ignore[attr-defined]
+
+
+class StepHttp:
+    """``ctx.http``: the pipeline's ``HttpClient``, bound to the running step.
+
+    Same verbs and options as ``HttpClient``; POST/PATCH get the step's deterministic
+    Idempotency-Key, the step's ``retry=`` policy applies, retries are counted in the
+    step's marker and metrics, and ``dead_letter=True`` keeps failed requests for replay.
+    """
+
+    __slots__ = ("_client", "_scope")
+
+    def __init__(self, client: HttpClient, scope: StepScope) -> None:
+        self._client = client
+        self._scope = scope
+
+    @property
+    def client(self) -> HttpClient:
+        return self._client
+
+    def get(self, url: str, **kwargs: Any) -> Response:
+        return self.request("GET", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> Response:
+        return self.request("HEAD", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PUT", url, **kwargs)
+
+    def patch(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = _MISSING,
+        data: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: Any = False,
+    ) -> Response:
+        return self._client._send(  # noqa: SLF001 - the step view is part of the client
+            method,
+            url,
+            params=params,
+            headers=headers,
+            content=content,
+            json=json,
+            data=data,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            policy=retry,
+            dead_letter=dead_letter,
+            scope=self._scope,
+        )

@@ -1,0 +1,716 @@
+"""The runner: steps in declaration order, skipped when done, checkpointed when they finish.
+
+One run of one step, in order: take the run lock (once per run), read the marker (skip if it
+is valid and its outputs are intact), record the start, call the step, and only after it
+returned - its outputs already durable, since every ``ctx`` write is atomic - write its
+marker atomically. A crash anywhere before the marker means the step runs again next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, overload
+
+from ._alerts import Alert, LogAlerter, SlackWebhook, default_host, send_all
+from ._atomic import (
+    FileDigest,
+    atomic_write,
+    atomic_write_bytes,
+    json_dumps,
+    sweep_temp_files,
+)
+from ._checkpoint import (
+    CheckpointStore,
+    Marker,
+    OutputRecord,
+    RunLock,
+    StepRecord,
+    utc_now,
+    validate_name,
+)
+from ._errors import UsageError
+from ._events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StepFailed,
+    StepInterrupted,
+    StepSkipped,
+    StepStarted,
+    StepSucceeded,
+)
+from ._logging import ContextAdapter
+from ._scope import StepScope, current_scope
+
+if TYPE_CHECKING:
+    from ._http import HttpClient, StepHttp
+    from ._retry import RetryPolicy
+
+__all__ = ["Context", "Pipeline", "RunResult", "Step", "Terminated", "today"]
+
+log = logging.getLogger("stalwart.run")
+
+StepFunction = Callable[["Context"], object]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so a run stops the way Ctrl-C stops it."""
+
+
+def today() -> str:
+    """Today's UTC date, the default run ID: ``2026-11-28``."""
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    fn: StepFunction
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """What ``Pipeline.run`` did (returned on success; failures raise)."""
+
+    pipeline: str
+    run_id: str
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+    duration_s: float
+    run_dir: Path
+
+
+def _output_name(name: object) -> str:
+    """An output name relative to the run directory; never absolute, never climbing out,
+    never hidden (dot names are stalwart's: markers, lock, temp files)."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise UsageError(f"invalid output name {name!r}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or any(
+        part in ("", ".", "..") or part.startswith(".") for part in pure.parts
+    ):
+        raise UsageError(
+            f"invalid output name {name!r}: use a relative path inside the run directory "
+            f"with no '..' and no part starting with '.'"
+        )
+    return pure.as_posix()
+
+
+class Context:
+    """What a step receives: where to write, how to call HTTP, how to log, which run it is.
+
+    Every ``write_*`` (and ``atomic_write``) is atomic and recorded as an output of the step,
+    so the step's marker can check on restart that its outputs are still there.
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        run_id: str,
+        step: Step,
+        run_dir: Path,
+        scope: StepScope,
+        runs: int,
+    ) -> None:
+        self._pipeline = pipeline
+        self._step = step
+        self._scope = scope
+        self._outputs: dict[str, OutputRecord] = {}
+        self._http: StepHttp | None = None
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.attempt = runs
+        self.log = ContextAdapter(
+            logging.getLogger(f"stalwart.step.{step.name}"),
+            {"pipeline": pipeline.name, "run_id": run_id, "step": step.name, "attempt": runs},
+        )
+
+    @property
+    def step(self) -> str:
+        return self._step.name
+
+    @property
+    def pipeline(self) -> str:
+        return self._pipeline.name
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        return tuple(self._outputs.values())
+
+    @property
+    def http(self) -> StepHttp:
+        """The pipeline's ``HttpClient``, bound to this step (Idempotency-Keys, retries)."""
+        if self._http is None:
+            from ._http import StepHttp  # noqa: PLC0415 - httpx only when a step uses HTTP
+
+            self._http = StepHttp(self._pipeline.http, self._scope)
+        return self._http
+
+    def path(self, name: str) -> Path:
+        """Where output ``name`` lives: inside this run's directory, nowhere else."""
+        return self.run_dir / _output_name(name)
+
+    def _target(self, name: str) -> tuple[str, Path]:
+        clean = _output_name(name)
+        target = self.run_dir / clean
+        if "/" in clean:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        return clean, target
+
+    def _record(self, name: str, digest: FileDigest) -> None:
+        self._outputs[name] = OutputRecord(name=name, size=digest.size, sha256=digest.sha256)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write ``data`` to output ``name`` atomically; returns its path."""
+        clean, target = self._target(name)
+        digest = FileDigest()
+        atomic_write_bytes(target, data, digest=digest)
+        self._record(clean, digest)
+        return target
+
+    def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
+        """Write the text ``data`` to output ``name`` atomically; returns its path."""
+        return self.write_bytes(name, data.encode(encoding))
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as JSON to output ``name`` atomically (serialised first: a value
+        that is not JSON raises ``TypeError`` before anything is written)."""
+        return self.write_bytes(name, json_dumps(data).encode("utf-8"))
+
+    @overload
+    def atomic_write(
+        self, name: str, mode: Literal["w", "wt"] = ..., *, encoding: str = ...
+    ) -> contextlib.AbstractContextManager[IO[str]]: ...
+    @overload
+    def atomic_write(
+        self, name: str, mode: Literal["wb"], *, encoding: str = ...
+    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def atomic_write(
+        self, name: str, mode: str = "w", *, encoding: str = "utf-8"
+    ) -> contextlib.AbstractContextManager[IO[Any]]:
+        """Stream output ``name`` to a temp file, renamed into place when the block ends
+        cleanly (discarded if it raises). For outputs too big to hold in memory."""
+        return self._stream(name, mode, encoding)
+
+    @contextlib.contextmanager
+    def _stream(self, name: str, mode: str, encoding: str) -> Iterator[IO[Any]]:
+        clean, target = self._target(name)
+        digest = FileDigest()
+        with atomic_write(target, mode, encoding=encoding, digest=digest) as handle:  # type: ignore[call-overload]
+            yield handle
+        self._record(clean, digest)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
+    def read_text(self, name: str, *, encoding: str = "utf-8") -> str:
+        return self.path(name).read_text(encoding=encoding)
+
+    def read_json(self, name: str) -> Any:
+        """Parse output ``name`` as JSON (``ValueError`` naming the file if it is not)."""
+        raw = self.read_bytes(name)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{self.path(name)} is not valid JSON: {exc}") from None
+
+    def dead_letter(self, payload: bytes | str | Any, *, reason: str) -> str:
+        """Keep ``payload`` (bytes, text or JSON-able) as a dead letter; return its id."""
+        if self._scope.dead_letter is None:
+            raise UsageError("dead letters are not available in this pipeline")
+        envelope_id: str = self._scope.dead_letter.keep_payload(payload, reason=reason)
+        return envelope_id
+
+
+class Pipeline:
+    """A named sequence of steps with checkpoints under ``root``.
+
+    ``root``: ``$STALWART_ROOT`` or ``./stalwart-data``. ``http``: the ``HttpClient`` behind
+    ``ctx.http``. ``alerters``: default a ``SlackWebhook`` if ``SLACK_WEBHOOK_URL`` is set;
+    the log alerter is always there. ``metrics``: default the sinks named by
+    ``STALWART_PUSHGATEWAY``, ``STALWART_STATSD`` and ``STALWART_PROM_TEXTFILE``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        http: HttpClient | None = None,
+        alerters: Sequence[Any] | None = None,
+        metrics: Sequence[Any] | None = None,
+    ) -> None:
+        self.name = validate_name(name, "pipeline name")
+        chosen = root if root is not None else (os.environ.get("STALWART_ROOT") or "stalwart-data")
+        self.root = Path(chosen).absolute()
+        self._http = http
+        self._own_http = http is None
+        self._alerters = None if alerters is None else list(alerters)
+        self._metrics = None if metrics is None else list(metrics)
+        self.steps: list[Step] = []
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, root={str(self.root)!r}, steps={self.step_names})"
+
+    # -- declaring ---------------------------------------------------------------------------
+
+    @overload
+    def step(self, fn: StepFunction, /) -> StepFunction: ...
+    @overload
+    def step(
+        self, *, name: str | None = None, retry: RetryPolicy | None = None
+    ) -> Callable[[StepFunction], StepFunction]: ...
+    def step(
+        self,
+        fn: StepFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Register a step (``@pipeline.step()`` or ``@pipeline.step``); steps run in the
+        order they are declared. ``retry`` overrides the client's policy for this step's
+        HTTP calls."""
+
+        def register(function: StepFunction) -> StepFunction:
+            step_name = validate_name(name or function.__name__, "step name")
+            if step_name in self.step_names:
+                raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
+            self.steps.append(Step(step_name, function, retry))
+            return function
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    # -- collaborators -----------------------------------------------------------------------
+
+    @property
+    def http(self) -> HttpClient:
+        if self._http is None:
+            from ._http import HttpClient  # noqa: PLC0415 - httpx only when HTTP is used
+
+            self._http = HttpClient()
+        return self._http
+
+    @property
+    def alerters(self) -> list[Any]:
+        configured = self._alerters
+        if configured is None:
+            slack = SlackWebhook.from_env()
+            configured = [slack] if slack else []
+        return [LogAlerter(), *configured]
+
+    def metric_sinks(self) -> list[Any]:
+        if self._metrics is not None:
+            return list(self._metrics)
+        from ._metrics import sinks_from_env  # noqa: PLC0415
+
+        return sinks_from_env()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / self.name
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.state_dir / "runs" / validate_name(run_id, "run ID")
+
+    def checkpoints(self, run_id: str | None = None) -> CheckpointStore:
+        return CheckpointStore(self.run_dir(run_id or today()))
+
+    @property
+    def deadletters(self) -> Any:
+        from ._deadletter import DeadLetterStore  # noqa: PLC0415
+
+        return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
+
+    def _make_private_dir(self, path: Path) -> None:
+        """Create ``path`` and its missing parents as 0700 directories."""
+        missing = []
+        probe = path
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        run_id: str | None = None,
+        force: bool = False,
+        from_step: str | None = None,
+        resume_command: str | None = None,
+    ) -> RunResult:
+        """Run the pipeline; return a ``RunResult``, or raise the failing step's exception
+        (after alerting). ``force`` clears every marker of the run first; ``from_step``
+        clears the markers of that step and of every step after it.
+
+        Raises ``UsageError`` (bad run ID or step name, bad metrics setting) and
+        ``RunLockedError`` (another process holds the run) before touching anything.
+        """
+        run_id = validate_name(run_id if run_id is not None else today(), "run ID")
+        if not self.steps:
+            raise UsageError(f"pipeline {self.name!r} has no steps")
+        if from_step is not None and from_step not in self.step_names:
+            raise UsageError(
+                f"unknown step {from_step!r}; the steps of {self.name!r} are: "
+                + ", ".join(self.step_names)
+            )
+        sinks = self.metric_sinks()
+        run_dir = self.run_dir(run_id)
+        self._make_private_dir(run_dir)
+        lock = RunLock(run_dir / ".lock")
+        lock.acquire()
+        emitter = _Emitter(sinks)
+        started = time.monotonic()
+        ran: list[str] = []
+        skipped: list[str] = []
+        outcome: Literal["success", "failure", "interrupted"] = "failure"
+        try:
+            swept = sweep_temp_files(run_dir) + sweep_temp_files(self.state_dir / "deadletter")
+            for leftover in swept:
+                log.info("removed a temp file left by an interrupted run: %s", leftover)
+            store = CheckpointStore(run_dir)
+            if force:
+                cleared = store.clear_all()
+                log.info("--force: cleared %d marker(s) of run %s", len(cleared), run_id)
+            elif from_step is not None:
+                later = self.step_names[self.step_names.index(from_step) :]
+                store.clear(later)
+                log.info("re-running from step %s: cleared %s", from_step, ", ".join(later))
+            emitter(RunStarted(pipeline=self.name, run_id=run_id, steps=tuple(self.step_names)))
+            resume = resume_command or _default_resume(self.name, run_id)
+            for step in self.steps:
+                decision = store.check(step.name, run_id=run_id)
+                context = {"pipeline": self.name, "run_id": run_id, "step": step.name}
+                if decision.done:
+                    log.info("step %s already done, skipping", step.name, extra=context)
+                    skipped.append(step.name)
+                    emitter(StepSkipped(pipeline=self.name, run_id=run_id, step=step.name))
+                    continue
+                if decision.corrupt:
+                    log.warning(
+                        "step %s: %s; running it again", step.name, decision.reason, extra=context
+                    )
+                elif decision.marker is not None:
+                    log.info(
+                        "step %s will run again: %s", step.name, decision.reason, extra=context
+                    )
+                self._run_step(step, run_id, run_dir, store, emitter, resume)
+                ran.append(step.name)
+            outcome = "success"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        finally:
+            try:
+                duration = time.monotonic() - started
+                failed = 0 if outcome == "success" else int(outcome == "failure")
+                emitter(
+                    RunFinished(
+                        pipeline=self.name,
+                        run_id=run_id,
+                        outcome=outcome,
+                        duration_s=duration,
+                        ran=len(ran),
+                        skipped=len(skipped),
+                        failed=failed,
+                        finished_at=time.time(),
+                    )
+                )
+                log.info(
+                    "run %s of %s: %s in %.2f s (ran %d, skipped %d, failed %d)",
+                    run_id,
+                    self.name,
+                    outcome,
+                    duration,
+                    len(ran),
+                    len(skipped),
+                    failed,
+                    extra={
+                        "pipeline": self.name,
+                        "run_id": run_id,
+                        "outcome": outcome,
+                        "duration_s": round(duration, 6),
+                    },
+                )
+            finally:
+                if self._own_http and self._http is not None:
+                    self._http.close()
+                    self._http = None
+                lock.release()
+        return RunResult(
+            pipeline=self.name,
+            run_id=run_id,
+            ran=tuple(ran),
+            skipped=tuple(skipped),
+            duration_s=duration,
+            run_dir=run_dir,
+        )
+
+    def _run_step(
+        self,
+        step: Step,
+        run_id: str,
+        run_dir: Path,
+        store: CheckpointStore,
+        emit: Callable[[Event], None],
+        resume: str,
+    ) -> None:
+        previous = store.read_record(step.name)
+        runs = previous.runs + 1
+        started_at = utc_now()
+        store.write_record(step.name, StepRecord(runs=runs, started=started_at, outcome="running"))
+        scope = StepScope(
+            pipeline=self.name,
+            run_id=run_id,
+            step=step.name,
+            emit=emit,
+            retry_policy=step.retry,
+            dead_letter=self._dead_letter_writer(run_id, step.name, emit),
+        )
+        ctx = Context(
+            pipeline=self, run_id=run_id, step=step, run_dir=run_dir, scope=scope, runs=runs
+        )
+        context = {"pipeline": self.name, "run_id": run_id, "step": step.name, "attempt": runs}
+        emit(StepStarted(pipeline=self.name, run_id=run_id, step=step.name, runs=runs))
+        log.info("step %s started", step.name, extra=context)
+        t0 = time.perf_counter()
+        token = current_scope.set(scope)
+        try:
+            step.fn(ctx)
+        except Exception as exc:
+            current_scope.reset(token)
+            self._fail(
+                step,
+                run_id,
+                exc,
+                scope,
+                store,
+                emit,
+                resume,
+                time.perf_counter() - t0,
+                runs,
+                started_at,
+            )
+            raise
+        except BaseException as exc:
+            current_scope.reset(token)
+            duration = time.perf_counter() - t0
+            signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            with contextlib.suppress(Exception):
+                store.write_record(
+                    step.name,
+                    StepRecord(
+                        runs=runs,
+                        started=started_at,
+                        outcome="interrupted",
+                        finished=utc_now(),
+                        error_type=type(exc).__name__,
+                        attempts=scope.attempts,
+                        retries=scope.retries,
+                    ),
+                )
+            log.warning(
+                "step %s interrupted (%s) after %.2f s: no marker written, it will run again",
+                step.name,
+                signal_name if isinstance(exc, KeyboardInterrupt) else type(exc).__name__,
+                duration,
+                extra=context,
+            )
+            emit(
+                StepInterrupted(
+                    pipeline=self.name,
+                    run_id=run_id,
+                    step=step.name,
+                    duration_s=duration,
+                    signal=signal_name,
+                )
+            )
+            raise
+        current_scope.reset(token)
+        duration = time.perf_counter() - t0
+        store.write_marker(
+            Marker(
+                pipeline=self.name,
+                step=step.name,
+                run_id=run_id,
+                started=started_at,
+                finished=utc_now(),
+                duration_s=round(duration, 6),
+                attempts=scope.attempts,
+                retries=scope.retries,
+                runs=runs,
+                outputs=ctx.outputs,
+            )
+        )
+        emit(
+            StepSucceeded(
+                pipeline=self.name,
+                run_id=run_id,
+                step=step.name,
+                duration_s=duration,
+                attempts=scope.attempts,
+                retries=scope.retries,
+            )
+        )
+        log.info(
+            "step %s done in %.3f s",
+            step.name,
+            duration,
+            extra={**context, "duration_s": round(duration, 6), "retries": scope.retries},
+        )
+
+    def _fail(
+        self,
+        step: Step,
+        run_id: str,
+        exc: Exception,
+        scope: StepScope,
+        store: CheckpointStore,
+        emit: Callable[[Event], None],
+        resume: str,
+        duration: float,
+        runs: int,
+        started_at: str,
+    ) -> None:
+        dead_letter_id = getattr(exc, "dead_letter_id", None)
+        error = str(exc) or repr(exc)
+        with contextlib.suppress(Exception):
+            store.write_record(
+                step.name,
+                StepRecord(
+                    runs=runs,
+                    started=started_at,
+                    outcome="failed",
+                    finished=utc_now(),
+                    error_type=type(exc).__name__,
+                    error=error[:2000],
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                    dead_letter_id=dead_letter_id or "",
+                ),
+            )
+        emit(
+            StepFailed(
+                pipeline=self.name,
+                run_id=run_id,
+                step=step.name,
+                duration_s=duration,
+                attempts=scope.attempts,
+                retries=scope.retries,
+                error_type=type(exc).__name__,
+                error=error,
+                dead_letter_id=dead_letter_id,
+            )
+        )
+        alert = Alert(
+            pipeline=self.name,
+            run_id=run_id,
+            step=step.name,
+            error_type=type(exc).__name__,
+            error=error,
+            attempts=int(getattr(exc, "attempts", 0) or 1),
+            duration_s=duration,
+            host=default_host(),
+            resume_command=resume,
+            dead_letter_id=dead_letter_id,
+            replay_command=(_replay_command(resume, dead_letter_id) if dead_letter_id else ""),
+        )
+        send_all(self.alerters, alert)
+        exc.add_note(
+            f"stalwart: step {step.name} of {self.name} (run {run_id}) failed; "
+            f"resume with: {resume}"
+        )
+
+    def _dead_letter_writer(self, run_id: str, step: str, emit: Callable[[Event], None]) -> Any:
+        from ._deadletter import StepDeadLetters  # noqa: PLC0415
+
+        return StepDeadLetters(self.deadletters, run_id=run_id, step=step, emit=emit)
+
+    # -- operating ---------------------------------------------------------------------------
+
+    def reset(self, *, run_id: str | None = None, step: str | None = None) -> list[str]:
+        """Clear the run's markers (all, or ``step`` and the steps after it) without running;
+        return the steps whose marker was removed. Takes the run lock."""
+        run_id = validate_name(run_id if run_id is not None else today(), "run ID")
+        if step is not None and step not in self.step_names:
+            raise UsageError(
+                f"unknown step {step!r}; the steps of {self.name!r} are: "
+                + ", ".join(self.step_names)
+            )
+        run_dir = self.run_dir(run_id)
+        if not run_dir.is_dir():
+            return []
+        with RunLock(run_dir / ".lock"):
+            store = CheckpointStore(run_dir)
+            if step is None:
+                return store.clear_all()
+            return store.clear(self.step_names[self.step_names.index(step) :])
+
+    def main(self, argv: Sequence[str] | None = None) -> NoReturn:
+        """The command line: ``[run] [--run-id ID] [--force] [--step NAME]``, ``status``,
+        ``reset``, ``deadletter ...``. Exits with 0, 1, 2, 75, 130 or 143."""
+        from ._cli import run_cli  # noqa: PLC0415
+
+        sys.exit(run_cli(list(sys.argv[1:] if argv is None else argv), pipeline=self))
+
+
+def _default_resume(pipeline: str, run_id: str) -> str:
+    program = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if program.endswith(".py"):
+        return f"python {program} --run-id {run_id}"
+    return f"stalwart run <pipeline file>:{pipeline} --run-id {run_id}"
+
+
+def _replay_command(resume: str, envelope_id: str) -> str:
+    base = resume.split(" --run-id", 1)[0]
+    if base.startswith("stalwart run "):
+        return (
+            base.replace("stalwart run ", "stalwart deadletter replay ", 1).replace(
+                "replay ", "replay ", 1
+            )
+            + f" {envelope_id}"
+        )
+    return f"{base} deadletter replay {envelope_id}"
+
+
+class _Emitter:
+    """Dispatches events to the metric sinks; a sink that raises is logged once, then ignored
+    for the rest of the run."""
+
+    def __init__(self, sinks: list[Any]) -> None:
+        self._sinks = sinks
+        self._broken: set[int] = set()
+
+    def __call__(self, event: Event) -> None:
+        for index, sink in enumerate(self._sinks):
+            if index in self._broken:
+                continue
+            try:
+                sink.handle(event)
+            except Exception:
+                self._broken.add(index)
+                log.warning(
+                    "metrics sink %r failed on %s; ignoring it for the rest of this run",
+                    sink,
+                    type(event).__name__,
+                    exc_info=True,
+                )

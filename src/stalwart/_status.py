@@ -1,0 +1,160 @@
+"""``status``: what ran, what failed and why, how long, how many retries - for a person at
+3 a.m. (a table) or a machine (``--json``, with a format version)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._checkpoint import CheckpointStore
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+__all__ = ["StepStatus", "collect", "print_status", "status_json"]
+
+STATUS_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepStatus:
+    step: str
+    state: str
+    """``done``, ``pending``, ``failed``, ``interrupted``, ``running``, ``stale`` (marker
+    present but an output is missing or changed) or ``corrupt`` (unreadable marker)."""
+    finished: str = ""
+    duration_s: float | None = None
+    runs: int = 0
+    attempts: int = 0
+    retries: int = 0
+    outputs: tuple[dict[str, Any], ...] = ()
+    error: str = ""
+    dead_letter_id: str = ""
+    note: str = ""
+
+
+def lock_holder(run_dir: os.PathLike[str] | str) -> str | None:
+    """Who holds the run's lock right now (``None`` if nobody). Creates nothing."""
+    path = os.path.join(run_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise
+        return None
+    finally:
+        os.close(fd)
+
+
+def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
+    store = CheckpointStore(pipeline.run_dir(run_id))
+    holder = lock_holder(store.run_dir)
+    rows = []
+    for name in pipeline.step_names:
+        decision = store.check(name, run_id=run_id)
+        record = store.read_record(name)
+        marker = decision.marker
+        if decision.done and marker is not None:
+            rows.append(
+                StepStatus(
+                    step=name,
+                    state="done",
+                    finished=marker.finished,
+                    duration_s=marker.duration_s,
+                    runs=marker.runs,
+                    attempts=marker.attempts,
+                    retries=marker.retries,
+                    outputs=tuple(asdict(o) for o in marker.outputs),
+                )
+            )
+            continue
+        state = "pending"
+        note = ""
+        if decision.corrupt:
+            state, note = "corrupt", decision.reason
+        elif marker is not None:
+            state, note = "stale", decision.reason
+        elif record.outcome == "running" and holder:
+            state, note = "running", holder
+        elif record.outcome in ("failed", "interrupted"):
+            state = record.outcome
+        elif record.outcome == "running":
+            state, note = "interrupted", "the process running it died"
+        rows.append(
+            StepStatus(
+                step=name,
+                state=state,
+                finished=record.finished,
+                runs=record.runs,
+                attempts=record.attempts,
+                retries=record.retries,
+                error=f"{record.error_type}: {record.error}" if record.error_type else "",
+                dead_letter_id=record.dead_letter_id,
+                note=note,
+            )
+        )
+    return rows
+
+
+def status_json(pipeline: Pipeline, run_id: str) -> str:
+    run_dir = pipeline.run_dir(run_id)
+    return json.dumps(
+        {
+            "format": STATUS_FORMAT,
+            "pipeline": pipeline.name,
+            "run_id": run_id,
+            "run_dir": str(run_dir),
+            "exists": run_dir.is_dir(),
+            "locked_by": lock_holder(run_dir),
+            "steps": [asdict(row) for row in collect(pipeline, run_id)],
+        },
+        indent=2,
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError  # pragma: no cover
+
+
+def print_status(pipeline: Pipeline, run_id: str) -> None:
+    run_dir = pipeline.run_dir(run_id)
+    print(f"{pipeline.name}, run {run_id}  ({run_dir})")
+    if not run_dir.is_dir():
+        runs_dir = run_dir.parent
+        others = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+        print(
+            "  this run has not started yet"
+            + (f"; other runs: {', '.join(others[-5:])}" if others else "")
+        )
+    holder = lock_holder(run_dir)
+    if holder:
+        print(f"  running now: {holder}")
+    header = f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} {'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
+    print(header)
+    for row in collect(pipeline, run_id):
+        took = f"{row.duration_s:.2f} s" if row.duration_s is not None else ""
+        finished = row.finished[:19].replace("T", " ")
+        if row.state == "done":
+            detail = ", ".join(f"{o['name']} ({_size(int(o['size']))})" for o in row.outputs)
+        else:
+            detail = row.error or row.note
+            if row.dead_letter_id:
+                detail += f" [dead letter {row.dead_letter_id}]"
+        print(
+            f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "
+            f"{row.attempts or '':>8} {row.retries if row.runs else '':>7}  {detail}"
+        )

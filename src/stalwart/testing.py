@@ -1,0 +1,72 @@
+"""Helpers for testing pipelines: no real sleeps, a real flaky HTTP server, captured alerts.
+
+- ``no_wait()``: retries happen, sleeps don't; the planned waits are recorded. A context
+  manager, and a pytest fixture of the same name (``def test_x(no_wait): ...``).
+- ``FlakyServer``: a real threaded HTTP server on loopback with a per-route script of
+  replies (status, headers, body, delay, connection reset...) and a log of requests.
+- ``RecordingAlerter``: keeps the alerts it receives, for assertions.
+- ``MemoryMetrics``: a metrics sink that counts events in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from ._alerts import Alert
+from ._clock import WaitRecorder, install, uninstall
+from ._flaky import FlakyServer, Reply, Request
+from ._metrics import MemoryMetrics
+
+__all__ = [
+    "FlakyServer",
+    "MemoryMetrics",
+    "RecordingAlerter",
+    "Reply",
+    "Request",
+    "WaitRecorder",
+    "no_wait",
+]
+
+
+@contextlib.contextmanager
+def no_wait() -> Iterator[WaitRecorder]:
+    """Skip every retry sleep inside the block and record the waits instead.
+
+    The retry clock advances by each skipped wait, so deadlines behave as in real time::
+
+        with no_wait() as waits:
+            pipeline.run(run_id="t")
+        assert len(waits.waits) == 2 and waits.total <= policy.deadline
+    """
+    recorder = WaitRecorder()
+    install(recorder)
+    try:
+        yield recorder
+    finally:
+        uninstall(recorder)
+
+
+class RecordingAlerter:
+    """An alerter that keeps every ``Alert`` it receives (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        with self._lock:
+            self.alerts.append(alert)
+
+    @property
+    def last(self) -> Alert:
+        """The most recent alert (``AssertionError`` if there is none)."""
+        with self._lock:
+            if not self.alerts:
+                raise AssertionError("no alert was sent")
+            return self.alerts[-1]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.alerts)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a fresh state root per test, and a way to run pipelines as processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "daily_report.py"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A fresh state root (``Pipeline(..., root=root)``)."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's webhook, state root or metrics settings."""
+    for name in (
+        "SLACK_WEBHOOK_URL",
+        "STALWART_ROOT",
+        "STALWART_PUSHGATEWAY",
+        "STALWART_STATSD",
+        "STALWART_PROM_TEXTFILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def run_python(
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python args...`` with this interpreter; capture text output."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("STALWART_", "SLACK_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
