@@ -54,8 +54,9 @@ SMALL, LARGE = 3, 200
 METRICS: tuple[tuple[str, str], ...] = (
     ("cold_small_ms", f"cold {SMALL} steps"),
     ("cold_large_ms", f"cold {LARGE} steps"),
-    ("rerun_large_ms", f"re-run {LARGE} (done)"),
+    ("rerun_large_ms", f"re-run {LARGE} done"),
     ("per_task_ms", "per task"),
+    ("per_task_inproc_ms", "in-process"),
     ("peak_rss_mib", "peak RSS"),
 )
 UNITS: dict[str, str] = {
@@ -63,6 +64,7 @@ UNITS: dict[str, str] = {
     "cold_large_ms": "ms",
     "rerun_large_ms": "ms",
     "per_task_ms": "ms",
+    "per_task_inproc_ms": "ms",
     "peak_rss_mib": "MiB",
 }
 # Variables that would change what a child does (coverage hooks, a real Prefect API,
@@ -94,6 +96,7 @@ class Tool:
 class Sample:
     wall_ms: float
     maxrss_mib: float
+    chain_ms: float | None  # the workload's own timing of the chain alone (``chain_ms=``)
 
 
 @dataclass
@@ -116,13 +119,20 @@ class ToolResult:
         small = statistics.median(s.wall_ms for s in self.cold_small)
         large = statistics.median(s.wall_ms for s in self.cold_large)
         rss = [s.maxrss_mib for s in self.cold_small + self.cold_large + self.rerun_large]
-        return {
+        medians = {
             "cold_small_ms": small,
             "cold_large_ms": large,
             "rerun_large_ms": statistics.median(s.wall_ms for s in self.rerun_large),
             "per_task_ms": (large - small) / (LARGE - SMALL),
             "peak_rss_mib": statistics.median(rss),
         }
+        chain_small = [s.chain_ms for s in self.cold_small if s.chain_ms is not None]
+        chain_large = [s.chain_ms for s in self.cold_large if s.chain_ms is not None]
+        if chain_small and chain_large:
+            medians["per_task_inproc_ms"] = (
+                statistics.median(chain_large) - statistics.median(chain_small)
+            ) / (LARGE - SMALL)
+        return medians
 
 
 # --------------------------------------------------------------------------- machine
@@ -378,28 +388,41 @@ def run_once(
     env = child_env(tool.env_for(workdir, state))
     argv = [str(tool.python), str(tool.script), str(steps), str(state)]
     timed_out = threading.Event()
+    reaped = threading.Lock()  # held once the child is reaped: its group id is no longer ours
 
     def on_timeout(pgid: int) -> None:
-        timed_out.set()
-        kill_group(pgid)
+        if reaped.acquire(blocking=False):
+            try:
+                timed_out.set()
+                kill_group(pgid)
+            finally:
+                reaped.release()
 
     with log_path.open("wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=state,
-            env=env,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=state,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise RunError(f"{label}: cannot start {argv[0]}: {exc}") from exc
         timer = threading.Timer(timeout, on_timeout, args=(proc.pid,))
         timer.daemon = True
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: the child is in its own session, so end it here
+            kill_group(proc.pid)
+            os.wait4(proc.pid, 0)
+            raise
         finally:
+            reaped.acquire()
             timer.cancel()
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
@@ -411,7 +434,20 @@ def run_once(
     found = len(output_mtimes(state))
     if found != steps:
         raise RunError(f"{label}: {found} of {steps} outputs written: {tail(output)}")
-    return Sample(wall_ms=wall * 1000, maxrss_mib=usage.ru_maxrss / 1024)
+    return Sample(
+        wall_ms=wall * 1000, maxrss_mib=usage.ru_maxrss / 1024, chain_ms=chain_ms_of(output)
+    )
+
+
+def chain_ms_of(output: str) -> float | None:
+    """The last ``chain_ms=<float>`` line a workload printed, if any."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("chain_ms="):
+            try:
+                return float(line.removeprefix("chain_ms="))
+            except ValueError:
+                return None
+    return None
 
 
 def measure(tools: list[Tool], repeats: int, workdir: Path, timeout: float) -> list[ToolResult]:
@@ -499,16 +535,14 @@ def reason_of(result: ToolResult) -> str | None:
 
 
 def format_value(metric: str, value: float) -> str:
-    if metric == "per_task_ms":
-        return f"{value:.3f} {UNITS[metric]}"
-    if metric == "peak_rss_mib":
-        return f"{value:.1f} {UNITS[metric]}"
-    return f"{value:.1f} {UNITS[metric]}"
+    if metric.startswith("per_task"):
+        return f"{value:.3f}"
+    return f"{value:.1f}"
 
 
 def render_table(results: list[ToolResult]) -> str:
     floor = next((r.medians() for r in results if r.tool.name == "floor" and r.ok), {})
-    header = ["tool", "version"] + [title for _, title in METRICS]
+    header = ["tool", "version"] + [f"{title} ({UNITS[metric]})" for metric, title in METRICS]
     rows: list[list[str]] = []
     notes: list[str] = []
     for result in results:
@@ -520,24 +554,38 @@ def render_table(results: list[ToolResult]) -> str:
             continue
         row = [result.tool.name, result.tool.version]
         for metric, _ in METRICS:
+            if metric not in medians:
+                row.append("-")
+                continue
             cell = format_value(metric, medians[metric])
-            if floor.get(metric):
+            if floor.get(metric, 0) > 0 and medians[metric] > 0:
                 cell += f" ({medians[metric] / floor[metric]:.2f}x)"
+            elif medians[metric] <= 0:
+                cell += " (noise)"
+                notes.append(
+                    f"{result.tool.name}: {metric} is below the run-to-run noise of its "
+                    "start-up; see the samples in the JSON"
+                )
             row.append(cell)
         rows.append(row)
         if result.rerun_skipped is False:
             notes.append(f"{result.tool.name}: the re-run rewrote outputs (did not skip)")
     widths = [len(h) for h in header]
     for row in rows:
-        if len(row) == len(header):
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        full = len(row) == len(header)
+        for column, cell in enumerate(row if full else row[:2]):
+            widths[column] = max(widths[column], len(cell))
     lines = [
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         "  ".join("-" * w for w in widths),
     ]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
-    lines.append("(medians; ratio to the floor in parentheses; per task = (cold 200 - cold 3)/197)")
+    lines.append(
+        f"(medians; ratio to the floor in parentheses; per task = (cold {LARGE} - cold {SMALL})"
+        f" / {LARGE - SMALL} from process wall times;\n in-process = the same from each"
+        " workload's own timing of the chain, without interpreter, imports or server start)"
+    )
     lines.extend(notes)
     return "\n".join(lines)
 
@@ -561,12 +609,17 @@ def to_json(
                 "cold_small_ms": [s.wall_ms for s in result.cold_small],
                 "cold_large_ms": [s.wall_ms for s in result.cold_large],
                 "rerun_large_ms": [s.wall_ms for s in result.rerun_large],
+                "chain_small_ms": [s.chain_ms for s in result.cold_small],
+                "chain_large_ms": [s.chain_ms for s in result.cold_large],
+                "chain_rerun_ms": [s.chain_ms for s in result.rerun_large],
                 "maxrss_mib": [
                     s.maxrss_mib for s in result.cold_small + result.cold_large + result.rerun_large
                 ],
             },
             "median": medians,
-            "ratio_to_floor": {k: v / floor[k] for k, v in medians.items() if floor.get(k)},
+            "ratio_to_floor": {
+                k: v / floor[k] for k, v in medians.items() if floor.get(k, 0) > 0 and v > 0
+            },
             "per_task_above_floor_ms": (
                 medians["per_task_ms"] - floor["per_task_ms"] if medians and floor else None
             ),

@@ -33,7 +33,7 @@ def transform(ctx: stalwart.Context) -> None:
     """orders.json -> report.csv, streamed through an atomic temp file."""
     orders: Any = ctx.read_json("orders.json")
     if not isinstance(orders, list):
-        raise ValueError("orders.json is not a list")  # permanent: no retry, alert, exit 1
+        raise ValueError("orders.json is not a list")  # noqa: TRY004 - permanent: no retry, alert, exit 1
     with ctx.atomic_write("report.csv") as out:
         writer = csv.writer(out)
         writer.writerow(["id", "customer", "amount"])

@@ -6,12 +6,15 @@ re-run skips every step whose marker exists. Two durable writes per step is the 
 crash-safe step can do; every tool in the side-by-side is compared with this.
 
 Usage: ``python floor.py N STATE_DIR`` (outputs in STATE_DIR, markers in STATE_DIR/.markers).
+Like every workload here it prints ``chain_ms=`` last: the time of the chain alone, without
+interpreter start, imports or a tool's own start-up, for the in-process per-task cost.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -47,7 +50,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: floor.py N STATE_DIR", file=sys.stderr)
         return 2
+    start = time.perf_counter()
     run_chain(int(argv[0]), Path(argv[1]))
+    print(f"chain_ms={(time.perf_counter() - start) * 1000:.3f}")
     return 0
 
 

@@ -27,10 +27,14 @@ is installed.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, task  # type: ignore[import-not-found,unused-ignore]
 from prefect.cache_policies import INPUTS  # type: ignore[import-not-found,unused-ignore]
+from prefect.client.orchestration import (  # type: ignore[import-not-found,unused-ignore]
+    get_client,
+)
 
 
 @task(cache_policy=INPUTS, persist_result=True)  # type: ignore[untyped-decorator,unused-ignore]
@@ -53,7 +57,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: prefect_chain.py N STATE_DIR", file=sys.stderr)
         return 2
+    # Start the temporary API server (a process-wide singleton) before the clock, so
+    # chain_ms holds the flow and its tasks, not the server's seconds-long start-up.
+    with get_client(sync_client=True) as client:
+        client.hello()
+    start = time.perf_counter()
     chain(str(Path(argv[1]).resolve()), int(argv[0]))
+    print(f"chain_ms={(time.perf_counter() - start) * 1000:.3f}")
     return 0
 
 

@@ -11,6 +11,7 @@ state lives in STATE_DIR/bench/runs/bench/.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import stalwart
@@ -34,7 +35,11 @@ def main(argv: list[str]) -> int:
     for index in range(steps):
         pipeline.step()(make_step(index))
     # main() exits non-zero through SystemExit on failure; the runner also checks outputs.
-    pipeline.main(["--run-id", "bench"])
+    start = time.perf_counter()
+    try:
+        pipeline.main(["--run-id", "bench"])
+    finally:
+        print(f"chain_ms={(time.perf_counter() - start) * 1000:.3f}", flush=True)
     return 0
 
 

@@ -17,7 +17,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, TextIO
@@ -147,7 +147,7 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no step was marked done that did not finish", file=err)
         return EXIT_INTERRUPTED
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any step failure becomes exit 1 + a paragraph
         _explain_failure(exc, prog, verbose, err)
         return EXIT_FAILED
     finally:
@@ -194,11 +194,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _resume_command(prog: str, argv: Sequence[str], target: str | None, run_id: str) -> str:
-    if target is not None:
-        return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
-    script = sys.argv[0] if sys.argv and sys.argv[0] else prog
-    return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
+def _resume_command(pipeline: Pipeline, run_id: str) -> str:
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if pipeline.source is None and script.endswith(".py"):
+        return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
+    target = pipeline.source or f"<file>.py:{pipeline.name}"
+    return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
 
 
 def _dispatch(
@@ -208,13 +209,12 @@ def _dispatch(
     from ._status import print_status, status_json  # noqa: PLC0415
 
     run_id = args.run_id if args.run_id is not None else today()
-    target = getattr(args, "target", None)
     if args.command == "run":
         pipeline.run(
             run_id=run_id,
             force=args.force,
             from_step=args.step,
-            resume_command=_resume_command(prog, argv, target, run_id),
+            resume_command=_resume_command(pipeline, run_id),
         )
         return EXIT_OK
     if args.command == "status":
@@ -253,7 +253,10 @@ def load_pipeline(target: str) -> Pipeline:
             module = importlib.import_module(spec)
         except ImportError as exc:
             raise UsageError(f"cannot import pipeline module {spec!r}: {exc}") from None
-    return _find_pipeline(module, attribute, target)
+    found, name = _find_pipeline(module, attribute, target)
+    if found.source is None:
+        found.source = f"{spec}:{name}"
+    return found
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -272,15 +275,16 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def _find_pipeline(module: ModuleType, attribute: str, target: str) -> Pipeline:
+def _find_pipeline(module: ModuleType, attribute: str, target: str) -> tuple[Pipeline, str]:
     if attribute:
         found = getattr(module, attribute, None)
         if not isinstance(found, Pipeline):
             raise UsageError(f"{target!r}: {attribute!r} is not a stalwart.Pipeline")
-        return found
+        return found, attribute
     candidates = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
     if len(candidates) == 1:
-        return next(iter(candidates.values()))
+        [(name, found)] = candidates.items()
+        return found, name
     if not candidates:
         raise UsageError(f"{target!r} defines no stalwart.Pipeline")
     raise UsageError(
@@ -288,5 +292,3 @@ def _find_pipeline(module: ModuleType, attribute: str, target: str) -> Pipeline:
         f"name one as {target}:NAME"
     )
 
-
-Callback = Callable[[], None]

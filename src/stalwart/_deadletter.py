@@ -133,10 +133,14 @@ class DeadLetterStore:
     # -- the storage seam --------------------------------------------------------------------
 
     def _ensure_directory(self) -> None:
-        try:
-            os.mkdir(self.directory, 0o700)
-        except FileExistsError:
-            pass
+        missing = []
+        probe = self.directory
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
 
     def _path(self, envelope_id: str) -> Path:
         return self.directory / f"{validate_id(envelope_id)}.json"
@@ -255,11 +259,13 @@ class DeadLetterStore:
 
     def discard(self, envelope_id: str) -> dict[str, Any]:
         """Mark an envelope discarded (kept for audit, with who and when)."""
+        self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked():
             envelope = self.load(envelope_id)
             if envelope.get("state") != "pending":
                 raise DeadLetterError(
-                    f"dead letter {envelope_id} is already {envelope.get('state')}: nothing to discard"
+                    f"dead letter {envelope_id} is already {envelope.get('state')}: "
+                    "nothing to discard"
                 )
             self._update(
                 envelope,
@@ -275,18 +281,21 @@ class DeadLetterStore:
         policy) with the original body and Idempotency-Key. On success the envelope is marked
         ``replayed``; a second replay is refused. On failure it stays pending and the attempt
         is recorded; the error is raised."""
+        self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked():
             envelope = self.load(envelope_id)
             state = envelope.get("state")
             if state != "pending":
                 when = envelope.get("replayed_at") or envelope.get("discarded_at") or "earlier"
                 raise DeadLetterError(
-                    f"dead letter {envelope_id} was already {state} ({when}); refusing to send it again"
+                    f"dead letter {envelope_id} was already {state} ({when}); "
+                    "refusing to send it again"
                 )
             if envelope.get("kind") != "http":
                 raise DeadLetterError(
                     f"dead letter {envelope_id} holds a payload, not an HTTP request: there is "
-                    f"nothing to re-send. Inspect it with 'deadletter show', then 'deadletter discard'."
+                    "nothing to re-send. Inspect it with 'deadletter show', "
+                    "then 'deadletter discard'."
                 )
             request = envelope.get("request")
             if (
@@ -302,8 +311,12 @@ class DeadLetterStore:
                     f"then re-send it yourself"
                 )
             body = decode_body(request.get("body"))
-            headers = request.get("headers") if isinstance(request.get("headers"), dict) else {}
-            headers = {str(k): str(v) for k, v in headers.items() if not is_secret_header(str(k))}
+            stored = request.get("headers")
+            headers = {
+                str(k): str(v)
+                for k, v in (stored if isinstance(stored, dict) else {}).items()
+                if not is_secret_header(str(k))
+            }
             key = request.get("idempotency_key")
             try:
                 response = client.request(

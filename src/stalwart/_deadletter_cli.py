@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
@@ -32,17 +33,8 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
     if args.action == "list":
         rows = store.list()
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "format": 1,
-                        "dead_letters": [
-                            r.__dict__ if hasattr(r, "__dict__") else _row(r) for r in rows
-                        ],
-                    },
-                    indent=2,
-                )
-            )
+            listing = {"format": 1, "dead_letters": [dataclasses.asdict(r) for r in rows]}
+            print(json.dumps(listing, indent=2))
             return 0
         if not rows:
             print(f"no dead letters for {pipeline.name} ({store.directory})")
@@ -57,7 +49,12 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
             )
         return 0
     if args.action == "show":
-        print(json.dumps(store.load(args.id), indent=2, ensure_ascii=False))
+        try:
+            envelope = store.load(args.id)
+        except DeadLetterError as exc:
+            print(f"deadletter show: {exc}", file=err)
+            return 1
+        print(json.dumps(envelope, indent=2, ensure_ascii=False))
         return 0
     if args.action == "discard":
         try:
@@ -80,7 +77,3 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
     if args.all:
         print(f"replayed {len(ids) - failed} of {len(ids)} pending dead letter(s)")
     return 1 if failed else 0
-
-
-def _row(row: object) -> dict[str, object]:
-    return {name: getattr(row, name) for name in getattr(row, "__slots__", ())}

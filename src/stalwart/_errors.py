@@ -118,11 +118,11 @@ class DeadLetterError(StalwartError):
     """A dead-letter envelope cannot be read, replayed or discarded."""
 
 
-class Transient(StalwartError):  # noqa: N818 - the name is the routing decision, by design
+class Transient(StalwartError):
     """Raise (or ``raise Transient(...) from exc``) to have ``retry`` try again."""
 
 
-class Permanent(StalwartError):  # noqa: N818 - the name is the routing decision, by design
+class Permanent(StalwartError):
     """Raise to stop retrying at once, whatever the cause."""
 
 

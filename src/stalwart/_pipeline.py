@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from ._alerts import Alert, LogAlerter, SlackWebhook, default_host, send_all
 from ._atomic import (
@@ -60,6 +60,7 @@ __all__ = ["Context", "Pipeline", "RunResult", "Step", "Terminated", "today"]
 log = logging.getLogger("stalwart.run")
 
 StepFunction = Callable[["Context"], object]
+F = TypeVar("F", bound=StepFunction)
 
 
 class Terminated(KeyboardInterrupt):
@@ -259,6 +260,8 @@ class Pipeline:
         self._alerters = None if alerters is None else list(alerters)
         self._metrics = None if metrics is None else list(metrics)
         self.steps: list[Step] = []
+        self.source: str | None = None
+        """``file.py:name`` when the ``stalwart`` command loaded it (for resume hints)."""
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, root={str(self.root)!r}, steps={self.step_names})"
@@ -266,11 +269,11 @@ class Pipeline:
     # -- declaring ---------------------------------------------------------------------------
 
     @overload
-    def step(self, fn: StepFunction, /) -> StepFunction: ...
+    def step(self, fn: F, /) -> F: ...
     @overload
     def step(
-        self, *, name: str | None = None, retry: RetryPolicy | None = None
-    ) -> Callable[[StepFunction], StepFunction]: ...
+        self, fn: None = None, /, *, name: str | None = None, retry: RetryPolicy | None = None
+    ) -> Callable[[F], F]: ...
     def step(
         self,
         fn: StepFunction | None = None,
@@ -368,277 +371,28 @@ class Pipeline:
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
         if not self.steps:
             raise UsageError(f"pipeline {self.name!r} has no steps")
-        if from_step is not None and from_step not in self.step_names:
-            raise UsageError(
-                f"unknown step {from_step!r}; the steps of {self.name!r} are: "
-                + ", ".join(self.step_names)
-            )
+        if from_step is not None:
+            self._check_step(from_step)
         sinks = self.metric_sinks()
         run_dir = self.run_dir(run_id)
         self._make_private_dir(run_dir)
         lock = RunLock(run_dir / ".lock")
         lock.acquire()
-        emitter = _Emitter(sinks)
-        started = time.monotonic()
-        ran: list[str] = []
-        skipped: list[str] = []
-        outcome: Literal["success", "failure", "interrupted"] = "failure"
         try:
-            swept = sweep_temp_files(run_dir) + sweep_temp_files(self.state_dir / "deadletter")
-            for leftover in swept:
-                log.info("removed a temp file left by an interrupted run: %s", leftover)
-            store = CheckpointStore(run_dir)
-            if force:
-                cleared = store.clear_all()
-                log.info("--force: cleared %d marker(s) of run %s", len(cleared), run_id)
-            elif from_step is not None:
-                later = self.step_names[self.step_names.index(from_step) :]
-                store.clear(later)
-                log.info("re-running from step %s: cleared %s", from_step, ", ".join(later))
-            emitter(RunStarted(pipeline=self.name, run_id=run_id, steps=tuple(self.step_names)))
-            resume = resume_command or _default_resume(self.name, run_id)
-            for step in self.steps:
-                decision = store.check(step.name, run_id=run_id)
-                context = {"pipeline": self.name, "run_id": run_id, "step": step.name}
-                if decision.done:
-                    log.info("step %s already done, skipping", step.name, extra=context)
-                    skipped.append(step.name)
-                    emitter(StepSkipped(pipeline=self.name, run_id=run_id, step=step.name))
-                    continue
-                if decision.corrupt:
-                    log.warning(
-                        "step %s: %s; running it again", step.name, decision.reason, extra=context
-                    )
-                elif decision.marker is not None:
-                    log.info(
-                        "step %s will run again: %s", step.name, decision.reason, extra=context
-                    )
-                self._run_step(step, run_id, run_dir, store, emitter, resume)
-                ran.append(step.name)
-            outcome = "success"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise
+            run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
+            return run.execute(force=force, from_step=from_step)
         finally:
-            try:
-                duration = time.monotonic() - started
-                failed = 0 if outcome == "success" else int(outcome == "failure")
-                emitter(
-                    RunFinished(
-                        pipeline=self.name,
-                        run_id=run_id,
-                        outcome=outcome,
-                        duration_s=duration,
-                        ran=len(ran),
-                        skipped=len(skipped),
-                        failed=failed,
-                        finished_at=time.time(),
-                    )
-                )
-                log.info(
-                    "run %s of %s: %s in %.2f s (ran %d, skipped %d, failed %d)",
-                    run_id,
-                    self.name,
-                    outcome,
-                    duration,
-                    len(ran),
-                    len(skipped),
-                    failed,
-                    extra={
-                        "pipeline": self.name,
-                        "run_id": run_id,
-                        "outcome": outcome,
-                        "duration_s": round(duration, 6),
-                    },
-                )
-            finally:
-                if self._own_http and self._http is not None:
-                    self._http.close()
-                    self._http = None
-                lock.release()
-        return RunResult(
-            pipeline=self.name,
-            run_id=run_id,
-            ran=tuple(ran),
-            skipped=tuple(skipped),
-            duration_s=duration,
-            run_dir=run_dir,
-        )
+            if self._own_http and self._http is not None:
+                self._http.close()
+                self._http = None
+            lock.release()
 
-    def _run_step(
-        self,
-        step: Step,
-        run_id: str,
-        run_dir: Path,
-        store: CheckpointStore,
-        emit: Callable[[Event], None],
-        resume: str,
-    ) -> None:
-        previous = store.read_record(step.name)
-        runs = previous.runs + 1
-        started_at = utc_now()
-        store.write_record(step.name, StepRecord(runs=runs, started=started_at, outcome="running"))
-        scope = StepScope(
-            pipeline=self.name,
-            run_id=run_id,
-            step=step.name,
-            emit=emit,
-            retry_policy=step.retry,
-            dead_letter=self._dead_letter_writer(run_id, step.name, emit),
-        )
-        ctx = Context(
-            pipeline=self, run_id=run_id, step=step, run_dir=run_dir, scope=scope, runs=runs
-        )
-        context = {"pipeline": self.name, "run_id": run_id, "step": step.name, "attempt": runs}
-        emit(StepStarted(pipeline=self.name, run_id=run_id, step=step.name, runs=runs))
-        log.info("step %s started", step.name, extra=context)
-        t0 = time.perf_counter()
-        token = current_scope.set(scope)
-        try:
-            step.fn(ctx)
-        except Exception as exc:
-            current_scope.reset(token)
-            self._fail(
-                step,
-                run_id,
-                exc,
-                scope,
-                store,
-                emit,
-                resume,
-                time.perf_counter() - t0,
-                runs,
-                started_at,
+    def _check_step(self, name: str) -> None:
+        if name not in self.step_names:
+            raise UsageError(
+                f"unknown step {name!r}; the steps of {self.name!r} are: "
+                + ", ".join(self.step_names)
             )
-            raise
-        except BaseException as exc:
-            current_scope.reset(token)
-            duration = time.perf_counter() - t0
-            signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-            with contextlib.suppress(Exception):
-                store.write_record(
-                    step.name,
-                    StepRecord(
-                        runs=runs,
-                        started=started_at,
-                        outcome="interrupted",
-                        finished=utc_now(),
-                        error_type=type(exc).__name__,
-                        attempts=scope.attempts,
-                        retries=scope.retries,
-                    ),
-                )
-            log.warning(
-                "step %s interrupted (%s) after %.2f s: no marker written, it will run again",
-                step.name,
-                signal_name if isinstance(exc, KeyboardInterrupt) else type(exc).__name__,
-                duration,
-                extra=context,
-            )
-            emit(
-                StepInterrupted(
-                    pipeline=self.name,
-                    run_id=run_id,
-                    step=step.name,
-                    duration_s=duration,
-                    signal=signal_name,
-                )
-            )
-            raise
-        current_scope.reset(token)
-        duration = time.perf_counter() - t0
-        store.write_marker(
-            Marker(
-                pipeline=self.name,
-                step=step.name,
-                run_id=run_id,
-                started=started_at,
-                finished=utc_now(),
-                duration_s=round(duration, 6),
-                attempts=scope.attempts,
-                retries=scope.retries,
-                runs=runs,
-                outputs=ctx.outputs,
-            )
-        )
-        emit(
-            StepSucceeded(
-                pipeline=self.name,
-                run_id=run_id,
-                step=step.name,
-                duration_s=duration,
-                attempts=scope.attempts,
-                retries=scope.retries,
-            )
-        )
-        log.info(
-            "step %s done in %.3f s",
-            step.name,
-            duration,
-            extra={**context, "duration_s": round(duration, 6), "retries": scope.retries},
-        )
-
-    def _fail(
-        self,
-        step: Step,
-        run_id: str,
-        exc: Exception,
-        scope: StepScope,
-        store: CheckpointStore,
-        emit: Callable[[Event], None],
-        resume: str,
-        duration: float,
-        runs: int,
-        started_at: str,
-    ) -> None:
-        dead_letter_id = getattr(exc, "dead_letter_id", None)
-        error = str(exc) or repr(exc)
-        with contextlib.suppress(Exception):
-            store.write_record(
-                step.name,
-                StepRecord(
-                    runs=runs,
-                    started=started_at,
-                    outcome="failed",
-                    finished=utc_now(),
-                    error_type=type(exc).__name__,
-                    error=error[:2000],
-                    attempts=scope.attempts,
-                    retries=scope.retries,
-                    dead_letter_id=dead_letter_id or "",
-                ),
-            )
-        emit(
-            StepFailed(
-                pipeline=self.name,
-                run_id=run_id,
-                step=step.name,
-                duration_s=duration,
-                attempts=scope.attempts,
-                retries=scope.retries,
-                error_type=type(exc).__name__,
-                error=error,
-                dead_letter_id=dead_letter_id,
-            )
-        )
-        alert = Alert(
-            pipeline=self.name,
-            run_id=run_id,
-            step=step.name,
-            error_type=type(exc).__name__,
-            error=error,
-            attempts=int(getattr(exc, "attempts", 0) or 1),
-            duration_s=duration,
-            host=default_host(),
-            resume_command=resume,
-            dead_letter_id=dead_letter_id,
-            replay_command=(_replay_command(resume, dead_letter_id) if dead_letter_id else ""),
-        )
-        send_all(self.alerters, alert)
-        exc.add_note(
-            f"stalwart: step {step.name} of {self.name} (run {run_id}) failed; "
-            f"resume with: {resume}"
-        )
 
     def _dead_letter_writer(self, run_id: str, step: str, emit: Callable[[Event], None]) -> Any:
         from ._deadletter import StepDeadLetters  # noqa: PLC0415
@@ -651,11 +405,8 @@ class Pipeline:
         """Clear the run's markers (all, or ``step`` and the steps after it) without running;
         return the steps whose marker was removed. Takes the run lock."""
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
-        if step is not None and step not in self.step_names:
-            raise UsageError(
-                f"unknown step {step!r}; the steps of {self.name!r} are: "
-                + ", ".join(self.step_names)
-            )
+        if step is not None:
+            self._check_step(step)
         run_dir = self.run_dir(run_id)
         if not run_dir.is_dir():
             return []
@@ -714,3 +465,308 @@ class _Emitter:
                     type(event).__name__,
                     exc_info=True,
                 )
+
+
+class _Run:
+    """One run of a pipeline, lock held: decides, runs and records each step."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        run_id: str,
+        run_dir: Path,
+        emit: Callable[[Event], None],
+        resume_command: str | None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.name = pipeline.name
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.emit = emit
+        self.resume = resume_command or _default_resume(pipeline.name, run_id)
+        self.store = CheckpointStore(run_dir)
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def _context(self, step: str, **more: Any) -> dict[str, Any]:
+        return {"pipeline": self.name, "run_id": self.run_id, "step": step, **more}
+
+    def execute(self, *, force: bool, from_step: str | None) -> RunResult:
+        started = time.monotonic()
+        outcome: Literal["success", "failure", "interrupted"] = "failure"
+        try:
+            self._prepare(force, from_step)
+            for step in self.pipeline.steps:
+                self._visit(step)
+            outcome = "success"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        finally:
+            duration = time.monotonic() - started
+            self._finish(outcome, duration)
+        return RunResult(
+            pipeline=self.name,
+            run_id=self.run_id,
+            ran=tuple(self.ran),
+            skipped=tuple(self.skipped),
+            duration_s=duration,
+            run_dir=self.run_dir,
+        )
+
+    def _prepare(self, force: bool, from_step: str | None) -> None:
+        swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
+            self.pipeline.state_dir / "deadletter"
+        )
+        for leftover in swept:
+            log.info("removed a temp file left by an interrupted run: %s", leftover)
+        names = self.pipeline.step_names
+        if force:
+            cleared = self.store.clear_all()
+            log.info("--force: cleared %d marker(s) of run %s", len(cleared), self.run_id)
+        elif from_step is not None:
+            later = names[names.index(from_step) :]
+            self.store.clear(later)
+            log.info("re-running from step %s: cleared %s", from_step, ", ".join(later))
+        self.emit(RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names)))
+
+    def _visit(self, step: Step) -> None:
+        decision = self.store.check(step.name, run_id=self.run_id)
+        context = self._context(step.name)
+        if decision.done:
+            log.info("step %s already done, skipping", step.name, extra=context)
+            self.skipped.append(step.name)
+            self.emit(StepSkipped(pipeline=self.name, run_id=self.run_id, step=step.name))
+            return
+        if decision.corrupt:
+            log.warning("step %s: %s; running it again", step.name, decision.reason, extra=context)
+        elif decision.marker is not None:
+            log.info("step %s will run again: %s", step.name, decision.reason, extra=context)
+        self._run_step(step)
+        self.ran.append(step.name)
+
+    def _finish(
+        self, outcome: Literal["success", "failure", "interrupted"], duration: float
+    ) -> None:
+        failed = int(outcome == "failure")
+        self.emit(
+            RunFinished(
+                pipeline=self.name,
+                run_id=self.run_id,
+                outcome=outcome,
+                duration_s=duration,
+                ran=len(self.ran),
+                skipped=len(self.skipped),
+                failed=failed,
+                finished_at=time.time(),
+            )
+        )
+        log.info(
+            "run %s of %s: %s in %.2f s (ran %d, skipped %d, failed %d)",
+            self.run_id,
+            self.name,
+            outcome,
+            duration,
+            len(self.ran),
+            len(self.skipped),
+            failed,
+            extra={
+                "pipeline": self.name,
+                "run_id": self.run_id,
+                "outcome": outcome,
+                "duration_s": round(duration, 6),
+            },
+        )
+
+    def _run_step(self, step: Step) -> None:
+        previous = self.store.read_record(step.name)
+        runs = previous.runs + 1
+        started_at = utc_now()
+        self.store.write_record(
+            step.name, StepRecord(runs=runs, started=started_at, outcome="running")
+        )
+        scope = StepScope(
+            pipeline=self.name,
+            run_id=self.run_id,
+            step=step.name,
+            emit=self.emit,
+            retry_policy=step.retry,
+            dead_letter=self.pipeline._dead_letter_writer(self.run_id, step.name, self.emit),
+        )
+        ctx = Context(
+            pipeline=self.pipeline,
+            run_id=self.run_id,
+            step=step,
+            run_dir=self.run_dir,
+            scope=scope,
+            runs=runs,
+        )
+        context = self._context(step.name, attempt=runs)
+        self.emit(StepStarted(pipeline=self.name, run_id=self.run_id, step=step.name, runs=runs))
+        log.info("step %s started", step.name, extra=context)
+        t0 = time.perf_counter()
+        token = current_scope.set(scope)
+        try:
+            step.fn(ctx)
+        except Exception as exc:
+            current_scope.reset(token)
+            self._failed(
+                step,
+                exc=exc,
+                scope=scope,
+                duration=time.perf_counter() - t0,
+                runs=runs,
+                started_at=started_at,
+            )
+            raise
+        except BaseException as exc:
+            current_scope.reset(token)
+            self._interrupted(
+                step,
+                exc=exc,
+                scope=scope,
+                duration=time.perf_counter() - t0,
+                runs=runs,
+                started_at=started_at,
+            )
+            raise
+        current_scope.reset(token)
+        duration = time.perf_counter() - t0
+        self.store.write_marker(
+            Marker(
+                pipeline=self.name,
+                step=step.name,
+                run_id=self.run_id,
+                started=started_at,
+                finished=utc_now(),
+                duration_s=round(duration, 6),
+                attempts=scope.attempts,
+                retries=scope.retries,
+                runs=runs,
+                outputs=ctx.outputs,
+            )
+        )
+        self.emit(
+            StepSucceeded(
+                pipeline=self.name,
+                run_id=self.run_id,
+                step=step.name,
+                duration_s=duration,
+                attempts=scope.attempts,
+                retries=scope.retries,
+            )
+        )
+        log.info(
+            "step %s done in %.3f s",
+            step.name,
+            duration,
+            extra={**context, "duration_s": round(duration, 6), "retries": scope.retries},
+        )
+
+    def _interrupted(
+        self,
+        step: Step,
+        *,
+        exc: BaseException,
+        scope: StepScope,
+        duration: float,
+        runs: int,
+        started_at: str,
+    ) -> None:
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        with contextlib.suppress(Exception):
+            self.store.write_record(
+                step.name,
+                StepRecord(
+                    runs=runs,
+                    started=started_at,
+                    outcome="interrupted",
+                    finished=utc_now(),
+                    error_type=type(exc).__name__,
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                ),
+            )
+        log.warning(
+            "step %s interrupted (%s) after %.2f s: no marker written, it will run again",
+            step.name,
+            signal_name if isinstance(exc, KeyboardInterrupt) else type(exc).__name__,
+            duration,
+            extra=self._context(step.name, attempt=runs),
+        )
+        self.emit(
+            StepInterrupted(
+                pipeline=self.name,
+                run_id=self.run_id,
+                step=step.name,
+                duration_s=duration,
+                signal=signal_name,
+            )
+        )
+
+    def _failed(
+        self,
+        step: Step,
+        *,
+        exc: Exception,
+        scope: StepScope,
+        duration: float,
+        runs: int,
+        started_at: str,
+    ) -> None:
+        dead_letter_id = getattr(exc, "dead_letter_id", None)
+        error = str(exc) or repr(exc)
+        with contextlib.suppress(Exception):
+            self.store.write_record(
+                step.name,
+                StepRecord(
+                    runs=runs,
+                    started=started_at,
+                    outcome="failed",
+                    finished=utc_now(),
+                    error_type=type(exc).__name__,
+                    error=error[:2000],
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                    dead_letter_id=dead_letter_id or "",
+                ),
+            )
+        log.error(
+            "step %s failed after %.2f s: %s: %s",
+            step.name,
+            duration,
+            type(exc).__name__,
+            error,
+            extra=self._context(step.name, attempt=runs, error=error[:500]),
+        )
+        self.emit(
+            StepFailed(
+                pipeline=self.name,
+                run_id=self.run_id,
+                step=step.name,
+                duration_s=duration,
+                attempts=scope.attempts,
+                retries=scope.retries,
+                error_type=type(exc).__name__,
+                error=error,
+                dead_letter_id=dead_letter_id,
+            )
+        )
+        alert = Alert(
+            pipeline=self.name,
+            run_id=self.run_id,
+            step=step.name,
+            error_type=type(exc).__name__,
+            error=error,
+            attempts=int(getattr(exc, "attempts", 0) or 1),
+            duration_s=duration,
+            host=default_host(),
+            resume_command=self.resume,
+            dead_letter_id=dead_letter_id,
+            replay_command=_replay_command(self.resume, dead_letter_id) if dead_letter_id else "",
+        )
+        send_all(self.pipeline.alerters, alert)
+        exc.add_note(
+            f"stalwart: step {step.name} of {self.name} (run {self.run_id}) failed; "
+            f"resume with: {self.resume}"
+        )

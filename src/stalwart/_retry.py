@@ -2,15 +2,21 @@
 
 A call that succeeds the first time costs one ``try``: the tenacity machinery is entered only
 after a first transient failure, and the first failure is handed to it as attempt 1.
+
+Retries live at one layer. An exception that a retry loop already gave up on (its attempts
+spent, or its deadline reached) is marked, and no outer retry loop retries it again, so
+attempts never multiply when a retried function calls a retried HTTP client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import math
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -18,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from . import _clock
 from ._errors import HttpError, Permanent, Transient, UsageError
 from ._events import RetryScheduled
-from ._scope import current_scope
+from ._scope import StepScope, current_scope
 
 if TYPE_CHECKING:
     import tenacity
@@ -30,6 +36,9 @@ log = logging.getLogger("stalwart.retry")
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_GAVE_UP = "_stalwart_gave_up"
+"""Attribute set on an exception a retry loop gave up on: outer loops must not retry it."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
@@ -38,13 +47,15 @@ class RetryPolicy:
     The wait before retry *n* (1-based) is drawn uniformly from
     ``[b * (1 - jitter), b]`` with ``b = min(maximum, initial * multiplier ** (n - 1))``:
     ``jitter=1.0`` is "full jitter" (AWS architecture blog), which spreads a herd of clients
-    that all failed at once. The defaults give at most 5 attempts and never more than
-    ``deadline`` seconds from the first attempt to the start of the last one:
+    that all failed at once. A ``Retry-After`` longer than that draw replaces it. The defaults:
 
     - ``attempts=5``: enough to ride out a deploy or a brief brown-out; more just hammers.
-    - ``initial=0.5``, ``multiplier=2.0``, ``maximum=30.0``: waits of at most 0.5, 1, 2, 4 s.
-    - ``deadline=120.0``: a Retry-After or a slow server cannot stretch a call past 2 minutes
-      of retrying; a wait that would cross it is not slept, the call fails at once.
+    - ``initial=0.5``, ``multiplier=2.0``: waits of at most 0.5, 1, 2, 4 s.
+    - ``maximum=30.0``: no single backoff wait is longer (a Retry-After may be).
+    - ``jitter=1.0``: full jitter.
+    - ``deadline=120.0``: from the first attempt to the start of the last one, never more
+      than 2 minutes; a wait that would cross it (a long Retry-After) is not slept and not
+      cut short: the call fails at once, saying so.
     """
 
     attempts: int = 5
@@ -56,15 +67,19 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         problems = []
-        if not (isinstance(self.attempts, int) and self.attempts >= 1):
+        if not (
+            isinstance(self.attempts, int)
+            and not isinstance(self.attempts, bool)
+            and self.attempts >= 1
+        ):
             problems.append(f"attempts must be an integer >= 1, not {self.attempts!r}")
         for name in ("initial", "maximum", "deadline"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a finite number of seconds >= 0, not {value!r}")
-        if not (isinstance(self.multiplier, int | float) and 1 <= self.multiplier < math.inf):
-            problems.append(f"multiplier must be >= 1, not {self.multiplier!r}")
-        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
+        if not (_is_number(self.multiplier) and 1 <= self.multiplier < math.inf):
+            problems.append(f"multiplier must be a finite number >= 1, not {self.multiplier!r}")
+        if not (_is_number(self.jitter) and 0 <= self.jitter <= 1):
             problems.append(f"jitter must be between 0 and 1, not {self.jitter!r}")
         if problems:
             raise UsageError("RetryPolicy: " + "; ".join(problems))
@@ -82,10 +97,14 @@ class RetryPolicy:
         """A jittered wait before retry ``retry_number`` (1-based)."""
         ceiling = self.backoff(retry_number)
         floor = ceiling * (1.0 - self.jitter)
-        return (rng or random).uniform(floor, ceiling)
+        return min(ceiling, (rng or random).uniform(floor, ceiling))
 
 
-#: Exception types that mean "the network hiccupped": retried. httpx's are added lazily.
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: Exception types that mean "the network hiccupped": retried. httpx's are checked lazily.
 _TRANSIENT_BUILTINS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 
 
@@ -96,23 +115,29 @@ def is_transient(exc: BaseException) -> bool:
     425, 429 and 5xx. Everything else is permanent: ``Permanent``, ``ValueError``, other 4xx,
     programming errors, and ``KeyboardInterrupt``/``SystemExit`` (never retried).
     """
-    if isinstance(exc, Permanent):
+    if isinstance(exc, Permanent) or not isinstance(exc, Exception):
         return False
-    if isinstance(exc, Transient):
+    if isinstance(exc, Transient | _TRANSIENT_BUILTINS):
         return True
     if isinstance(exc, HttpError):
         return exc.transient
-    if isinstance(exc, _TRANSIENT_BUILTINS):
-        return True
-    import sys  # noqa: PLC0415 - only consult httpx if the program already imported it
+    httpx = sys.modules.get("httpx")  # only consult httpx if the program already imported it
+    if httpx is None:
+        return False
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        return status in (408, 425, 429) or status >= 500
+    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
 
-    httpx = sys.modules.get("httpx")
-    if httpx is not None:
-        if isinstance(exc, httpx.HTTPStatusError):
-            status = exc.response.status_code
-            return status in (408, 425, 429) or status >= 500
-        return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.ProtocolError)
-    return False
+
+def _retry_after_attribute(exc: BaseException) -> float | None:
+    """The default ``retry_after``: an exception's own ``retry_after`` seconds, if any."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if _is_number(value) and math.isfinite(value) else None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(slots=True)
@@ -121,21 +146,206 @@ class RetryStats:
 
     attempts: int = 0
     waits: float = 0.0
+    """The sum of the waits (slept, or recorded under ``no_wait()``)."""
     stop_reason: str = ""
-    """Empty while retrying; ``"attempts"``, ``"deadline"`` or ``"permanent"`` once given up."""
+    """Empty while retrying or after a success; once given up: ``"attempts"`` (all spent),
+    ``"deadline"`` (the next wait would cross it) or ``"permanent"`` (not retryable)."""
     elapsed: float = 0.0
+    """Seconds from the first attempt until the call returned or raised."""
+    retry_after: float | None = None
+    """The Retry-After the last failure asked for, if any."""
 
 
 def _reason_label(exc: BaseException) -> str:
+    """A bounded label for metrics: ``status_503``, ``timeout``, ``connect``, ``transient``."""
     status = getattr(exc, "status", None)
     if isinstance(status, int) and status:
         return f"status_{status}"
-    name = type(exc).__name__.lower()
-    if "timeout" in name:
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "timeout" in text or "timed out" in text:
         return "timeout"
-    if "connect" in name:
+    if "connect" in text or "reset" in text:
         return "connect"
     return "transient"
+
+
+class _Loop:
+    """The bookkeeping of one call with retries, shared by the sync and async paths."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        operation: str,
+        classify: Callable[[BaseException], bool],
+        retry_after: Callable[[BaseException], float | None],
+        describe: Callable[[BaseException], str],
+        stats: RetryStats | None,
+        logger: logging.Logger,
+        rng: random.Random | None,
+    ) -> None:
+        self.policy = policy
+        self.operation = operation
+        self.classify = classify
+        self.retry_after = retry_after
+        self.describe = describe
+        self.stats = stats if stats is not None else RetryStats()
+        self.stats.attempts = 0
+        self.logger = logger
+        self.rng = rng
+        self.scope: StepScope | None = current_scope.get()
+        self.start = _clock.monotonic()
+        self.pending: BaseException | None = None
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Transient by the classifier, not ``Permanent``, not given up on by an inner loop."""
+        if not isinstance(exc, Exception) or isinstance(exc, Permanent):
+            return False
+        return not getattr(exc, _GAVE_UP, False) and self.classify(exc)
+
+    def begin(self) -> None:
+        self.stats.attempts += 1
+        if self.scope is not None:
+            self.scope.count_attempt()
+
+    def first_failed(self, exc: Exception) -> bool:
+        """Whether to hand the first failure to tenacity (else the caller re-raises it)."""
+        if not self.retryable(exc):
+            self.stats.stop_reason = "permanent"
+        elif self.policy.attempts <= 1:
+            self.stats.stop_reason = "attempts"
+        else:
+            self.pending = exc
+            return True
+        return False
+
+    def replay_first(self) -> None:
+        """Raise the first failure again, as tenacity's attempt 1 (once)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            raise pending
+
+    def finish(self, exc: BaseException | None) -> None:
+        self.stats.elapsed = _clock.monotonic() - self.start
+        if exc is None:
+            return
+        if not self.stats.stop_reason:
+            self.stats.stop_reason = "permanent" if not self.retryable(exc) else "attempts"
+        if self.stats.stop_reason == "deadline" or (
+            self.stats.stop_reason == "attempts" and self.stats.attempts > 1
+        ):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, _GAVE_UP, True)
+
+    # -- tenacity hooks ----------------------------------------------------------------------
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        planned = self.policy.wait(state.attempt_number, self.rng)
+        exc = state.outcome.exception() if state.outcome else None
+        asked = self.retry_after(exc) if exc is not None else None
+        self.stats.retry_after = asked
+        return max(planned, asked) if asked is not None else planned
+
+    def _stop(self, state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if state.attempt_number >= self.policy.attempts:
+            self.stats.stop_reason = "attempts"
+            self._give_up(exc, state, "no attempts left")
+            return True
+        elapsed = _clock.monotonic() - self.start
+        left = max(0.0, self.policy.deadline - elapsed)
+        if state.upcoming_sleep > left:
+            self.stats.stop_reason = "deadline"
+            self._give_up(
+                exc,
+                state,
+                f"the next wait ({state.upcoming_sleep:.1f} s"
+                + (", asked by Retry-After" if self.stats.retry_after is not None else "")
+                + f") would cross the {self.policy.deadline:g} s retry deadline "
+                f"({left:.1f} s left)",
+            )
+            return True
+        return False
+
+    def _give_up(
+        self, exc: BaseException | None, state: tenacity.RetryCallState, why: str
+    ) -> None:
+        self.logger.warning(
+            "%s%s -> %s (attempt %d/%d): %s, giving up",
+            self._prefix(),
+            self.operation,
+            self.describe(exc) if exc is not None else "failed",
+            state.attempt_number,
+            self.policy.attempts,
+            why,
+            extra={
+                "operation": self.operation,
+                "retry_attempt": state.attempt_number,
+                "max_attempts": self.policy.attempts,
+                "stop_reason": self.stats.stop_reason,
+            },
+        )
+
+    def _prefix(self) -> str:
+        return f"{self.scope.step}: " if self.scope is not None else ""
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.upcoming_sleep
+        self.stats.waits += wait
+        reason = _reason_label(exc) if exc is not None else "transient"
+        self.logger.warning(
+            "%s%s -> %s (attempt %d/%d), retrying in %.1f s",
+            self._prefix(),
+            self.operation,
+            self.describe(exc) if exc is not None else "failed",
+            state.attempt_number,
+            self.policy.attempts,
+            wait,
+            extra={
+                "operation": self.operation,
+                "retry_attempt": state.attempt_number,
+                "max_attempts": self.policy.attempts,
+                "wait_s": round(wait, 3),
+                "reason": reason,
+            },
+        )
+        scope = self.scope
+        if scope is not None:
+            scope.count_retry()
+            scope.emit(
+                RetryScheduled(
+                    pipeline=scope.pipeline,
+                    run_id=scope.run_id,
+                    step=scope.step,
+                    operation=self.operation,
+                    reason=reason,
+                    attempt=state.attempt_number,
+                    attempts=self.policy.attempts,
+                    wait_s=wait,
+                )
+            )
+
+    def _options(self) -> dict[str, Any]:
+        import tenacity  # noqa: PLC0415 - loaded on the first failure, not at import
+
+        return {
+            "stop": self._stop,
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception(self.retryable),
+            "before_sleep": self._before_sleep,
+            "reraise": True,
+        }
+
+    def retrying(self) -> tenacity.Retrying:
+        import tenacity  # noqa: PLC0415
+
+        return tenacity.Retrying(sleep=_clock.sleep, **self._options())
+
+    def async_retrying(self) -> tenacity.AsyncRetrying:
+        import tenacity  # noqa: PLC0415
+
+        return tenacity.AsyncRetrying(sleep=_clock.async_sleep, **self._options())
 
 
 def call_with_retries(
@@ -144,169 +354,96 @@ def call_with_retries(
     *,
     operation: str,
     classify: Callable[[BaseException], bool] = is_transient,
-    retry_after: Callable[[BaseException], float | None] = lambda _exc: None,
-    describe: Callable[[BaseException], str] = lambda exc: f"{type(exc).__name__}: {exc}",
+    retry_after: Callable[[BaseException], float | None] = _retry_after_attribute,
+    describe: Callable[[BaseException], str] = _describe,
     stats: RetryStats | None = None,
     logger: logging.Logger = log,
     rng: random.Random | None = None,
 ) -> T:
     """Call ``fn`` and retry it under ``policy`` while ``classify`` says the failure is
-    transient. ``retry_after(exc)`` may ask for a longer wait (never a shorter one). Returns
-    ``fn``'s result or raises its last exception; ``stats`` says why it stopped."""
-    stats = stats if stats is not None else RetryStats()
-    start = _clock.monotonic()
-    scope = current_scope.get()
-    stats.attempts = 1
-    if scope is not None:
-        scope.count_attempt()
+    transient (``Permanent`` and exceptions an inner retry loop gave up on never are).
+    ``retry_after(exc)`` may ask for a longer wait, never a shorter one. Returns ``fn``'s
+    result or raises its last exception unchanged; ``stats`` says what happened."""
+    loop = _Loop(
+        policy,
+        operation=operation,
+        classify=classify,
+        retry_after=retry_after,
+        describe=describe,
+        stats=stats,
+        logger=logger,
+        rng=rng,
+    )
+    loop.begin()
     try:
-        return fn()
+        result = fn()
     except Exception as exc:
-        if policy.attempts <= 1 or not classify(exc):
-            stats.stop_reason = "permanent" if not classify(exc) else "attempts"
-            stats.elapsed = _clock.monotonic() - start
+        if not loop.first_failed(exc):
+            loop.finish(exc)
             raise
-        first: BaseException | None = exc
+    else:
+        loop.finish(None)
+        return result
 
     def attempt() -> T:
-        nonlocal first
-        if first is not None:
-            pending, first = first, None
-            raise pending
-        stats.attempts += 1
-        if scope is not None:
-            scope.count_attempt()
+        loop.replay_first()
+        loop.begin()
         return fn()
 
-    retrying = _build_retrying(
-        policy, operation, classify, retry_after, describe, stats, start, logger, rng
-    )
     try:
-        return retrying(attempt)
-    except Exception as exc:
-        if not stats.stop_reason:
-            stats.stop_reason = "permanent" if not classify(exc) else "attempts"
+        result = loop.retrying()(attempt)
+    except BaseException as exc:
+        loop.finish(exc)
         raise
-    finally:
-        stats.elapsed = _clock.monotonic() - start
+    loop.finish(None)
+    return result
 
 
-def _build_retrying(
-    policy: RetryPolicy,
-    operation: str,
-    classify: Callable[[BaseException], bool],
-    retry_after: Callable[[BaseException], float | None],
-    describe: Callable[[BaseException], str],
-    stats: RetryStats,
-    start: float,
-    logger: logging.Logger,
-    rng: random.Random | None,
-    *,
-    is_async: bool = False,
-) -> Any:
-    import tenacity  # noqa: PLC0415 - loaded on the first failure, not at import
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        planned = policy.wait(state.attempt_number, rng)
-        exc = state.outcome.exception() if state.outcome else None
-        asked = retry_after(exc) if exc is not None else None
-        if asked is not None and asked > planned:
-            planned = asked
-        return planned
-
-    def stop(state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= policy.attempts:
-            stats.stop_reason = "attempts"
-            return True
-        elapsed = _clock.monotonic() - start
-        if elapsed + state.upcoming_sleep > policy.deadline:
-            stats.stop_reason = "deadline"
-            left = max(0.0, policy.deadline - elapsed)
-            exc = state.outcome.exception() if state.outcome else None
-            logger.warning(
-                "%s -> %s (attempt %d/%d); the next wait (%.1f s) would cross the %.0f s "
-                "retry deadline (%.1f s left): giving up now",
-                operation,
-                describe(exc) if exc else "failed",
-                state.attempt_number,
-                policy.attempts,
-                state.upcoming_sleep,
-                policy.deadline,
-                left,
-                extra={"wait_s": round(state.upcoming_sleep, 3), "attempt": state.attempt_number},
-            )
-            return True
-        return False
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        assert exc is not None  # noqa: S101 - tenacity only sleeps after a failure
-        stats.waits += state.upcoming_sleep
-        scope = current_scope.get()
-        logger.warning(
-            "%s%s -> %s (attempt %d/%d), retrying in %.1f s",
-            f"{scope.step}: " if scope else "",
-            operation,
-            describe(exc),
-            state.attempt_number,
-            policy.attempts,
-            state.upcoming_sleep,
-            extra={"wait_s": round(state.upcoming_sleep, 3), "attempt": state.attempt_number},
-        )
-        if scope is not None:
-            scope.count_retry()
-            scope.emit(
-                RetryScheduled(
-                    pipeline=scope.pipeline,
-                    run_id=scope.run_id,
-                    step=scope.step,
-                    operation=operation,
-                    reason=_reason_label(exc),
-                    attempt=state.attempt_number,
-                    attempts=policy.attempts,
-                    wait_s=state.upcoming_sleep,
-                )
-            )
-
-    cls = tenacity.AsyncRetrying if is_async else tenacity.Retrying
-    return cls(
-        sleep=_clock.async_sleep if is_async else _clock.sleep,
-        stop=stop,
-        wait=wait,
-        retry=tenacity.retry_if_exception(classify),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-async def _acall_with_retries(
+async def acall_with_retries(
     fn: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
     operation: str,
-    classify: Callable[[BaseException], bool],
+    classify: Callable[[BaseException], bool] = is_transient,
+    retry_after: Callable[[BaseException], float | None] = _retry_after_attribute,
+    describe: Callable[[BaseException], str] = _describe,
+    stats: RetryStats | None = None,
+    logger: logging.Logger = log,
+    rng: random.Random | None = None,
 ) -> T:
-    stats = RetryStats(attempts=1)
-    start = _clock.monotonic()
+    """``call_with_retries`` for a coroutine function; waits with ``asyncio.sleep``."""
+    loop = _Loop(
+        policy,
+        operation=operation,
+        classify=classify,
+        retry_after=retry_after,
+        describe=describe,
+        stats=stats,
+        logger=logger,
+        rng=rng,
+    )
+    loop.begin()
     try:
-        return await fn()
+        result = await fn()
     except Exception as exc:
-        if policy.attempts <= 1 or not classify(exc):
+        if not loop.first_failed(exc):
+            loop.finish(exc)
             raise
-        first: BaseException | None = exc
+    else:
+        loop.finish(None)
+        return result
 
     async def attempt() -> T:
-        nonlocal first
-        if first is not None:
-            pending, first = first, None
-            raise pending
-        stats.attempts += 1
+        loop.replay_first()
+        loop.begin()
         return await fn()
 
-    retrying = _build_retrying(
-        policy, operation, classify, lambda _e: None, str, stats, start, log, None, is_async=True
-    )
-    result: T = await retrying(attempt)
+    try:
+        result = await loop.async_retrying()(attempt)
+    except BaseException as exc:
+        loop.finish(exc)
+        raise
+    loop.finish(None)
     return result
 
 
@@ -325,12 +462,16 @@ def retry(
     """Retry the decorated function (sync or ``async``) on transient errors.
 
     ``@retry``, ``@retry()`` or ``@retry(RetryPolicy(attempts=3))``; ``on`` replaces the
-    classifier (default ``is_transient``). The last exception is re-raised unchanged. Inside a
-    pipeline step, each retry is counted in the step's marker and metrics.
-    Put it around the unit that is safe to repeat, and only there: retry layers multiply.
+    classifier (default ``is_transient``), but ``Permanent`` always stops. An exception's
+    numeric ``retry_after`` attribute (seconds) lengthens the wait like a Retry-After header.
+    The last exception is re-raised unchanged. Inside a pipeline step, each retry is counted
+    in the step's marker and metrics. Put it around the unit that is safe to repeat, and only
+    there: an error an inner retry loop (``HttpClient``) already gave up on is not retried.
     """
     if callable(policy) and not isinstance(policy, RetryPolicy):
         return retry()(policy)
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise UsageError(f"retry() takes a RetryPolicy, not {policy!r}")
     chosen = policy or RetryPolicy()
 
     def decorate(fn: Callable[P, Any]) -> Callable[P, Any]:
@@ -339,7 +480,7 @@ def retry(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await _acall_with_retries(
+                return await acall_with_retries(
                     lambda: fn(*args, **kwargs), chosen, operation=operation, classify=on
                 )
 

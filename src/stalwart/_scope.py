@@ -76,13 +76,11 @@ class StepScope:
         )
 
 
-def derive_idempotency_key(
+def derive_idempotency_key(  # noqa: PLR0917 - the key's inputs, in the documented order
     pipeline: str, run_id: str, step: str, method: str, path: str, body_sha256: str, n: int
 ) -> str:
-    material = "\x1f".join(
-        ["stalwart-idempotency-v1", pipeline, run_id, step, method.upper(), path, body_sha256]
-        + [str(n)]
-    )
+    parts = ["stalwart-idempotency-v1", pipeline, run_id, step, method.upper(), path, body_sha256]
+    material = "\x1f".join([*parts, str(n)])
     return "stw1-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
 
 

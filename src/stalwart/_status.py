@@ -143,8 +143,10 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
     holder = lock_holder(run_dir)
     if holder:
         print(f"  running now: {holder}")
-    header = f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} {'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
-    print(header)
+    print(
+        f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} "
+        f"{'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
+    )
     for row in collect(pipeline, run_id):
         took = f"{row.duration_s:.2f} s" if row.duration_s is not None else ""
         finished = row.finished[:19].replace("T", " ")
