@@ -2,18 +2,31 @@
 
 Secret: the value of ``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``Set-Cookie``
 and any header whose name mentions a token, key, secret, password, session or signature
-(``X-Api-Key``, ``X-Auth-Token``; but not ``Idempotency-Key``); a URL's user-info; and query
-parameters whose name mentions token, key, secret, password, signature, sig, auth, session,
-credential or code.
+(``X-Api-Key``, ``X-Auth-Token``; but not ``Idempotency-Key``); a URL's user-info; query
+(and fragment) parameters whose name mentions token, key, secret, password, signature, sig,
+auth, session, credential or code; and whole URLs that are secrets themselves (a Slack
+webhook URL), registered with ``register_secret``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "Scrubber", "is_secret_header", "redact_headers", "redact_url"]
+__all__ = [
+    "MASK",
+    "Scrubber",
+    "install_httpx_log_redaction",
+    "is_secret_header",
+    "redact_headers",
+    "redact_url",
+    "register_secret",
+    "scrub_registered",
+    "secrets_in_url",
+]
 
 MASK = "***"
 
@@ -31,6 +44,8 @@ _SECRET_PARAMS = re.compile(
     r"(^|[-_])code($|[-_])",
     re.IGNORECASE,
 )
+_MIN_SECRET = 4
+"""Shorter values would mask innocent text and protect nothing: they are left alone."""
 
 
 def is_secret_header(name: str) -> bool:
@@ -45,8 +60,21 @@ def redact_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> di
     return {k: (MASK if is_secret_header(k) else v) for k, v in items}
 
 
+def _redact_params(text: str) -> str:
+    if "=" not in text:
+        return text
+    pairs = parse_qsl(text, keep_blank_values=True)
+    if not any(_SECRET_PARAMS.search(k) for k, _ in pairs):
+        return text
+    return urlencode([(k, MASK if _SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*")
+
+
 def redact_url(url: str) -> str:
-    """``https://u:p@host/x?token=abc&page=2`` -> ``https://***@host/x?token=***&page=2``."""
+    """``https://u:p@host/x?token=abc&page=2`` -> ``https://***@host/x?token=***&page=2``.
+
+    A registered secret URL (``register_secret``) becomes ``***`` as a whole."""
+    if _registry.is_registered(url):
+        return MASK
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -54,18 +82,21 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAMS.search(k) for k, _ in pairs):
-            query = urlencode(
-                [(k, MASK if _SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*"
-            )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            parts.path,
+            _redact_params(parts.query),
+            _redact_params(parts.fragment),
+        )
+    )
+    return scrub_registered(shown)
 
 
 def secrets_in_url(url: str) -> list[str]:
-    """The secret parts of ``url`` (user-info, secret query values), for ``Scrubber``."""
+    """The secret parts of ``url`` (user-info, secret parameter values), as they appear
+    decoded and encoded, for ``Scrubber``."""
     found: list[str] = []
     try:
         parts = urlsplit(url)
@@ -75,9 +106,14 @@ def secrets_in_url(url: str) -> list[str]:
         userinfo = parts.netloc.rsplit("@", 1)[0]
         found.append(userinfo)
         found.extend(p for p in userinfo.split(":") if p)
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if _SECRET_PARAMS.search(k) and v:
-            found.append(v)
+    for text in (parts.query, parts.fragment):
+        for raw in text.split("&"):
+            key, _, value = raw.partition("=")
+            if value and _SECRET_PARAMS.search(key):
+                found.append(value)
+        for k, v in parse_qsl(text, keep_blank_values=True):
+            if v and _SECRET_PARAMS.search(k):
+                found += [v, quote(v, safe=""), quote_plus(v)]
     return found
 
 
@@ -87,12 +123,87 @@ class Scrubber:
     __slots__ = ("_pattern",)
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is masked whole. Short values
-        # (under 4 characters) would mask innocent text and protect nothing: left alone.
-        unique = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        # Longest first, so a secret containing another is masked whole.
+        unique = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, unique))) if unique else None
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:
             return text
         return self._pattern.sub(MASK, text)
+
+
+class _Registry:
+    """Secrets known process-wide (webhook URLs): masked in every URL stalwart shows and in
+    httpx's own request log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        self._scrubber = Scrubber(())
+
+    def add(self, secret: str) -> None:
+        with self._lock:
+            if len(secret) >= _MIN_SECRET and secret not in self._secrets:
+                self._secrets.add(secret)
+                self._scrubber = Scrubber(self._secrets)
+
+    def is_registered(self, text: str) -> bool:
+        with self._lock:
+            return text in self._secrets
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            scrubber = self._scrubber
+        return scrubber(text)
+
+
+_registry = _Registry()
+
+
+def register_secret(secret: str) -> None:
+    """Treat ``secret`` (a webhook URL, a token) as secret in every URL and httpx log line
+    stalwart emits from now on, in this process. Values under 4 characters are ignored."""
+    _registry.add(secret)
+    try:
+        parts = urlsplit(secret)
+    except ValueError:
+        return
+    if parts.scheme and parts.netloc:
+        # httpx normalises URLs (default port, percent-encoding); mask the path form too.
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        if len(path.strip("/")) >= 8:
+            _registry.add(path)
+
+
+def scrub_registered(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    return _registry.scrub(text)
+
+
+class _HttpxLogRedaction(logging.Filter):
+    """httpx logs every request's full URL at INFO; mask the secrets in it first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg
+                for arg in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = scrub_registered(record.msg)
+        return True
+
+
+_installed = threading.Event()
+_install_lock = threading.Lock()
+
+
+def install_httpx_log_redaction() -> None:
+    """Add the URL-masking filter to the ``httpx`` logger (once per process)."""
+    if _installed.is_set():
+        return
+    with _install_lock:
+        if not _installed.is_set():
+            logging.getLogger("httpx").addFilter(_HttpxLogRedaction())
+            _installed.set()
