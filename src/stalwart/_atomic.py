@@ -1,31 +1,39 @@
 """Atomic file writes: a reader sees the old file or the new one, never a part.
 
 The protocol, in this order: create a temp file ``.<name>.<random>.tmp`` in the destination's
-directory, write, flush, ``fsync`` the temp file, ``os.replace`` it over the destination, then
-``fsync`` the directory so the rename itself is durable.
+directory (``O_EXCL``, ``flock``-ed while it is being written), write, flush, ``fsync`` the temp
+file, ``os.replace`` it over the destination, then ``fsync`` the directory so the rename itself
+is durable.
 
 What survives a crash (process killed, kernel panic, power cut) on a local POSIX filesystem
-(ext4, xfs, btrfs, tmpfs for process crashes): the destination holds either its complete old
+(ext4, xfs, btrfs; tmpfs for process crashes): the destination holds either its complete old
 content or its complete new content. A temp file may be left behind if the process dies
-between creating it and the rename; stalwart's runner sweeps those at the start of a run.
+between creating it and the rename; ``sweep_temp_files`` (which stalwart's runner calls at the
+start of a run) removes those, and never one that a live writer still holds.
 
 What is not promised: network filesystems (NFS, SMB, FUSE mounts such as s3fs) may not honour
-``fsync`` or atomic rename; Windows is not supported. The durability of the *directory entry*
-depends on the directory fsync, which a few filesystems ignore.
+``fsync``, ``flock`` or atomic rename; Windows is not supported; a disk that acknowledges an
+``fsync`` before the data is on stable storage can lose the new content (or the rename) on a
+power cut. A filesystem that cannot ``fsync`` a directory (``EINVAL``) is tolerated: the
+rename is then as durable as that filesystem makes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Literal, overload
+from typing import IO, Any, Literal, NoReturn, overload
 
 __all__ = [
     "FileDigest",
@@ -36,11 +44,19 @@ __all__ = [
     "fsync_directory",
     "is_temp_name",
     "json_dumps",
+    "replace_bytes",
     "sweep_temp_files",
+    "temp_name_for",
 ]
+
+log = logging.getLogger("stalwart.atomic")
 
 _TEMP_SUFFIX = ".tmp"
 _TEMP_RE = re.compile(r"\A\..+\.[0-9a-f]{8}\.tmp\Z", re.DOTALL)
+_NAME_KEPT = 200
+"""Bytes of the destination's name kept in its temp name (NAME_MAX is 255 on Linux)."""
+_CREATE_TRIES = 8
+_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def json_dumps(data: Any) -> str:
@@ -49,7 +65,13 @@ def json_dumps(data: Any) -> str:
 
 
 def temp_name_for(name: str) -> str:
-    """``report.csv`` -> ``.report.csv.<random>.tmp`` (unique, hidden, recognisable)."""
+    """``report.csv`` -> ``.report.csv.<random>.tmp`` (unique, hidden, recognisable).
+
+    A long ``name`` is cut so that the temp name still fits in a directory entry.
+    """
+    encoded = os.fsencode(name)
+    if len(encoded) > _NAME_KEPT:
+        name = os.fsdecode(encoded[:_NAME_KEPT])
     return f".{name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
 
 
@@ -59,10 +81,15 @@ def is_temp_name(name: str) -> bool:
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
-    """``fsync`` a directory so that renames and creations in it survive a power cut."""
+    """``fsync`` a directory so that renames, creations and deletions in it survive a power
+    cut. A filesystem that cannot sync a directory (``EINVAL``, ``ENOTSUP``) is tolerated."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        log.debug("%s cannot fsync a directory (%s); renames there are not durable", path, exc)
     finally:
         os.close(fd)
 
@@ -145,35 +172,53 @@ def atomic_write(
     """Write ``path`` atomically; use as ``with atomic_write(path) as f: f.write(...)``.
 
     The file object streams to a temp file in the same directory (nothing is held in
-    memory beyond the usual buffer). On a clean exit the temp file is flushed, fsynced,
+    memory beyond a 1 MiB buffer). On a clean exit the temp file is flushed, fsynced,
     renamed over ``path`` and the directory is fsynced. On any exception, ``KeyboardInterrupt``
-    included, the temp file is removed and ``path`` is untouched.
+    included, the temp file is removed and ``path`` is untouched. Closing the file inside the
+    block is allowed; the rename still happens when the block ends.
 
-    An existing ``path`` keeps its permission bits; a new file gets ``0o666 & ~umask`` like
-    ``open()`` would. ``digest``, if given, receives the size and sha256 of the bytes
-    written. See the module docstring for what survives a crash.
+    An existing ``path`` keeps its permission bits (a symlink at ``path`` is replaced by a
+    regular file); a new file gets ``0o666 & ~umask`` like ``open()`` would. ``digest``, if
+    given, receives the size and sha256 of the bytes written. Text is written without
+    newline translation. See the module docstring for what survives a crash.
     """
     return _atomic_write(Path(path), _open_mode(mode), encoding, digest)
 
 
-def _create_temp(path: Path) -> tuple[Path, int]:
-    """Create the temp file beside ``path``, with ``path``'s permission bits if it exists."""
+def _lock_temp(fd: int) -> None:
+    """Mark the temp file as live for ``sweep_temp_files`` (the OS drops the lock if we die)."""
+    with contextlib.suppress(OSError):  # no flock on this filesystem: sweeps cannot tell
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _create_temp(path: Path, new_mode: int = 0o666) -> tuple[Path, int]:
+    """Create and lock the temp file beside ``path``, with ``path``'s permission bits if it
+    exists (else ``new_mode & ~umask``). Returns its path and a descriptor open for writing."""
     try:
         keep_mode: int | None = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         keep_mode = None
-    tmp = path.parent / temp_name_for(path.name)
     # O_EXCL | O_NOFOLLOW: never reuse or follow anything already at the temp name.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(tmp, flags, 0o666)
-    if keep_mode is not None:
+    for _ in range(_CREATE_TRIES):
+        tmp = path.parent / temp_name_for(path.name)
         try:
-            os.fchmod(fd, keep_mode)
+            fd = os.open(tmp, flags, new_mode)
+        except FileExistsError:  # 32 random bits collided: draw again
+            continue
+        try:
+            _lock_temp(fd)
+            if os.fstat(fd).st_nlink == 0:  # a sweep removed it before we locked it
+                os.close(fd)
+                continue
+            if keep_mode is not None:
+                os.fchmod(fd, keep_mode)
         except BaseException:
             os.close(fd)
             _discard(tmp)
             raise
-    return tmp, fd
+        return tmp, fd
+    raise FileExistsError(errno.EEXIST, "could not create a unique temp file", str(path))
 
 
 def _discard(tmp: Path) -> None:
@@ -181,11 +226,48 @@ def _discard(tmp: Path) -> None:
         os.unlink(tmp)
 
 
+def _abandon(tmp: Path, fd: int, handle: IO[Any] | None) -> None:
+    """Remove the temp file first (so an interrupt during cleanup leaves less), then close."""
+    try:
+        _discard(tmp)
+    finally:
+        try:
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+        finally:
+            os.close(fd)
+
+
 def _naming(exc: OSError, path: Path) -> OSError:
     """The same kind of OSError (same errno), saying which destination it was about."""
-    if exc.filename is not None and str(path) in str(exc.filename):
+    if exc.errno is None or (exc.filename is not None and str(path) in str(exc.filename)):
         return exc
-    return type(exc)(exc.errno, f"{exc.strerror} (atomic write of {path})", str(path))
+    return OSError(exc.errno, f"{exc.strerror} (atomic write of {path})", str(path))
+
+
+def _raise_named(exc: OSError, path: Path) -> NoReturn:
+    named = _naming(exc, path)
+    if named is exc:
+        raise exc
+    raise named from exc
+
+
+def _sync_parent(path: Path) -> None:
+    try:
+        fsync_directory(path.parent)
+    except OSError as exc:
+        _raise_named(exc, path)
+
+
+def _open_handle(fd: int, binary: bool, encoding: str, digest: FileDigest | None) -> IO[Any]:
+    raw: io.RawIOBase = (
+        io.FileIO(fd, "wb", closefd=True) if digest is None else _DigestingRaw(fd, digest)
+    )
+    buffered = io.BufferedWriter(raw, buffer_size=1 << 20)
+    if binary:
+        return buffered
+    return io.TextIOWrapper(buffered, encoding=encoding, newline="")
 
 
 @contextlib.contextmanager
@@ -195,56 +277,74 @@ def _atomic_write(
     try:
         tmp, fd = _create_temp(path)
     except OSError as exc:
-        raise _naming(exc, path) from exc
-    raw: io.RawIOBase = (
-        io.FileIO(fd, "wb", closefd=True) if digest is None else _DigestingRaw(fd, digest)
-    )
-    buffered = io.BufferedWriter(raw, buffer_size=1 << 20)
-    handle: IO[Any] = (
-        buffered if binary else io.TextIOWrapper(buffered, encoding=encoding, newline="")
-    )
+        _raise_named(exc, path)
+    # The caller's file object writes through its own descriptor (closing it is allowed);
+    # ``fd`` keeps the temp file locked until it is renamed, and is what gets fsynced.
     try:
-        yield handle
-        try:
-            handle.flush()
-            os.fsync(fd)
-            handle.close()
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise _naming(exc, path) from exc
+        handle = _open_handle(os.dup(fd), binary, encoding, digest)
     except BaseException:
-        with contextlib.suppress(Exception):
-            handle.close()
-        _discard(tmp)
+        _abandon(tmp, fd, None)
         raise
     try:
-        fsync_directory(path.parent)
+        yield handle
+    except BaseException:
+        _abandon(tmp, fd, handle)
+        raise
+    try:
+        handle.close()  # flushes what is buffered into the temp file
+        os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _abandon(tmp, fd, handle)
+        if isinstance(exc, OSError):
+            _raise_named(exc, path)
+        raise
+    os.close(fd)
+    _sync_parent(path)
+
+
+def replace_bytes(
+    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, new_mode: int = 0o666
+) -> None:
+    """Replace ``path`` by ``data`` through a temp file and a rename (stalwart's own records).
+
+    ``durable=False`` skips both fsyncs: a crash never leaves a partial file, but after a
+    power cut the file may hold its old content. ``new_mode`` (masked by the umask) applies
+    to a file that does not exist yet; an existing one keeps its permission bits.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    target = Path(path)
+    try:
+        tmp, fd = _create_temp(target, new_mode)
     except OSError as exc:
-        raise _naming(exc, path) from exc
+        _raise_named(exc, target)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        _abandon(tmp, fd, None)
+        if isinstance(exc, OSError):
+            _raise_named(exc, target)
+        raise
+    os.close(fd)
+    if durable:
+        _sync_parent(target)
 
 
 def atomic_write_bytes(
     path: str | os.PathLike[str], data: bytes, *, digest: FileDigest | None = None
 ) -> None:
-    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
-    target = Path(path)
-    try:
-        tmp, fd = _create_temp(target)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            _discard(tmp)
-            raise
-        fsync_directory(target.parent)
-    except OSError as exc:
-        raise _naming(exc, target) from exc
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``).
+
+    After it returns, ``path`` holds ``data`` durably; if it raises (or the process dies),
+    ``path`` holds its complete old content or, if the rename already happened, ``data``.
+    """
+    replace_bytes(path, data)
     if digest is not None:
         digest.update(data)
 
@@ -256,7 +356,7 @@ def atomic_write_text(
     encoding: str = "utf-8",
     digest: FileDigest | None = None,
 ) -> None:
-    """Write the text ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    """Write the text ``data`` to ``path`` atomically (see ``atomic_write_bytes``)."""
     atomic_write_bytes(path, data.encode(encoding), digest=digest)
 
 
@@ -266,15 +366,50 @@ def atomic_write_json(
     """Write ``data`` as JSON (UTF-8, sorted keys, indented) to ``path`` atomically.
 
     Serialisation happens before anything touches the disk, so an unserialisable value
-    raises ``TypeError`` and leaves ``path`` as it was.
+    raises ``TypeError`` (or ``ValueError``) and leaves ``path`` as it was, with no temp file.
     """
     atomic_write_bytes(path, json_dumps(data).encode("utf-8"), digest=digest)
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Unlink the temp file at ``path`` unless a live writer holds its lock."""
+    try:
+        seen = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(seen.st_mode):  # only regular files: never a link, fifo or directory
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot check temp file %s (%s); leaving it", path, exc.strerror)
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False  # a live writer: not debris
+            # no flock on this filesystem: it cannot be told apart, treat it as debris
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)  # after the unlink: a writer that was waiting sees st_nlink == 0
 
 
 def sweep_temp_files(directory: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
     """Remove temp files a killed writer left (``.<name>.<random>.tmp``); return them.
 
-    Only names of that exact shape are touched, so user files are never removed.
+    Only regular files with names of that exact shape are touched, so user files are never
+    removed, and a temp file a live writer holds (in this or another process) is left alone.
+    Safe to call while other processes write in ``directory``.
     """
     removed: list[Path] = []
     root = Path(directory)
@@ -283,9 +418,7 @@ def sweep_temp_files(directory: str | os.PathLike[str], *, recursive: bool = Tru
     walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
     for dirpath, _dirs, files in walker:
         for name in files:
-            if is_temp_name(name):
-                victim = Path(dirpath) / name
-                with contextlib.suppress(FileNotFoundError):
-                    victim.unlink()
-                    removed.append(victim)
+            victim = Path(dirpath) / name
+            if is_temp_name(name) and _remove_if_abandoned(victim):
+                removed.append(victim)
     return removed
