@@ -20,13 +20,12 @@ import logging
 import os
 import re
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._atomic import atomic_write_bytes, json_dumps, temp_name_for
+from ._atomic import fsync_directory, json_dumps, replace_bytes
 from ._errors import RunLockedError, UsageError
 
 __all__ = [
@@ -43,12 +42,14 @@ __all__ = [
 log = logging.getLogger("stalwart.checkpoint")
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MARKER_FORMAT = 1
+_MAX_MARKER = 16 * 1024 * 1024
 
 
 def validate_name(value: object, what: str) -> str:
     """A run ID, pipeline or step name: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``, never a path."""
-    if isinstance(value, str) and NAME_RE.match(value) and value not in (".", ".."):
+    if isinstance(value, str) and NAME_RE.match(value):
         return value
     shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60])
     raise UsageError(
@@ -62,12 +63,10 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
+    """One output of a step: its name relative to the run directory, size and sha256."""
+
     name: str
     size: int
     sha256: str
@@ -105,30 +104,31 @@ class Marker:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"not valid JSON ({type(exc).__name__})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-        try:
-            outputs = tuple(
-                OutputRecord(name=str(o["name"]), size=int(o["size"]), sha256=str(o["sha256"]))
-                for o in data.get("outputs", [])
+            raise ValueError(  # noqa: TRY004 - the contract: ValueError for any bad marker
+                f"expected a JSON object, found {type(data).__name__}"
             )
-            marker = cls(
+        try:
+            version = _typed(data, "format", int)
+            if version != MARKER_FORMAT:
+                raise ValueError(f"unknown marker format {version} (this stalwart writes 1)")
+            raw_outputs = _typed(data, "outputs", list)
+            return cls(
                 pipeline=_typed(data, "pipeline", str),
                 step=_typed(data, "step", str),
                 run_id=_typed(data, "run_id", str),
                 started=_typed(data, "started", str),
                 finished=_typed(data, "finished", str),
                 duration_s=float(_typed(data, "duration_s", (int, float))),
-                attempts=_typed(data, "attempts", int),
-                retries=_typed(data, "retries", int),
-                runs=_typed(data, "runs", int),
-                outputs=outputs,
-                format=_typed(data, "format", int),
+                attempts=_count(data, "attempts"),
+                retries=_count(data, "retries"),
+                runs=_count(data, "runs"),
+                outputs=tuple(_output(o) for o in raw_outputs),
+                format=version,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"missing or malformed field: {exc}") from None
-        if any(o.size < 0 for o in outputs):
-            raise ValueError("an output has a negative size")
-        return marker
+        except KeyError as exc:
+            raise ValueError(f"missing field {exc}") from None
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -136,6 +136,35 @@ def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
     if not isinstance(value, kind) or isinstance(value, bool):
         raise TypeError(f"{key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    value: int = _typed(data, key, int)
+    if value < 0:
+        raise TypeError(f"{key!r} is negative")
+    return value
+
+
+def _output(item: object) -> OutputRecord:
+    if not isinstance(item, dict):
+        raise TypeError(f"an output is a {type(item).__name__}, not an object")
+    name = _typed(item, "name", str)
+    if not _is_output_name(name):
+        raise TypeError(f"output name {name[:80]!r} is not a path inside the run directory")
+    sha256 = _typed(item, "sha256", str)
+    if not SHA256_RE.match(sha256):
+        raise TypeError(f"output {name!r} has a malformed sha256")
+    return OutputRecord(name=name, size=_count(item, "size"), sha256=sha256)
+
+
+def _is_output_name(name: str) -> bool:
+    """The names ``Context`` records: relative, no ``..``, no part starting with a dot."""
+    if not name or "\x00" in name or "\\" in name:
+        return False
+    pure = PurePosixPath(name)
+    return not pure.is_absolute() and all(
+        part not in ("", ".", "..") and not part.startswith(".") for part in pure.parts
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +184,35 @@ class StepRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_RECORD_TYPES: dict[str, type] = {
+    "runs": int,
+    "started": str,
+    "outcome": str,
+    "finished": str,
+    "error_type": str,
+    "error": str,
+    "attempts": int,
+    "retries": int,
+    "dead_letter_id": str,
+    "extra": dict,
+}
+
+
+def _parse_record(raw: bytes) -> StepRecord:
+    """A ``.last.json`` record; ``TypeError``/``ValueError`` if it is not one."""
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    known = {k: data[k] for k in _RECORD_TYPES if k in data}
+    for key, value in known.items():
+        kind = _RECORD_TYPES[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{key} is not a {kind.__name__}")
+        if isinstance(value, int) and value < 0:
+            raise TypeError(f"{key} is negative")
+    return StepRecord(**known)
+
+
 @dataclass(frozen=True, slots=True)
 class SkipDecision:
     done: bool
@@ -169,8 +227,10 @@ class CheckpointStore:
 
     Crash safety: markers are written with ``atomic_write`` (temp, fsync, rename, fsync of the
     directory), so a marker on disk is always complete; a marker that is not (edited by hand,
-    disk corruption) is reported as corrupt and its step runs again. ``.last.json`` records
-    are written atomically but without fsync: after a power cut they may lag by one start.
+    disk corruption) is reported as corrupt and its step runs again. Clearing markers fsyncs
+    the directory, so a cleared marker does not come back after a power cut. ``.last.json``
+    records are written atomically but without fsync: after a power cut they may lag by one
+    start.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
@@ -180,31 +240,16 @@ class CheckpointStore:
     # -- the storage seam --------------------------------------------------------------------
 
     def _read(self, name: str) -> bytes | None:
+        """The whole file, ``None`` if it does not exist; ``OSError`` if it cannot be read."""
         try:
             with open(self.directory / name, "rb") as handle:
-                return handle.read(16 * 1024 * 1024 + 1)
+                return handle.read(_MAX_MARKER + 1)
         except FileNotFoundError:
             return None
 
     def _write(self, name: str, data: bytes, *, durable: bool = True) -> None:
         self._ensure_directory()
-        if durable:
-            atomic_write_bytes(self.directory / name, data)
-            return
-        tmp = self.directory / temp_name_for(name)
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-        )
-        try:
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.directory / name)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        replace_bytes(self.directory / name, data, durable=durable, new_mode=0o600)
 
     def _list(self) -> list[str]:
         try:
@@ -212,18 +257,23 @@ class CheckpointStore:
         except FileNotFoundError:
             return []
 
-    def _delete(self, name: str) -> bool:
-        try:
-            os.unlink(self.directory / name)
-        except FileNotFoundError:
-            return False
-        return True
+    def _delete(self, names: list[str]) -> list[str]:
+        """Unlink ``names``; return those that existed. Durable once it returns."""
+        deleted = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / name)
+                deleted.append(name)
+        if deleted:
+            fsync_directory(self.directory)
+        return deleted
 
     def _ensure_directory(self) -> None:
         try:
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
-            pass
+            return
+        fsync_directory(self.run_dir)  # the new directory entry must survive a power cut too
 
     # -- markers -----------------------------------------------------------------------------
 
@@ -231,10 +281,16 @@ class CheckpointStore:
         return self.directory / f"{validate_name(step, 'step name')}.done"
 
     def read_marker(self, step: str) -> Marker | None:
-        """The step's marker, ``None`` if there is none; ``ValueError`` if it is corrupt."""
-        raw = self._read(f"{validate_name(step, 'step name')}.done")
+        """The step's marker, ``None`` if there is none; ``ValueError`` if it is corrupt or
+        cannot be read."""
+        try:
+            raw = self._read(f"{validate_name(step, 'step name')}.done")
+        except OSError as exc:
+            raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
         if raw is None:
             return None
+        if len(raw) > _MAX_MARKER:
+            raise ValueError(f"larger than {_MAX_MARKER} bytes")
         return Marker.from_json(raw)
 
     def check(self, step: str, *, run_id: str) -> SkipDecision:
@@ -272,38 +328,32 @@ class CheckpointStore:
         return self.check(step, run_id=run_id or self.run_dir.name).done
 
     def write_marker(self, marker: Marker) -> None:
-        """Write the marker atomically. Call only after every output is durable."""
+        """Write the marker atomically and durably. Call only after every output is durable:
+        a crash before it returns leaves no marker (the step runs again), never half of one."""
         self._write(f"{validate_name(marker.step, 'step name')}.done", marker.to_json())
 
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
         """Remove the markers of ``steps``; return the steps that had one."""
-        return [step for step in steps if self._delete(f"{validate_name(step, 'step name')}.done")]
+        names = [f"{validate_name(step, 'step name')}.done" for step in steps]
+        return [name[: -len(".done")] for name in self._delete(names)]
 
     def clear_all(self) -> list[str]:
-        return [
-            name[: -len(".done")]
-            for name in self._list()
-            if name.endswith(".done") and self._delete(name)
-        ]
+        """Remove every marker of the run; return the steps that had one."""
+        names = [name for name in self._list() if name.endswith(".done")]
+        return [name[: -len(".done")] for name in self._delete(names)]
 
     # -- step records ------------------------------------------------------------------------
 
     def read_record(self, step: str) -> StepRecord:
-        raw = self._read(f"{validate_name(step, 'step name')}.last.json")
-        if raw is None:
-            return StepRecord()
+        """The step's latest start; an empty record (with a warning) if it is unreadable."""
         try:
-            data = json.loads(raw.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise TypeError("not an object")
-            known = {k: data[k] for k in StepRecord.__dataclass_fields__ if k in data}
-            record = StepRecord(**known)
-            if not isinstance(record.runs, int):
-                raise TypeError("runs is not an integer")
-        except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
-            log.warning("ignoring unreadable step record for %s in %s", step, self.directory)
+            raw = self._read(f"{validate_name(step, 'step name')}.last.json")
+            return StepRecord() if raw is None else _parse_record(raw)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
+            log.warning(
+                "ignoring unreadable step record for %s in %s (%s)", step, self.directory, exc
+            )
             return StepRecord()
-        return record
 
     def write_record(self, step: str, record: StepRecord) -> None:
         self._write(
@@ -318,6 +368,7 @@ class RunLock:
 
     The lock file is never deleted (deleting a flock'ed file races with the next locker); it
     holds a line naming the holder (pid, host, start time) for the message of the loser.
+    A child process that inherits no descriptor (they are close-on-exec) does not hold it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -325,6 +376,9 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock or raise ``RunLockedError`` at once (never waits)."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already locked by this RunLock")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -342,9 +396,18 @@ class RunLock:
                 lock_path=str(self.path),
                 holder=holder,
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
         holder = f"pid {os.getpid()} on host {socket.gethostname()} since {utc_now()}\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode("utf-8"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode("utf-8"), 0)
+        except OSError:  # disk full: the lock holds all the same, only the note is missing
+            log.debug("could not note the lock holder in %s", self.path, exc_info=True)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
 
     def release(self) -> None:
@@ -354,13 +417,13 @@ class RunLock:
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing the descriptor releases the flock
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

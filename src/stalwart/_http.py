@@ -15,23 +15,32 @@ httpx is imported on first use, so ``import stalwart`` stays fast.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json as jsonlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
-from ._redact import Scrubber, is_secret_header, redact_url, secrets_in_url
+from ._redact import (
+    Scrubber,
+    install_httpx_log_redaction,
+    is_secret_header,
+    redact_url,
+    secrets_in_url,
+)
 from ._retry import RetryPolicy, RetryStats, call_with_retries
 from ._scope import StepScope
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["HttpClient", "Response", "StepHttp"]
+__all__ = ["HttpClient", "Response", "StepHttp", "excerpt", "parse_retry_after"]
 
 log = logging.getLogger("stalwart.http")
 
@@ -47,7 +56,8 @@ def excerpt(content: bytes, limit: int = _EXCERPT) -> str:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None
+    if it is absent or unreadable. A date in the past means 0."""
     if value is None:
         return None
     value = value.strip()
@@ -60,10 +70,10 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when.tzinfo is None:
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less date is not one
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return max(0.0, seconds)
 
@@ -74,11 +84,14 @@ class Response:
     Everything else (``status_code``, ``headers``, ``content``, ``text``...) is httpx's.
     """
 
-    __slots__ = ("_describe", "raw")
+    __slots__ = ("_operation", "_scrub", "raw")
 
-    def __init__(self, raw: httpx.Response, describe: str) -> None:
+    def __init__(
+        self, raw: httpx.Response, operation: str, scrub: Callable[[str], str] = str
+    ) -> None:
         self.raw = raw
-        self._describe = describe
+        self._operation = operation
+        self._scrub = scrub
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -100,96 +113,35 @@ class Response:
         return self.raw.text
 
     def json(self) -> Any:
-        """The body as JSON, or ``ResponseFormatError`` naming what came back instead."""
+        """The body as JSON, or ``ResponseFormatError`` (permanent) naming the URL, the
+        status, the content type and a short excerpt of what came back instead."""
         content_type = self.raw.headers.get("content-type", "no content type")
         body = self.raw.content
         try:
             return jsonlib.loads(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            problem = "is not UTF-8 text"
+        except UnicodeDecodeError as exc:
+            problem = f"is not UTF-8 text (byte {exc.start})"
         except jsonlib.JSONDecodeError as exc:
             problem = f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        method, _, url = self._operation.partition(" ")
         raise ResponseFormatError(
-            f"{self._describe} -> {self.raw.status_code}: expected JSON, but the body "
-            f"({content_type}, {len(body)} bytes) {problem}: {excerpt(body)!r}",
-            method=self.raw.request.method,
-            url=self._describe.split(" ", 1)[-1],
+            f"{self._operation} -> {self.raw.status_code}: expected JSON, but the body "
+            f"({content_type}, {len(body)} bytes) {problem}: {self._scrub(excerpt(body))!r}",
+            method=method,
+            url=url,
         )
 
     def __repr__(self) -> str:
-        return f"<Response [{self.raw.status_code}] {self._describe}>"
+        return f"<Response [{self.raw.status_code}] {self._operation}>"
 
 
-class HttpClient:
-    """An httpx-based client with default timeouts, retries per call and redacted errors.
+class _Verbs:
+    """``get``/``post``/... over ``request``, shared by ``HttpClient`` and ``StepHttp``."""
 
-    ``timeout``: seconds for each network operation (``connect_timeout`` for connecting).
-    ``retry``: the ``RetryPolicy`` of every call (a step's ``retry=`` overrides it).
-    ``headers``/``auth``: credentials belong here, not on single calls: dead-letter replay
-    re-sends through the pipeline's client, so only the client's credentials are replayed.
-    ``transport``: an httpx transport (``httpx.MockTransport`` in tests, a proxy...).
-    Thread-safe; close it with ``close()`` or use it as a context manager.
-    """
+    __slots__ = ()
 
-    def __init__(
-        self,
-        *,
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        headers: Mapping[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        base_url: str = "",
-        follow_redirects: bool = True,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        if not (timeout > 0 and connect_timeout > 0):
-            raise ValueError("HttpClient timeouts must be positive: no request without one")
-        self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.retry = retry or RetryPolicy()
-        self._headers = dict(headers or {})
-        self._auth = auth
-        self._base_url = base_url
-        self._follow_redirects = follow_redirects
-        self._transport = transport
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
-        self._secrets = [v for k, v in self._headers.items() if is_secret_header(k)]
-        self._secrets += [part for v in list(self._secrets) for part in v.split()]
-        if auth is not None:
-            self._secrets.append(auth[1])
-
-    def _httpx(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                import httpx  # noqa: PLC0415 - loaded on first request, not at import
-
-                _install_httpx_log_redaction()
-
-                self._client = httpx.Client(
-                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                    headers=self._headers,
-                    auth=self._auth,
-                    base_url=self._base_url,
-                    follow_redirects=self._follow_redirects,
-                    transport=self._transport,
-                )
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def __enter__(self) -> HttpClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    # -- the verbs ---------------------------------------------------------------------------
+    def _bound(self) -> tuple[HttpClient, StepScope | None]:
+        raise NotImplementedError
 
     def get(self, url: str, **kwargs: Any) -> Response:
         return self.request("GET", url, **kwargs)
@@ -226,76 +178,175 @@ class HttpClient:
     ) -> Response:
         """Send one request, retrying transient failures; raise ``HttpError`` if it fails.
 
-        A non-2xx final answer raises ``HttpStatusError``. ``idempotency_key`` makes a
-        POST/PATCH safe to retry (sent as ``Idempotency-Key``). ``dead_letter`` (a
-        ``DeadLetterStore``, or ``True`` inside a step) keeps the request for replay when it
-        fails for good.
+        A non-2xx final answer raises ``HttpStatusError``. ``timeout`` overrides the
+        client's for this call. ``idempotency_key`` makes a POST/PATCH safe to retry (sent as
+        ``Idempotency-Key``). ``retry`` overrides the policy for this call. ``dead_letter``
+        (a ``DeadLetterStore``, or ``True`` inside a step) keeps the request for replay when
+        it fails for good.
         """
-        return self._send(
-            method,
-            url,
-            params=params,
-            headers=headers,
-            content=content,
-            json=json,
-            data=data,
-            timeout=timeout,
-            idempotency_key=idempotency_key,
-            policy=retry,
-            dead_letter=dead_letter,
-            scope=None,
+        client, scope = self._bound()
+        return client._send(
+            _Call(
+                method=method.upper(),
+                url=url,
+                params=params,
+                headers=headers,
+                content=content,
+                json=json,
+                data=data,
+                timeout=timeout,
+                idempotency_key=idempotency_key,
+                policy=retry,
+                dead_letter=dead_letter,
+            ),
+            scope,
         )
 
-    # -- the machinery -----------------------------------------------------------------------
 
-    def _send(
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Call:
+    """The arguments of one ``request`` call."""
+
+    method: str
+    url: str
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    content: bytes | str | None
+    json: Any
+    data: Mapping[str, Any] | None
+    timeout: float | None
+    idempotency_key: str | None
+    policy: RetryPolicy | None
+    dead_letter: Any
+
+
+class HttpClient(_Verbs):
+    """An httpx-based client with default timeouts, retries per call and redacted errors.
+
+    ``timeout``: seconds for each network operation (``connect_timeout`` for connecting).
+    ``retry``: the ``RetryPolicy`` of every call (a step's ``retry=`` overrides it).
+    ``headers``/``auth``: credentials belong here, not on single calls: dead-letter replay
+    re-sends through the pipeline's client, so only the client's credentials are replayed.
+    ``transport``: an httpx transport (a proxy, a custom TLS setup...).
+    Thread-safe; close it with ``close()`` or use it as a context manager.
+    """
+
+    def __init__(
         self,
-        method: str,
-        url: str,
         *,
-        params: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        data: Mapping[str, Any] | None,
-        timeout: float | None,
-        idempotency_key: str | None,
-        policy: RetryPolicy | None,
-        dead_letter: Any,
-        scope: StepScope | None,
-    ) -> Response:
-        method = method.upper()
-        client = self._httpx()
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        base_url: str = "",
+        follow_redirects: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):
+            raise ValueError("HttpClient timeouts must be positive and finite: no request without")
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.retry = retry or RetryPolicy()
+        self._headers = dict(headers or {})
+        self._auth = auth
+        self._base_url = base_url
+        self._follow_redirects = follow_redirects
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        secrets = [v for k, v in self._headers.items() if is_secret_header(k)]
+        secrets += [part for v in list(secrets) for part in v.split()]
+        if auth is not None:
+            basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+            secrets += [auth[1], basic]
+        self._secrets = secrets
+
+    def __repr__(self) -> str:
+        return f"HttpClient(timeout={self.timeout}, retry={self.retry!r})"
+
+    def _bound(self) -> tuple[HttpClient, StepScope | None]:
+        return self, None
+
+    def _httpx(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                import httpx  # noqa: PLC0415 - loaded on first request, not at import
+
+                install_httpx_log_redaction()
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                    headers=self._headers,
+                    auth=self._auth,
+                    base_url=self._base_url,
+                    follow_redirects=self._follow_redirects,
+                    transport=self._transport,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _build(self, client: httpx.Client, call: _Call) -> httpx.Request:
         import httpx  # noqa: PLC0415 - already loaded by _httpx()
 
-        if json is not _MISSING:
-            content = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+        headers, content = call.headers, call.content
+        if call.json is not _MISSING:
+            content = jsonlib.dumps(call.json, separators=(",", ":"), ensure_ascii=False).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
         elif isinstance(content, str):
             content = content.encode("utf-8")
-        request = client.build_request(
-            method,
-            url,
-            params=params,
-            headers=headers,
-            content=content,
-            data=data,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, self.connect_timeout))
-            if timeout
-            else httpx.USE_CLIENT_DEFAULT,
-        )
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if call.timeout is not None:
+            if not 0 < call.timeout < math.inf:
+                raise ValueError(f"timeout must be positive and finite, not {call.timeout!r}")
+            timeout = httpx.Timeout(call.timeout, connect=min(call.timeout, self.connect_timeout))
+        try:
+            return client.build_request(
+                call.method,
+                call.url,
+                params=call.params,
+                headers=headers,
+                content=content,
+                data=call.data,
+                timeout=timeout,
+            )
+        except httpx.InvalidURL as exc:
+            raise HttpError(
+                f"{call.method} {redact_url(call.url)}: invalid URL "
+                f"({Scrubber(secrets_in_url(call.url))(str(exc))})",
+                method=call.method,
+                url=redact_url(call.url),
+            ) from None
+
+    def _send(self, call: _Call, scope: StepScope | None) -> Response:
+        client = self._httpx()
+        import httpx  # noqa: PLC0415 - already loaded by _httpx()
+
+        request = self._build(client, call)
         body = request.read()
+        method = call.method
+        key = call.idempotency_key
         if method in ("POST", "PATCH") and "idempotency-key" not in request.headers:
-            if idempotency_key is None and scope is not None:
-                idempotency_key = scope.idempotency_key(
+            if key is None and scope is not None:
+                key = scope.idempotency_key(
                     method, request.url.path, hashlib.sha256(body).hexdigest()
                 )
-            if idempotency_key is not None:
-                request.headers["Idempotency-Key"] = idempotency_key
+            if key is not None:
+                request.headers["Idempotency-Key"] = key
         repeatable = method in _SAFE_TO_REPEAT or "idempotency-key" in request.headers
         shown = redact_url(str(request.url))
         operation = f"{method} {shown}"
-        call_secrets = list(self._secrets) + secrets_in_url(str(request.url))
+        call_secrets = [*self._secrets, *secrets_in_url(str(request.url))]
         for name, value in request.headers.items():
             if is_secret_header(name):
                 call_secrets += [value, *value.split()]
@@ -308,23 +359,23 @@ class HttpClient:
                 raise _transport_error(exc, method, shown, scrub) from None
             if response.is_success:
                 return response
+            body_excerpt = scrub(excerpt(response.content))
             raise HttpStatusError(
-                f"{operation} -> {response.status_code} {response.reason_phrase}: "
-                f"{scrub(excerpt(response.content))!r}",
+                f"{operation} -> {response.status_code} {response.reason_phrase}: {body_excerpt!r}",
                 method=method,
                 url=shown,
                 status=response.status_code,
-                body_excerpt=scrub(excerpt(response.content)),
+                body_excerpt=body_excerpt,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
 
         def classify(exc: BaseException) -> bool:
             if not isinstance(exc, HttpError) or not exc.transient:
                 return False
-            return repeatable or getattr(exc, "not_sent", False)
+            return repeatable or bool(exc.__dict__.get("not_sent", False))
 
         stats = RetryStats()
-        effective = policy or (scope.retry_policy if scope else None) or self.retry
+        effective = call.policy or (scope.retry_policy if scope else None) or self.retry
         try:
             raw = call_with_retries(
                 attempt,
@@ -338,41 +389,20 @@ class HttpClient:
             )
         except HttpError as exc:
             exc.attempts = stats.attempts
-            final = _final_message(exc, stats, effective, repeatable)
-            exc.args = (final,)
-            if dead_letter:
-                _keep_dead_letter(dead_letter, scope, request, body, exc, stats)
+            exc.args = (_final_message(exc, stats, effective, repeatable),)
+            if call.dead_letter:
+                _keep_dead_letter(
+                    call.dead_letter, scope, request=request, body=body, exc=exc, stats=stats
+                )
             raise
-        return Response(raw, operation)
-
-
-class _RedactUrls(logging.Filter):
-    """httpx logs every request's full URL at INFO; mask the secrets in it first."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg
-                for arg in record.args
-            )
-        return True
-
-
-_redaction_installed = False
-
-
-def _install_httpx_log_redaction() -> None:
-    global _redaction_installed  # noqa: PLW0603 - once per process
-    if not _redaction_installed:
-        logging.getLogger("httpx").addFilter(_RedactUrls())
-        _redaction_installed = True
+        return Response(raw, operation, scrub)
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, HttpStatusError):
         return str(exc.status)
     text = str(exc)
-    return text.split(": ", 1)[-1] if ": " in text else text
+    return text.split(" failed: ", 1)[-1]
 
 
 def _transport_error(
@@ -382,7 +412,10 @@ def _transport_error(
 
     # The request never reached the server: safe to repeat even a POST.
     not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-    transient = isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.ProtocolError)
+    transient = isinstance(
+        exc,
+        httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError,
+    )
     detail = scrub(str(exc)) or "no detail"
     error = HttpError(
         f"{method} {shown} failed: {type(exc).__name__}: {detail}",
@@ -390,33 +423,40 @@ def _transport_error(
         url=shown,
         transient=transient,
     )
-    error.not_sent = not_sent  # type: ignore[attr-defined]
+    error.__dict__["not_sent"] = not_sent
     return error
 
 
 def _final_message(exc: HttpError, stats: RetryStats, policy: RetryPolicy, repeatable: bool) -> str:
     message = str(exc)
+    plural = "s" if stats.attempts != 1 else ""
     if stats.stop_reason == "deadline":
-        asked = getattr(exc, "retry_after", None)
+        left = max(0.0, policy.deadline - stats.elapsed)
+        asked = stats.retry_after
         why = (
-            f"the server asked to wait {asked:.0f} s (Retry-After)"
-            if asked
-            else "the next backoff wait"
+            f"the server asked to wait {asked:.1f} s (Retry-After), which"
+            if asked is not None and asked >= stats.next_wait
+            else f"the next backoff wait ({stats.next_wait:.1f} s)"
         )
-        message += (
-            f" [gave up after {stats.attempts} attempt(s) in {stats.elapsed:.1f} s: {why} "
-            f"would cross the {policy.deadline:.0f} s retry deadline]"
+        return (
+            f"{message} [gave up after {stats.attempts} attempt{plural} in {stats.elapsed:.1f} s: "
+            f"{why} would cross the {policy.deadline:g} s retry deadline ({left:.1f} s left); "
+            f"not waiting]"
         )
-    elif stats.attempts > 1:
-        message += f" [after {stats.attempts} attempts in {stats.elapsed:.1f} s]"
-    elif exc.transient and not repeatable and not getattr(exc, "not_sent", False):
-        message += f" [not retried: {exc.method} is not safe to repeat without an Idempotency-Key]"
+    if stats.attempts > 1:
+        return f"{message} [after {stats.attempts} attempts in {stats.elapsed:.1f} s]"
+    if exc.transient and not repeatable and not exc.__dict__.get("not_sent", False):
+        return (
+            f"{message} [not retried: {exc.method} is not safe to repeat without an "
+            f"Idempotency-Key]"
+        )
     return message
 
 
 def _keep_dead_letter(
     target: Any,
     scope: StepScope | None,
+    *,
     request: httpx.Request,
     body: bytes,
     exc: HttpError,
@@ -436,7 +476,7 @@ def _keep_dead_letter(
     exc.dead_letter_id = envelope_id  # type: ignore[attr-defined]
 
 
-class StepHttp:
+class StepHttp(_Verbs):
     """``ctx.http``: the pipeline's ``HttpClient``, bound to the running step.
 
     Same verbs and options as ``HttpClient``; POST/PATCH get the step's deterministic
@@ -454,50 +494,5 @@ class StepHttp:
     def client(self) -> HttpClient:
         return self._client
 
-    def get(self, url: str, **kwargs: Any) -> Response:
-        return self.request("GET", url, **kwargs)
-
-    def head(self, url: str, **kwargs: Any) -> Response:
-        return self.request("HEAD", url, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> Response:
-        return self.request("POST", url, **kwargs)
-
-    def put(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PUT", url, **kwargs)
-
-    def patch(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PATCH", url, **kwargs)
-
-    def delete(self, url: str, **kwargs: Any) -> Response:
-        return self.request("DELETE", url, **kwargs)
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = _MISSING,
-        data: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        idempotency_key: str | None = None,
-        retry: RetryPolicy | None = None,
-        dead_letter: Any = False,
-    ) -> Response:
-        return self._client._send(  # noqa: SLF001 - the step view is part of the client
-            method,
-            url,
-            params=params,
-            headers=headers,
-            content=content,
-            json=json,
-            data=data,
-            timeout=timeout,
-            idempotency_key=idempotency_key,
-            policy=retry,
-            dead_letter=dead_letter,
-            scope=self._scope,
-        )
+    def _bound(self) -> tuple[HttpClient, StepScope | None]:
+        return self._client, self._scope

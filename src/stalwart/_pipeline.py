@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -91,6 +92,27 @@ class RunResult:
     run_dir: Path
 
 
+def real_directories(base: Path, path: Path, *, mode: int = 0o700) -> None:
+    """Make every directory from below ``base`` down to ``path`` exist as a real directory
+    (created with ``mode``); refuse a symlink or a non-directory on the way, so nothing planted
+    in the state root can redirect stalwart's writes outside it."""
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current, mode)
+            info = os.lstat(current)
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            raise UsageError(
+                f"refusing to use {current}: it is {kind}; stalwart's state must be made of "
+                f"real directories inside {base}"
+            )
+
+
 def _output_name(name: object) -> str:
     """An output name relative to the run directory; never absolute, never climbing out,
     never hidden (dot names are stalwart's: markers, lock, temp files)."""
@@ -166,7 +188,7 @@ class Context:
         clean = _output_name(name)
         target = self.run_dir / clean
         if "/" in clean:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            real_directories(self.run_dir, target.parent, mode=0o777)
         return clean, target
 
     def _record(self, name: str, digest: FileDigest) -> None:
@@ -340,16 +362,15 @@ class Pipeline:
 
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
 
-    def _make_private_dir(self, path: Path) -> None:
-        """Create ``path`` and its missing parents as 0700 directories."""
-        missing = []
-        probe = path
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for directory in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o700)
+    def _prepare_state(self, run_dir: Path) -> None:
+        """Create the run's state directories (0700), refusing planted symlinks."""
+        if not self.root.is_dir():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        real_directories(self.root, run_dir / ".checkpoints")
+        real_directories(self.root, self.state_dir / "deadletter")
+        lock = run_dir / ".lock"
+        if lock.is_symlink():
+            raise UsageError(f"refusing to use {lock}: it is a symbolic link")
 
     # -- running -----------------------------------------------------------------------------
 
@@ -375,7 +396,7 @@ class Pipeline:
             self._check_step(from_step)
         sinks = self.metric_sinks()
         run_dir = self.run_dir(run_id)
-        self._make_private_dir(run_dir)
+        self._prepare_state(run_dir)
         lock = RunLock(run_dir / ".lock")
         lock.acquire()
         try:

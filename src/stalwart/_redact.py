@@ -187,8 +187,7 @@ class _HttpxLogRedaction(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
             record.args = tuple(
-                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg
-                for arg in record.args
+                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg for arg in record.args
             )
         elif isinstance(record.msg, str):
             record.msg = scrub_registered(record.msg)

@@ -132,8 +132,10 @@ def is_transient(exc: BaseException) -> bool:
 
 def _retry_after_attribute(exc: BaseException) -> float | None:
     """The default ``retry_after``: an exception's own ``retry_after`` seconds, if any."""
-    value = getattr(exc, "retry_after", None)
-    return float(value) if _is_number(value) and math.isfinite(value) else None
+    value: object = getattr(exc, "retry_after", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -154,6 +156,8 @@ class RetryStats:
     """Seconds from the first attempt until the call returned or raised."""
     retry_after: float | None = None
     """The Retry-After the last failure asked for, if any."""
+    next_wait: float = 0.0
+    """The last wait planned (the backoff draw, or a longer Retry-After)."""
 
 
 def _reason_label(exc: BaseException) -> str:
@@ -244,7 +248,8 @@ class _Loop:
         exc = state.outcome.exception() if state.outcome else None
         asked = self.retry_after(exc) if exc is not None else None
         self.stats.retry_after = asked
-        return max(planned, asked) if asked is not None else planned
+        self.stats.next_wait = max(planned, asked) if asked is not None else planned
+        return self.stats.next_wait
 
     def _stop(self, state: tenacity.RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
@@ -260,16 +265,14 @@ class _Loop:
                 exc,
                 state,
                 f"the next wait ({state.upcoming_sleep:.1f} s"
-                + (", asked by Retry-After" if self.stats.retry_after is not None else "")
+                + (", Retry-After" if self.stats.retry_after == state.upcoming_sleep else "")
                 + f") would cross the {self.policy.deadline:g} s retry deadline "
                 f"({left:.1f} s left)",
             )
             return True
         return False
 
-    def _give_up(
-        self, exc: BaseException | None, state: tenacity.RetryCallState, why: str
-    ) -> None:
+    def _give_up(self, exc: BaseException | None, state: tenacity.RetryCallState, why: str) -> None:
         self.logger.warning(
             "%s%s -> %s (attempt %d/%d): %s, giving up",
             self._prefix(),
