@@ -10,27 +10,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
+from ._redact import install_httpx_log_redaction, register_secret, scrub_registered
 from ._retry import RetryPolicy, call_with_retries
 
-__all__ = ["Alert", "Alerter", "LogAlerter", "SlackWebhook", "send_all"]
+__all__ = ["Alert", "Alerter", "LogAlerter", "SlackWebhook", "send_all", "slack_payload"]
 
 log = logging.getLogger("stalwart.alert")
 
 _SECTION_LIMIT = 3000  # Slack: a section block's text
 _HEADER_LIMIT = 150  # Slack: a header block's plain text
+_FIELD_LIMIT = 2000  # Slack: each field of a section block
 _TEXT_LIMIT = 4000  # Slack truncates top-level text past 40,000; notifications show far less
+_FENCE = "```"
+_SHOWN = "<slack webhook>"  # what logs and errors say instead of the URL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
-    """What an alerter receives when a step fails."""
+    """What an alerter receives when a step fails.
+
+    ``error`` is ``str(exception)`` (stalwart's own errors never carry a secret);
+    ``attempts`` counts the tries of the failing call; ``resume_command`` re-runs the run;
+    ``dead_letter_id``/``replay_command`` are set when the failed request was kept.
+    """
 
     pipeline: str
     run_id: str
@@ -79,37 +89,44 @@ class LogAlerter:
     """Logs the alert at ERROR on ``stalwart.alert`` (always on, whatever else is set)."""
 
     def send(self, alert: Alert) -> None:
+        error = scrub_registered(alert.error)
         log.error(
             "ALERT %s: %s: %s",
             alert.title,
             alert.error_type,
-            alert.error,
+            error,
             extra={
                 "alert": True,
                 "error_type": alert.error_type,
-                "error": alert.error,
+                "error": error,
                 "attempts": alert.attempts,
                 "duration_s": round(alert.duration_s, 3),
                 "dead_letter_id": alert.dead_letter_id,
+                "resume_command": alert.resume_command,
             },
         )
 
 
 def _mrkdwn(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` in at most ``limit`` characters, an ellipsis marking a cut (never in the
+    middle of an ``&amp;``-style escape)."""
+    if len(text) <= limit:
+        return text
+    return re.sub(r"&[a-z]{0,3}$", "", text[: limit - 1]) + "…"
 
 
 def slack_payload(alert: Alert) -> dict[str, Any]:
-    """The incoming-webhook body: ``text`` (notifications) and ``blocks`` within Slack's
-    limits (3,000 characters per section, 150 per header)."""
-    error_line = f"*{_mrkdwn(alert.error_type)}*: "
-    fence = "```"
-    room = _SECTION_LIMIT - len(error_line) - 2 * len(fence) - 2
-    error_body = f"{fence}{_cut(_mrkdwn(alert.error), room)}{fence}"
+    """The incoming-webhook body: ``text`` (the notification) and ``blocks`` within Slack's
+    limits: 150 characters in the header, 3,000 per section, 2,000 per field."""
+    error = scrub_registered(alert.error).replace(_FENCE, "'''") or "(no message)"
+    error_line = _cut(f"*{_mrkdwn(alert.error_type)}*", 200) + "\n"
+    room = _SECTION_LIMIT - len(error_line) - 2 * len(_FENCE)
+    error_text = f"{error_line}{_FENCE}{_cut(_mrkdwn(error), room)}{_FENCE}"
     facts = [
         f"*Pipeline*\n{_mrkdwn(alert.pipeline)}",
         f"*Run*\n{_mrkdwn(alert.run_id)}",
@@ -123,10 +140,10 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
             "type": "header",
             "text": {"type": "plain_text", "text": _cut(alert.title, _HEADER_LIMIT)},
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": error_line + "\n" + error_body}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": error_text}},
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": _cut(f, 2000)} for f in facts],
+            "fields": [{"type": "mrkdwn", "text": _cut(f, _FIELD_LIMIT)} for f in facts],
         },
     ]
     actions = []
@@ -144,61 +161,77 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
                 "text": {"type": "mrkdwn", "text": _cut("\n".join(actions), _SECTION_LIMIT)},
             }
         )
-    text = _cut(f":rotating_light: {alert.title}: {alert.error_type}: {alert.error}", _TEXT_LIMIT)
+    text = _cut(
+        f":rotating_light: {_mrkdwn(alert.title)}: {_mrkdwn(alert.error_type)}: {_mrkdwn(error)}",
+        _TEXT_LIMIT,
+    )
     return {"text": text, "blocks": blocks}
 
 
 class SlackWebhook:
     """Posts alerts to a Slack incoming webhook (https://api.slack.com/messaging/webhooks).
 
-    Success is HTTP 200 with body ``ok``. A 429 honours Retry-After; 5xx, timeouts and
-    connection errors get a couple of quick retries; each request times out after ``timeout``
-    seconds and the whole send after about ``budget`` seconds. ``send`` never raises: a
-    failure is logged without the URL, which is a secret (it is also kept out of ``repr``).
+    Success is HTTP 200 with body ``ok``. A 429 honours Retry-After; 408, 5xx, timeouts and
+    connection errors get a couple of quick retries; other answers (400 ``invalid_payload``,
+    403, 404 ``no_service``, 410 ``channel_is_archived``) are not retried. Each request gives
+    up after ``timeout`` seconds without progress, and no retry starts later than
+    ``budget - timeout`` seconds after the first, so a send ends within about ``budget``
+    seconds. ``send`` never raises: a failure is logged without the URL, which is a secret
+    (kept out of ``repr`` and masked in every URL stalwart logs, httpx's request log included).
     """
 
     def __init__(
         self, url: str, *, timeout: float = 10.0, attempts: int = 3, budget: float = 30.0
     ) -> None:
-        if not url.startswith(("https://", "http://")):
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise UsageError("SlackWebhook needs an http(s) URL (SLACK_WEBHOOK_URL)")
+        if not 0 < timeout <= budget:
+            raise UsageError("SlackWebhook: timeout must be > 0 and no longer than budget")
+        register_secret(url)
         self._url = url
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.policy = RetryPolicy(
-            attempts=attempts, initial=1.0, maximum=5.0, deadline=max(0.0, budget - timeout)
+            attempts=attempts, initial=1.0, maximum=5.0, deadline=budget - timeout
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SlackWebhook | None:
-        """A ``SlackWebhook`` for ``$SLACK_WEBHOOK_URL``, or ``None`` if it is unset/empty."""
+        """A ``SlackWebhook`` for ``$SLACK_WEBHOOK_URL``, or ``None`` if it is unset, empty or
+        not an http(s) URL (then an error is logged, without the value: it fails no run)."""
         url = (environ if environ is not None else os.environ).get("SLACK_WEBHOOK_URL", "")
-        return cls(url.strip()) if url.strip() else None
+        url = url.strip()
+        if not url:
+            return None
+        try:
+            return cls(url)
+        except UsageError:
+            log.error("SLACK_WEBHOOK_URL is set but is not an http(s) URL: Slack alerts are off")
+            return None
 
     def __repr__(self) -> str:
         return "SlackWebhook(url='***')"
 
     def send(self, alert: Alert) -> None:
+        """Post ``alert``; log (never raise) if it cannot be delivered."""
+        where = f"{alert.pipeline}/{alert.step} (run {alert.run_id})"
         try:
             self._post(slack_payload(alert))
-        except HttpError as exc:
-            log.error(  # noqa: TRY400 - our own error, already says everything; no URL in it
-                "Slack alert for %s/%s was not delivered: %s (webhook URL withheld)",
-                alert.pipeline,
-                alert.step,
-                exc,
-            )
-        except Exception:
-            log.exception(
-                "Slack alert for %s/%s was not delivered (webhook URL withheld)",
-                alert.pipeline,
-                alert.step,
+        except Exception as exc:
+            log.error(  # noqa: TRY400 - exc_info is given below; our errors carry no URL
+                "Slack alert for %s was not delivered: %s: %s (webhook URL withheld)",
+                where,
+                type(exc).__name__,
+                scrub_registered(str(exc)),
+                exc_info=True,
+                extra={"alert_delivered": False},
             )
         else:
-            log.info("Slack alert sent for %s/%s", alert.pipeline, alert.step)
+            log.info("Slack alert sent for %s", where, extra={"alert_delivered": True})
 
     def _post(self, payload: dict[str, Any]) -> None:
         import httpx  # noqa: PLC0415 - loaded only when an alert is actually sent
 
+        install_httpx_log_redaction()
         body = json.dumps(payload).encode("utf-8")
 
         def attempt() -> None:
@@ -209,36 +242,40 @@ class SlackWebhook:
                     headers={"Content-Type": "application/json"},
                     timeout=self.timeout,
                 )
-            except httpx.HTTPError as exc:
-                transient = isinstance(exc, httpx.TimeoutException | httpx.NetworkError)
+            except Exception as exc:  # httpx.InvalidURL is no HTTPError: catch them all
+                transient = isinstance(
+                    exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
+                )
                 raise HttpError(
                     f"{type(exc).__name__} talking to the Slack webhook",
                     method="POST",
-                    url="<slack webhook>",
+                    url=_SHOWN,
                     transient=transient,
                 ) from None
             if response.status_code == 200 and response.text.strip() == "ok":
                 return
+            shown = scrub_registered(excerpt(response.content, 100))
             raise HttpStatusError(
-                f"Slack answered {response.status_code}: {excerpt(response.content, 100)!r}",
+                f"Slack answered {response.status_code}: {shown!r}",
                 method="POST",
-                url="<slack webhook>",
+                url=_SHOWN,
                 status=response.status_code,
-                body_excerpt=excerpt(response.content, 100),
+                body_excerpt=shown,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
 
         call_with_retries(
             attempt,
             self.policy,
-            operation="POST <slack webhook>",
+            operation=f"POST {_SHOWN}",
             classify=lambda exc: isinstance(exc, HttpError) and exc.transient,
             retry_after=lambda exc: getattr(exc, "retry_after", None),
+            describe=str,
             logger=log,
         )
 
 
-def send_all(alerters: list[Any], alert: Alert) -> None:
+def send_all(alerters: Sequence[Any], alert: Alert) -> None:
     """Send ``alert`` through every alerter; an alerter that raises is logged, never raised."""
     for alerter in alerters:
         try:
