@@ -202,11 +202,10 @@ class SlackWebhook:
         url = url.strip()
         if not url:
             return None
-        try:
-            return cls(url)
-        except UsageError:
+        if not url.startswith(("https://", "http://")):
             log.error("SLACK_WEBHOOK_URL is set but is not an http(s) URL: Slack alerts are off")
             return None
+        return cls(url)
 
     def __repr__(self) -> str:
         return "SlackWebhook(url='***')"
@@ -217,12 +216,14 @@ class SlackWebhook:
         try:
             self._post(slack_payload(alert))
         except Exception as exc:
-            log.error(  # noqa: TRY400 - exc_info is given below; our errors carry no URL
+            log.error(  # noqa: TRY400 - a traceback only for the unexpected, see exc_info
                 "Slack alert for %s was not delivered: %s: %s (webhook URL withheld)",
                 where,
                 type(exc).__name__,
                 scrub_registered(str(exc)),
-                exc_info=True,
+                # An HttpError says all there is to say in one line (and carries no URL); a
+                # traceback would also drag in the step's error as its context. Bugs get one.
+                exc_info=not isinstance(exc, HttpError),
                 extra={"alert_delivered": False},
             )
         else:
@@ -242,7 +243,7 @@ class SlackWebhook:
                     headers={"Content-Type": "application/json"},
                     timeout=self.timeout,
                 )
-            except Exception as exc:  # httpx.InvalidURL is no HTTPError: catch them all
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 transient = isinstance(
                     exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
                 )

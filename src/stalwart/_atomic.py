@@ -267,7 +267,11 @@ def _open_handle(fd: int, binary: bool, encoding: str, digest: FileDigest | None
     buffered = io.BufferedWriter(raw, buffer_size=1 << 20)
     if binary:
         return buffered
-    return io.TextIOWrapper(buffered, encoding=encoding, newline="")
+    try:
+        return io.TextIOWrapper(buffered, encoding=encoding, newline="")
+    except BaseException:  # an unknown encoding: do not leak the descriptor
+        buffered.close()
+        raise
 
 
 @contextlib.contextmanager

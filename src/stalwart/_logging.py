@@ -7,10 +7,11 @@ other loggers too, from the running step's scope.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-import time
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ._scope import current_scope
@@ -59,59 +60,59 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
-def _rfc3339(created: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-        + f".{int(created % 1 * 1000):03d}Z"
-    )
+def rfc3339(created: float) -> str:
+    """A record's time as UTC RFC 3339 with milliseconds: ``2026-11-28T03:00:00.123Z``."""
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 class TextFormatter(logging.Formatter):
-    """One line per event for people: time, level, context, message, then other fields."""
+    """One line per record for people, with what the JSON form has: time, level, logger,
+    ``[pipeline/run_id/step #attempt]``, message, ``(other=fields)``, then any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = extra_fields(record)
         where = "/".join(str(fields.pop(k)) for k in ("pipeline", "run_id", "step") if k in fields)
         attempt = fields.pop("attempt", None)
-        rest = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in (None, ""))
+        if where:
+            where = f"[{where}{f' #{attempt}' if attempt is not None else ''}] "
+        elif attempt is not None:
+            fields["attempt"] = attempt
+        rest = " ".join(f"{k}={_quoted(v)}" for k, v in fields.items() if v is not None)
         line = (
-            f"{_rfc3339(record.created)} {record.levelname:<7} "
-            f"{('[' + where + (f' #{attempt}' if attempt else '') + '] ') if where else ''}"
-            f"{record.getMessage()}"
+            f"{rfc3339(record.created)} {record.levelname:<7} {record.name} "
+            f"{where}{record.getMessage()}"
         )
         if rest:
             line += f"  ({rest})"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         return line
 
 
-def _short(value: object) -> str:
+def _quoted(value: object) -> str:
+    """A field value that stays one token on one line: quoted when it has spaces, quotes,
+    newlines or ``=``, or is empty."""
     text = str(value)
-    return repr(text) if " " in text else text
+    if not text or any(c.isspace() or c in "\"'=()" for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def json_formatter() -> logging.Formatter:
-    """python-json-logger, one object per line: timestamp, level, logger, message, fields."""
+    """python-json-logger, one object per line: timestamp, level, logger, message, then the
+    context and event fields (and ``exc_info`` with the traceback, if any)."""
     from pythonjsonlogger.json import JsonFormatter  # noqa: PLC0415 - CLI-only dependency
 
-    class _Formatter(JsonFormatter):
-        def add_fields(
-            self,
-            log_data: dict[str, Any],
-            record: logging.LogRecord,
-            message_dict: dict[str, Any],
-        ) -> None:
-            super().add_fields(log_data, record, message_dict)
-            log_data["timestamp"] = _rfc3339(record.created)
-            log_data.move_to_end("timestamp", last=False) if hasattr(
-                log_data, "move_to_end"
-            ) else None
+    class RFC3339JsonFormatter(JsonFormatter):
+        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+            return rfc3339(record.created)
 
-    return _Formatter(
-        "{levelname}{name}{message}",
-        style="{",
-        rename_fields={"levelname": "level", "name": "logger"},
+    return RFC3339JsonFormatter(
+        ["asctime", "levelname", "name", "message"],
+        rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
         json_ensure_ascii=False,
     )
 

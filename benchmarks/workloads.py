@@ -1,0 +1,66 @@
+"""The stalwart side of ``make bench``: the same work as ``plain_floor.py``, through stalwart.
+
+Step ``i`` of a chain writes ``out-<i>.txt`` holding ``step <i>\\n`` with ``ctx.write_text``
+(atomic, durable, recorded in the step's marker), exactly the bytes the floor writes.
+
+The script form, ``python workloads.py chain N ROOT``, is the whole-process workload: a
+pipeline file as a user writes it, run through ``pipeline.main()`` (the CLI, so it logs JSON
+lines to stderr as it would under cron) with the run ID ``bench``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import stalwart
+from plain_floor import output_name, step_name
+
+__all__ = ["RUN_ID", "build_chain", "large_write", "retried"]
+
+RUN_ID = "bench"
+PIPELINE = "bench"
+
+
+def _make_step(index: int) -> Callable[[stalwart.Context], None]:
+    name, text = output_name(index), f"step {index}\n"
+
+    def step(ctx: stalwart.Context) -> None:
+        ctx.write_text(name, text)
+
+    step.__name__ = step.__qualname__ = step_name(index)
+    return step
+
+
+def build_chain(steps: int, root: str | Path) -> stalwart.Pipeline:
+    """A pipeline of ``steps`` trivial steps, state under ``root``, every option left at its
+    default (the runner clears ``STALWART_*`` and ``SLACK_*`` from the environment)."""
+    pipeline = stalwart.Pipeline(PIPELINE, root=root)
+    for index in range(steps):
+        pipeline.step()(_make_step(index))
+    return pipeline
+
+
+def large_write(path: str, chunk: bytes, count: int) -> None:
+    """Stream ``count`` chunks through ``stalwart.atomic_write`` (binary)."""
+    with stalwart.atomic_write(path, "wb") as handle:
+        for _ in range(count):
+            handle.write(chunk)
+
+
+def retried(fn: Callable[[], int]) -> Callable[[], int]:
+    """``fn`` under ``@stalwart.retry()`` with the default policy."""
+    return stalwart.retry()(fn)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "chain":
+        print("usage: workloads.py chain N ROOT", file=sys.stderr)
+        return 2
+    build_chain(int(argv[1]), argv[2]).main(["--run-id", RUN_ID])
+    return 0  # not reached: main() exits
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
