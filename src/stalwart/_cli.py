@@ -55,15 +55,22 @@ def _common(standalone: bool) -> argparse.ArgumentParser:
     return parent
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, resolved only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        parser.exit(message=f"stalwart {version('stalwart')}\n")
+
+
 def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
     common = _common(standalone)
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run a stalwart pipeline: checkpoints, atomic writes, retries, alerts.",
     )
-    from . import __version__  # noqa: PLC0415
-
-    parser.add_argument("--version", action="version", version=f"stalwart {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the pipeline (default)")
     how = run.add_mutually_exclusive_group()
@@ -206,7 +213,6 @@ def _dispatch(
     args: argparse.Namespace, pipeline: Pipeline, prog: str, argv: list[str], err: TextIO
 ) -> int:
     from ._pipeline import today  # noqa: PLC0415
-    from ._status import print_status, status_json  # noqa: PLC0415
 
     run_id = args.run_id if args.run_id is not None else today()
     if args.command == "run":
@@ -218,6 +224,8 @@ def _dispatch(
         )
         return EXIT_OK
     if args.command == "status":
+        from ._status import print_status, status_json  # noqa: PLC0415
+
         if args.json:
             print(status_json(pipeline, run_id))
         else:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-from ._alerts import Alert, LogAlerter, SlackWebhook, default_host, send_all
 from ._atomic import (
     FileDigest,
     atomic_write,
@@ -62,6 +61,9 @@ log = logging.getLogger("stalwart.run")
 
 StepFunction = Callable[["Context"], object]
 F = TypeVar("F", bound=StepFunction)
+
+
+_METRICS_VARIABLES = ("STALWART_PUSHGATEWAY", "STALWART_STATSD", "STALWART_PROM_TEXTFILE")
 
 
 class Terminated(KeyboardInterrupt):
@@ -333,6 +335,8 @@ class Pipeline:
 
     @property
     def alerters(self) -> list[Any]:
+        from ._alerts import LogAlerter, SlackWebhook  # noqa: PLC0415 - only when failing
+
         configured = self._alerters
         if configured is None:
             slack = SlackWebhook.from_env()
@@ -342,6 +346,8 @@ class Pipeline:
     def metric_sinks(self) -> list[Any]:
         if self._metrics is not None:
             return list(self._metrics)
+        if not any(os.environ.get(name) for name in _METRICS_VARIABLES):
+            return []  # the common case costs no import
         from ._metrics import sinks_from_env  # noqa: PLC0415
 
         return sinks_from_env()
@@ -416,9 +422,7 @@ class Pipeline:
             )
 
     def _dead_letter_writer(self, run_id: str, step: str, emit: Callable[[Event], None]) -> Any:
-        from ._deadletter import StepDeadLetters  # noqa: PLC0415
-
-        return StepDeadLetters(self.deadletters, run_id=run_id, step=step, emit=emit)
+        return _LazyDeadLetters(self, run_id, step, emit)
 
     # -- operating ---------------------------------------------------------------------------
 
@@ -773,6 +777,8 @@ class _Run:
                 dead_letter_id=dead_letter_id,
             )
         )
+        from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
+
         alert = Alert(
             pipeline=self.name,
             run_id=self.run_id,
@@ -791,3 +797,33 @@ class _Run:
             f"stalwart: step {step.name} of {self.name} (run {self.run_id}) failed; "
             f"resume with: {self.resume}"
         )
+
+
+class _LazyDeadLetters:
+    """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use."""
+
+    __slots__ = ("_emit", "_pipeline", "_run_id", "_step", "_writer")
+
+    def __init__(
+        self, pipeline: Pipeline, run_id: str, step: str, emit: Callable[[Event], None]
+    ) -> None:
+        self._pipeline = pipeline
+        self._run_id = run_id
+        self._step = step
+        self._emit = emit
+        self._writer: Any = None
+
+    def _get(self) -> Any:
+        if self._writer is None:
+            from ._deadletter import StepDeadLetters  # noqa: PLC0415
+
+            self._writer = StepDeadLetters(
+                self._pipeline.deadletters, run_id=self._run_id, step=self._step, emit=self._emit
+            )
+        return self._writer
+
+    def keep_request(self, **kwargs: Any) -> str:
+        return str(self._get().keep_request(**kwargs))
+
+    def keep_payload(self, payload: object, *, reason: str) -> str:
+        return str(self._get().keep_payload(payload, reason=reason))
