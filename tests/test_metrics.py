@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stalwart import HttpClient, Pipeline, RetryPolicy, UsageError
+from stalwart import Context, HttpClient, Pipeline, RetryPolicy, UsageError
 from stalwart._cli import run_cli
 from stalwart._events import (
     DeadLettered,
@@ -48,15 +48,15 @@ def flaky_pipeline(
     pipeline = Pipeline("daily", root=root, metrics=metrics, http=http)
 
     @pipeline.step
-    def fetch(ctx: object) -> None:
-        ctx.http.get(server.url("/orders"))  # type: ignore[attr-defined]
+    def fetch(ctx: Context) -> None:
+        ctx.http.get(server.url("/orders"))
 
     @pipeline.step
-    def store(ctx: object) -> None:
-        ctx.dead_letter({"id": 7}, reason="row 7 has no customer")  # type: ignore[attr-defined]
+    def store(ctx: Context) -> None:
+        ctx.dead_letter({"id": 7}, reason="row 7 has no customer")
 
     @pipeline.step
-    def report(ctx: object) -> None:
+    def report(ctx: Context) -> None:
         if fail_report:
             raise RuntimeError("the report template is missing")
 
@@ -91,7 +91,8 @@ def test_memory_metrics_count_what_the_run_did(
     assert [type(e) for e in metrics.events[:2]] == [RunStarted, StepStarted]
     assert "events" in repr(metrics)
     metrics.clear()
-    assert metrics.events == [] and metrics.last_success is None
+    assert metrics.events == []
+    assert metrics.last_success is None
 
 
 def test_a_failed_run_counts_a_failure_and_no_success(
@@ -107,7 +108,8 @@ def test_a_failed_run_counts_a_failure_and_no_success(
     assert metrics.step_runs("fetch", "success") == 1
     assert metrics.last_success is None
     failed = metrics.events_of(StepFailed)
-    assert len(failed) == 1 and metrics.last_duration("report") == failed[0].duration_s
+    assert len(failed) == 1
+    assert metrics.last_duration("report") == failed[0].duration_s
 
 
 def test_an_interrupted_step_counts_as_interrupted(root: Path) -> None:
@@ -115,7 +117,7 @@ def test_an_interrupted_step_counts_as_interrupted(root: Path) -> None:
     pipeline = Pipeline("daily", root=root, metrics=[metrics])
 
     @pipeline.step
-    def wait_forever(ctx: object) -> None:
+    def wait_forever(ctx: Context) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -192,11 +194,15 @@ def test_each_variable_names_its_sink(tmp_path: Path) -> None:
         }
     )
     textfile, gateway, statsd = sinks
-    assert isinstance(textfile, PrometheusTextfile) and textfile.path == tmp_path / "stalwart.prom"
-    assert isinstance(gateway, Pushgateway) and gateway.job == "stalwart"
+    assert isinstance(textfile, PrometheusTextfile)
+    assert textfile.path == tmp_path / "stalwart.prom"
+    assert isinstance(gateway, Pushgateway)
+    assert gateway.job == "stalwart"
     assert gateway.timeout <= 10, "a dead gateway must not hold the run for long"
-    assert "s3cret-pass" not in repr(gateway) and "push.example:9091" in repr(gateway)
-    assert isinstance(statsd, StatsD) and (statsd.host, statsd.port) == ("::1", 8125)
+    assert "s3cret-pass" not in repr(gateway)
+    assert "push.example:9091" in repr(gateway)
+    assert isinstance(statsd, StatsD)
+    assert (statsd.host, statsd.port) == ("::1", 8125)
     assert repr(statsd) == "StatsD('::1', 8125, prefix='stalwart')"
     assert repr(textfile) == f"PrometheusTextfile({str(tmp_path / 'stalwart.prom')!r})"
 
@@ -206,7 +212,8 @@ def test_the_default_environment_is_os_environ(
 ) -> None:
     monkeypatch.setenv("STALWART_STATSD", "localhost:8125")
     (sink,) = sinks_from_env()
-    assert isinstance(sink, StatsD) and sink.host == "localhost"
+    assert isinstance(sink, StatsD)
+    assert sink.host == "localhost"
 
 
 @pytest.mark.parametrize(
@@ -266,7 +273,7 @@ def test_prometheus_sinks_without_prometheus_client_say_how_to_install(
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: StatsD("localhost", True),  # type: ignore[arg-type]
+        lambda: StatsD("localhost", True),
         lambda: StatsD("", 8125),
         lambda: StatsD("localhost", 8125, prefix="my prefix"),
         lambda: StatsD("localhost", 8125, prefix="1abc"),
@@ -300,7 +307,7 @@ def test_the_cli_fails_fast_with_exit_2_and_runs_no_step(
     pipeline = Pipeline("daily", root=root)
 
     @pipeline.step
-    def fetch(ctx: object) -> None:
+    def fetch(ctx: Context) -> None:
         ran.append("fetch")
 
     monkeypatch.setenv(variable, value)

@@ -29,8 +29,20 @@ if TYPE_CHECKING:
         Transient,
         UsageError,
     )
-    from ._events import MetricsSink
+    from ._events import (
+        DeadLettered,
+        MetricsSink,
+        RetryScheduled,
+        RunFinished,
+        RunStarted,
+        StepFailed,
+        StepInterrupted,
+        StepSkipped,
+        StepStarted,
+        StepSucceeded,
+    )
     from ._http import HttpClient, Response
+    from ._metrics import PrometheusTextfile, Pushgateway, StatsD, sinks_from_env
     from ._pipeline import Context, Pipeline, RunResult
     from ._retry import RetryPolicy, is_transient, retry
 
@@ -56,6 +68,19 @@ _WHERE = {
     "Transient": "_errors",
     "UsageError": "_errors",
     "MetricsSink": "_events",
+    "DeadLettered": "_events",
+    "RetryScheduled": "_events",
+    "RunFinished": "_events",
+    "RunStarted": "_events",
+    "StepFailed": "_events",
+    "StepInterrupted": "_events",
+    "StepSkipped": "_events",
+    "StepStarted": "_events",
+    "StepSucceeded": "_events",
+    "PrometheusTextfile": "_metrics",
+    "Pushgateway": "_metrics",
+    "StatsD": "_metrics",
+    "sinks_from_env": "_metrics",
     "HttpClient": "_http",
     "Response": "_http",
     "Context": "_pipeline",
@@ -73,6 +98,7 @@ __all__ = [
     "Context",
     "DeadLetterError",
     "DeadLetterStore",
+    "DeadLettered",
     "HttpClient",
     "HttpError",
     "HttpStatusError",
@@ -81,13 +107,24 @@ __all__ = [
     "MetricsSink",
     "Permanent",
     "Pipeline",
+    "PrometheusTextfile",
+    "Pushgateway",
     "Response",
     "ResponseFormatError",
     "RetryPolicy",
+    "RetryScheduled",
+    "RunFinished",
     "RunLockedError",
     "RunResult",
+    "RunStarted",
     "SlackWebhook",
     "StalwartError",
+    "StatsD",
+    "StepFailed",
+    "StepInterrupted",
+    "StepSkipped",
+    "StepStarted",
+    "StepSucceeded",
     "Transient",
     "UsageError",
     "__version__",
@@ -97,6 +134,7 @@ __all__ = [
     "atomic_write_text",
     "is_transient",
     "retry",
+    "sinks_from_env",
 ]
 
 

@@ -133,7 +133,12 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
 
         return run_demo(args)
     verbose = bool(getattr(args, "verbose", False))
-    handler = _configure_logging(args.log_format, verbose)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    from ._logging import TextFormatter, configure  # noqa: PLC0415
+
+    handler = configure(args.log_format, verbose=verbose, stream=err)
+    say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
         with _sigterm_as_interrupt():
             if standalone:
@@ -141,45 +146,51 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
             assert pipeline is not None  # noqa: S101 - set above in both branches
             return _dispatch(args, pipeline, prog, argv, err)
     except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=err)
-        return EXIT_USAGE
+        return say(EXIT_USAGE, f"error: {exc}")
     except RunLockedError as exc:
-        print(f"{prog}: {exc}", file=err)
-        return EXIT_LOCKED
+        return say(EXIT_LOCKED, str(exc))
     except Terminated:
-        print(
-            f"{prog}: terminated (SIGTERM); no step was marked done that did not finish", file=err
-        )
-        return EXIT_TERMINATED
+        return say(EXIT_TERMINATED, "terminated (SIGTERM); the unfinished step was not marked done")
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no step was marked done that did not finish", file=err)
-        return EXIT_INTERRUPTED
+        return say(EXIT_INTERRUPTED, "interrupted; the unfinished step was not marked done")
     except Exception as exc:  # noqa: BLE001 - any step failure becomes exit 1 + a paragraph
-        _explain_failure(exc, prog, verbose, err)
-        return EXIT_FAILED
+        if verbose:
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exception(exc, file=err)
+        return say(
+            EXIT_FAILED, _explain_failure(exc, verbose), error=f"{type(exc).__name__}: {exc}"
+        )
     finally:
-        logging.getLogger().removeHandler(handler)
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
 
 
-def _configure_logging(fmt: str | None, verbose: bool) -> logging.Handler:
-    from ._logging import configure  # noqa: PLC0415
+class _Say:
+    """The last word of a command on stderr: a paragraph for people, or - under
+    ``--log-format json`` - one more JSON record, so log shippers see only JSON lines."""
 
-    return configure(fmt, verbose=verbose)  # type: ignore[arg-type]
+    def __init__(self, prog: str, err: TextIO, *, as_json: bool) -> None:
+        self.prog = prog
+        self.err = err
+        self.as_json = as_json
+
+    def __call__(self, code: int, message: str, *, error: str = "") -> int:
+        if self.as_json:
+            extra: dict[str, object] = {"exit_code": code}
+            if error:
+                extra["error"] = error
+            logging.getLogger("stalwart.cli").error(" ".join(message.split()), extra=extra)
+        else:
+            print(f"{self.prog}: {message}", file=self.err)
+        return code
 
 
-def _explain_failure(exc: BaseException, prog: str, verbose: bool, err: TextIO) -> None:
+def _explain_failure(exc: BaseException, verbose: bool) -> str:
     notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("stalwart:")]
-    if verbose:
-        import traceback  # noqa: PLC0415
-
-        traceback.print_exception(exc, file=err)
-    message = f"{type(exc).__name__}: {exc}"
     hint = notes[-1].removeprefix("stalwart: ") if notes else "the run failed"
-    print(
-        f"{prog}: {hint}.\n  {message}\n"
-        f"  Finished steps keep their checkpoints."
-        + ("" if verbose else " Add --verbose for the traceback."),
-        file=err,
+    return f"{hint}.\n  {type(exc).__name__}: {exc}\n  Finished steps keep their checkpoints." + (
+        "" if verbose else " Add --verbose for the traceback."
     )
 
 
@@ -299,4 +310,3 @@ def _find_pipeline(module: ModuleType, attribute: str, target: str) -> tuple[Pip
         f"{target!r} defines several pipelines ({', '.join(sorted(candidates))}); "
         f"name one as {target}:NAME"
     )
-

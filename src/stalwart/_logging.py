@@ -1,8 +1,14 @@
 """Logging with run context. The library only logs; ``configure`` is for the CLI alone.
 
 Every record stalwart (or a step, through ``ctx.log``) emits while a step runs carries
-``pipeline``, ``run_id``, ``step`` and ``attempt``; the CLI's handler adds them to records of
-other loggers too, from the running step's scope.
+``pipeline``, ``run_id``, ``step`` and ``attempt``; the CLI's handler adds pipeline, run_id
+and step to records of other loggers too (httpx, the user's own), from the running step's
+scope. Two formats carry the same information (docs/observability.md):
+
+- JSON, one object per line: ``timestamp`` (UTC RFC 3339), ``level``, ``logger``,
+  ``message``, then the context and event fields (``duration_s``, ``wait_s``...) and
+  ``exc_info`` (the traceback) if any;
+- text, one line per record for people: the same fields, in the same order.
 """
 
 from __future__ import annotations
@@ -10,13 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ._scope import current_scope
 
-__all__ = ["ContextAdapter", "ContextFilter", "TextFormatter", "configure"]
+__all__ = [
+    "ContextAdapter",
+    "ContextFilter",
+    "TextFormatter",
+    "configure",
+    "json_formatter",
+    "rfc3339",
+]
 
 CONTEXT_FIELDS = ("pipeline", "run_id", "step", "attempt")
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -140,7 +153,3 @@ def configure(
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
     return handler
-
-
-def context_extra(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: mapping[k] for k in CONTEXT_FIELDS if k in mapping}

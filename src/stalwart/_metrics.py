@@ -55,9 +55,11 @@ if TYPE_CHECKING:
 __all__ = [
     "METRICS",
     "MemoryMetrics",
+    "Observation",
     "PrometheusTextfile",
     "Pushgateway",
     "StatsD",
+    "observations",
     "sinks_from_env",
 ]
 
@@ -155,12 +157,13 @@ def observations(event: Event) -> list[Observation]:
 
 
 class MemoryMetrics:
-    """A sink that keeps every event, for tests. Thread-safe::
+    """A sink that keeps every event, for tests; its counts are the Prometheus sinks'.
+    Thread-safe::
 
-    metrics = MemoryMetrics()
-    Pipeline("daily", metrics=[metrics]).run()
-    assert metrics.retries(step="fetch", reason="status_503") == 2
-    assert metrics.step_runs("fetch", "success") == 1
+        metrics = MemoryMetrics()
+        Pipeline("daily", metrics=[metrics]).run()
+        assert metrics.retries(step="fetch", reason="status_503") == 2
+        assert metrics.step_runs("fetch", "success") == 1
     """
 
     def __init__(self) -> None:
@@ -197,6 +200,7 @@ class MemoryMetrics:
         return int(self._sum(STEP_RUNS, step=step, outcome=outcome))
 
     def dead_letters(self, step: str | None = None) -> int:
+        """``stalwart_dead_letters_total`` (of ``step``, or of every step)."""
         return int(self._sum(DEAD_LETTERS, step=step))
 
     def last_duration(self, step: str) -> float | None:

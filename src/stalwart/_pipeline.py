@@ -543,16 +543,24 @@ class _Run:
         swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
             self.pipeline.state_dir / "deadletter"
         )
+        context = {"pipeline": self.name, "run_id": self.run_id}
         for leftover in swept:
-            log.info("removed a temp file left by an interrupted run: %s", leftover)
+            log.info("removed a temp file left by an interrupted run: %s", leftover, extra=context)
         names = self.pipeline.step_names
         if force:
             cleared = self.store.clear_all()
-            log.info("--force: cleared %d marker(s) of run %s", len(cleared), self.run_id)
+            log.info(
+                "--force: cleared %d marker(s) of run %s", len(cleared), self.run_id, extra=context
+            )
         elif from_step is not None:
             later = names[names.index(from_step) :]
             self.store.clear(later)
-            log.info("re-running from step %s: cleared %s", from_step, ", ".join(later))
+            log.info(
+                "re-running from step %s: cleared %s",
+                from_step,
+                ", ".join(later),
+                extra=context,
+            )
         self.emit(RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names)))
 
     def _visit(self, step: Step) -> None:
