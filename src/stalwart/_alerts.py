@@ -14,12 +14,15 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
 from ._redact import install_httpx_log_redaction, register_secret, scrub_registered
 from ._retry import RetryPolicy, call_with_retries
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Alert", "Alerter", "LogAlerter", "SlackWebhook", "send_all", "slack_payload"]
 
@@ -234,45 +237,44 @@ class SlackWebhook:
 
         install_httpx_log_redaction()
         body = json.dumps(payload).encode("utf-8")
-
-        def attempt() -> None:
-            try:
-                response = httpx.post(
-                    self._url,
-                    content=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=self.timeout,
-                )
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                transient = isinstance(
-                    exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
-                )
-                raise HttpError(
-                    f"{type(exc).__name__} talking to the Slack webhook",
-                    method="POST",
-                    url=_SHOWN,
-                    transient=transient,
-                ) from None
-            if response.status_code == 200 and response.text.strip() == "ok":
-                return
-            shown = scrub_registered(excerpt(response.content, 100))
-            raise HttpStatusError(
-                f"Slack answered {response.status_code}: {shown!r}",
-                method="POST",
-                url=_SHOWN,
-                status=response.status_code,
-                body_excerpt=shown,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+        with httpx.Client(timeout=self.timeout) as client:  # one TLS setup for all attempts
+            call_with_retries(
+                lambda: self._attempt(client, body),
+                self.policy,
+                operation=f"POST {_SHOWN}",
+                classify=lambda exc: isinstance(exc, HttpError) and exc.transient,
+                retry_after=lambda exc: getattr(exc, "retry_after", None),
+                describe=str,
+                logger=log,
             )
 
-        call_with_retries(
-            attempt,
-            self.policy,
-            operation=f"POST {_SHOWN}",
-            classify=lambda exc: isinstance(exc, HttpError) and exc.transient,
-            retry_after=lambda exc: getattr(exc, "retry_after", None),
-            describe=str,
-            logger=log,
+    def _attempt(self, client: httpx.Client, body: bytes) -> None:
+        import httpx  # noqa: PLC0415 - already loaded by _post
+
+        try:
+            response = client.post(
+                self._url, content=body, headers={"Content-Type": "application/json"}
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            transient = isinstance(
+                exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
+            )
+            raise HttpError(
+                f"{type(exc).__name__} talking to the Slack webhook",
+                method="POST",
+                url=_SHOWN,
+                transient=transient,
+            ) from None
+        if response.status_code == 200 and response.text.strip() == "ok":
+            return
+        shown = scrub_registered(excerpt(response.content, 100))
+        raise HttpStatusError(
+            f"Slack answered {response.status_code}: {shown!r}",
+            method="POST",
+            url=_SHOWN,
+            status=response.status_code,
+            body_excerpt=shown,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
 

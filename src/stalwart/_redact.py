@@ -185,24 +185,27 @@ class _HttpxLogRedaction(logging.Filter):
     """httpx logs every request's full URL at INFO; mask the secrets in it first."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                redact_url(str(arg)) if type(arg).__name__ == "URL" else arg for arg in record.args
-            )
-        elif isinstance(record.msg, str):
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        if isinstance(record.msg, str):
             record.msg = scrub_registered(record.msg)
         return True
 
 
-_installed = threading.Event()
+def _redact_arg(arg: object) -> object:
+    if type(arg).__name__ == "URL":  # httpx.URL, without importing httpx
+        return redact_url(str(arg))
+    if isinstance(arg, str):
+        return scrub_registered(arg)
+    return arg
+
+
 _install_lock = threading.Lock()
 
 
 def install_httpx_log_redaction() -> None:
-    """Add the URL-masking filter to the ``httpx`` logger (once per process)."""
-    if _installed.is_set():
-        return
+    """Add the URL-masking filter to the ``httpx`` logger (once: idempotent, thread-safe)."""
+    logger = logging.getLogger("httpx")
     with _install_lock:
-        if not _installed.is_set():
-            logging.getLogger("httpx").addFilter(_HttpxLogRedaction())
-            _installed.set()
+        if not any(isinstance(f, _HttpxLogRedaction) for f in logger.filters):
+            logger.addFilter(_HttpxLogRedaction())

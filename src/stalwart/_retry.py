@@ -117,7 +117,7 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, Permanent) or not isinstance(exc, Exception):
         return False
-    if isinstance(exc, Transient | _TRANSIENT_BUILTINS):
+    if isinstance(exc, (Transient, *_TRANSIENT_BUILTINS)):
         return True
     if isinstance(exc, HttpError):
         return exc.transient
@@ -194,7 +194,8 @@ class _Loop:
         self.retry_after = retry_after
         self.describe = describe
         self.stats = stats if stats is not None else RetryStats()
-        self.stats.attempts = 0
+        self.stats.attempts, self.stats.waits, self.stats.elapsed = 0, 0.0, 0.0
+        self.stats.stop_reason, self.stats.retry_after, self.stats.next_wait = "", None, 0.0
         self.logger = logger
         self.rng = rng
         self.scope: StepScope | None = current_scope.get()
