@@ -100,6 +100,9 @@ class LogAlerter:
             error,
             extra={
                 "alert": True,
+                "pipeline": alert.pipeline,
+                "run_id": alert.run_id,
+                "step": alert.step,
                 "error_type": alert.error_type,
                 "error": error,
                 "attempts": alert.attempts,
