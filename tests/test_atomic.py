@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -161,11 +162,18 @@ def test_exception_in_block_removes_temp_and_keeps_destination(
     dest = tmp_path / "report.csv"
     if existing:
         dest.write_text("old report\n")
-    with pytest.raises(type(error)), atomic_write(dest) as handle:
-        handle.write("new partial report " * 100_000)  # more than the 1 MiB buffer
-        handle.flush()
-        assert temp_files(tmp_path), "the temp file exists while writing"
-        raise error
+    seen: list[str] = []
+
+    def write_then_fail() -> None:
+        with atomic_write(dest) as handle:
+            handle.write("new partial report " * 100_000)  # more than the 1 MiB buffer
+            handle.flush()
+            seen.extend(temp_files(tmp_path))
+            raise error
+
+    with pytest.raises(type(error)):
+        write_then_fail()
+    assert len(seen) == 1, "the temp file existed while writing"
     assert temp_files(tmp_path) == []
     if existing:
         assert dest.read_text() == "old report\n"
@@ -221,9 +229,14 @@ def test_one_call_forms_remove_temp_on_interrupt(
 def test_error_from_the_block_is_not_renamed(tmp_path: Path) -> None:
     """An OSError the caller's own code raises is passed through untouched."""
     original = FileNotFoundError(errno.ENOENT, "No such file", "input.csv")
-    with pytest.raises(FileNotFoundError) as info, atomic_write(tmp_path / "out") as handle:
-        handle.write("x")
-        raise original
+
+    def fail_inside() -> None:
+        with atomic_write(tmp_path / "out") as handle:
+            handle.write("x")
+            raise original
+
+    with pytest.raises(FileNotFoundError) as info:
+        fail_inside()
     assert info.value is original
     assert temp_files(tmp_path) == []
 
@@ -345,7 +358,7 @@ def test_binary_mode_writes_bytes_and_rejects_text(tmp_path: Path) -> None:
         handle.write(b"\x00\xff" * 10)
     assert dest.read_bytes() == b"\x00\xff" * 10
     with pytest.raises(TypeError), atomic_write(dest, "wb") as handle:
-        handle.write("text")  # type: ignore[arg-type]
+        handle.write("text")  # type: ignore[call-overload]
     with pytest.raises(TypeError), atomic_write(dest, "w") as text:
         text.write(b"bytes")  # type: ignore[arg-type]
     assert dest.read_bytes() == b"\x00\xff" * 10
@@ -399,6 +412,20 @@ def test_digest_records_size_and_sha256(tmp_path: Path) -> None:
     assert (one_call.size, one_call.sha256) == (len(data), expected)
     assert (streamed.size, streamed.sha256) == (len(data), expected)
     assert (text.size, text.sha256) == (20, hashlib.sha256("é".encode() * 10).hexdigest())
+
+
+def test_digesting_handle_exposes_its_descriptor(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    with atomic_write(dest, "wb", digest=FileDigest()) as handle:
+        handle.write(b"abc")
+        handle.flush()
+        assert os.fstat(handle.fileno()).st_size == 3
+        temp = temp_files(tmp_path)[0]
+        assert os.fstat(handle.fileno()).st_ino == (tmp_path / temp).stat().st_ino
+    raw = _atomic._DigestingRaw(os.open(dest, os.O_WRONLY), FileDigest())
+    raw.close()
+    raw.close()  # closing twice closes the descriptor once
+    assert raw.closed
 
 
 # -- streaming ------------------------------------------------------------------------------
@@ -513,6 +540,23 @@ def test_sweep_skips_a_temp_it_cannot_open(
     assert "cannot check temp file" in caplog.text
 
 
+def test_sweep_is_quiet_about_a_temp_that_vanished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    debris = tmp_path / temp_name_for("x")
+    debris.write_bytes(b"")
+    real_open = os.open
+
+    def vanished(path: Any, flags: int, *args: Any) -> int:
+        if os.fspath(path) == str(debris):
+            raise FileNotFoundError(errno.ENOENT, "No such file", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", vanished)
+    assert sweep_temp_files(tmp_path) == []
+    assert caplog.text == ""
+
+
 def test_sweep_treats_a_temp_as_debris_when_flock_is_unsupported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,7 +566,7 @@ def test_sweep_treats_a_temp_as_debris_when_flock_is_unsupported(
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(_atomic.fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
     assert sweep_temp_files(tmp_path) == [debris]
     # ...and writers still work on such a filesystem.
     atomic_write_bytes(tmp_path / "out", b"ok")
@@ -642,9 +686,10 @@ def test_directory_fsync_failure_is_reported(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", broken_dir_sync)
-    with pytest.raises(OSError, match="atomic write of") as info, atomic_write(
-        tmp_path / "out"
-    ) as handle:
+    with (
+        pytest.raises(OSError, match="atomic write of") as info,
+        atomic_write(tmp_path / "out") as handle,
+    ):
         handle.write("renamed, not durable")
     assert info.value.errno == errno.EIO
     # The rename happened: the destination is complete, only its durability is in doubt.

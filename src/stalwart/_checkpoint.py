@@ -346,8 +346,9 @@ class CheckpointStore:
 
     def read_record(self, step: str) -> StepRecord:
         """The step's latest start; an empty record (with a warning) if it is unreadable."""
+        name = f"{validate_name(step, 'step name')}.last.json"
         try:
-            raw = self._read(f"{validate_name(step, 'step name')}.last.json")
+            raw = self._read(name)
             return StepRecord() if raw is None else _parse_record(raw)
         except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             log.warning(

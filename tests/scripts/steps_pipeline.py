@@ -15,10 +15,14 @@ Each step streams ``<step>.out`` through ``ctx.atomic_write``. The environment s
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import IO
 
 import stalwart
+
+# A job started without job control inherits SIGINT ignored; the SIGINT test needs Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pipeline = stalwart.Pipeline("orders")
 

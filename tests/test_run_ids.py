@@ -1,0 +1,154 @@
+"""Run IDs and output names are names, never paths: bad ones are usage errors that create
+nothing; the default run ID is today's UTC date."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+import stalwart
+from conftest import run_python
+from stalwart._cli import run_cli
+from stalwart._errors import UsageError
+
+SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
+BAD_RUN_IDS = ["../x", "a/b", "", "/", "r" * 200, ".hidden", "..", "x y", "-r"]
+
+
+def everything_under(path: Path) -> list[Path]:
+    return sorted(path.rglob("*")) if path.exists() else []
+
+
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS[:6], ids=["dotdot", "slash", "empty", "root",
+                                                        "200", "hidden"])  # fmt: skip
+def test_bad_run_id_exits_2_in_a_real_process(tmp_path: Path, run_id: str) -> None:
+    root = tmp_path / "state"
+    trace = tmp_path / "trace"
+    result = run_python(
+        [str(SCRIPT), f"--run-id={run_id}"],
+        env={"STALWART_ROOT": str(root), "TEST_TRACE": str(trace)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "error: invalid run ID" in result.stderr
+    assert "it becomes a directory name, never a path" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not root.exists()
+    assert not trace.exists()  # no step ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "status", "reset"])
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS)
+def test_bad_run_id_exits_2_for_every_command(root: Path, command: str, run_id: str) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root)
+    ran: list[str] = []
+
+    @pipeline.step()
+    def only(ctx: stalwart.Context) -> None:
+        ran.append(ctx.run_id)  # pragma: no cover - must never run
+
+    err = io.StringIO()
+    assert run_cli([command, f"--run-id={run_id}"], pipeline=pipeline, stderr=err) == 2
+    assert "invalid run ID" in err.getvalue()
+    assert ran == []
+    assert everything_under(root) == []
+
+
+def test_bad_run_id_in_the_api(root: Path) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root)
+    pipeline.step(name="only")(lambda ctx: None)
+    for run_id in BAD_RUN_IDS:
+        with pytest.raises(UsageError):
+            pipeline.run(run_id=run_id)
+        with pytest.raises(UsageError):
+            pipeline.reset(run_id=run_id)
+        if run_id:  # checkpoints("") means today's run (``run_id or today()``)
+            with pytest.raises(UsageError):
+                pipeline.checkpoints(run_id)
+    with pytest.raises(UsageError, match="invalid pipeline name"):
+        stalwart.Pipeline("../other", root=root)
+    assert everything_under(root) == []
+
+
+def test_default_run_id_is_todays_utc_date(root: Path) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root)
+    pipeline.step(name="only")(lambda ctx: ctx.write_text("x", ctx.run_id))
+    before = stalwart._pipeline.today()
+    result = pipeline.run()
+    assert result.run_id in (before, stalwart._pipeline.today())
+    assert len(result.run_id) == 10
+    assert result.run_id[4] == result.run_id[7] == "-"
+    assert (pipeline.run_dir(result.run_id) / "x").read_text() == result.run_id
+
+
+BAD_OUTPUT_NAMES = ["/etc/evil", "../escape", "sub/../../escape", ".hidden", "sub/.hidden", "",
+                    "a\\b", "nul\x00byte", ".checkpoints/fetch.done"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["write_text", "atomic_write", "path", "read_text"])
+@pytest.mark.parametrize("name", BAD_OUTPUT_NAMES)
+def test_bad_output_names_are_errors(tmp_path: Path, name: str, how: str) -> None:
+    root = tmp_path / "state"
+    pipeline = stalwart.Pipeline("orders", root=root, alerters=[])
+
+    @pipeline.step()
+    def write(ctx: stalwart.Context) -> None:
+        if how == "write_text":
+            ctx.write_text(name, "x")
+        elif how == "atomic_write":
+            with ctx.atomic_write(name) as out:  # pragma: no cover - must not open
+                out.write("x")
+        elif how == "path":
+            ctx.path(name)
+        else:
+            ctx.read_text(name)
+
+    with pytest.raises(UsageError, match="invalid output name"):
+        pipeline.run(run_id="r1")
+    run_dir = pipeline.run_dir("r1")
+    assert not pipeline.checkpoints("r1").marker_path("write").exists()
+    # Nothing was written anywhere: not outside the root, not in the run directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    assert [p.name for p in run_dir.iterdir() if not p.name.startswith(".")] == []
+    assert sorted(p.name for p in (run_dir / ".checkpoints").iterdir()) == ["write.last.json"]
+
+
+def test_output_in_a_subdirectory_is_fine(root: Path) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root)
+    pipeline.step(name="nested")(lambda ctx: ctx.write_text("reports/2026/day.csv", "a,b\n"))
+    pipeline.run(run_id="r1")
+    store = pipeline.checkpoints("r1")
+    marker = store.read_marker("nested")
+    assert marker is not None
+    assert [o.name for o in marker.outputs] == ["reports/2026/day.csv"]
+    assert (pipeline.run_dir("r1") / "reports" / "2026" / "day.csv").read_text() == "a,b\n"
+    assert store.is_done("nested", run_id="r1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_pipeline._output_name accepts '.' (PurePosixPath('.').parts is empty), so the "
+    "run directory itself is taken as the output",
+)
+@pytest.mark.parametrize("name", [".", "./"])
+def test_dot_is_not_an_output_name(root: Path, name: str) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root, alerters=[])
+    pipeline.step(name="dot")(lambda ctx: ctx.path(name))
+    with pytest.raises(UsageError, match="invalid output name"):
+        pipeline.run(run_id="r1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_cli.run_cli catches UsageError before the step-failure branch, so a step that "
+    "fails with UsageError (a bad output name) exits 2 with no resume hint, after alerting",
+)
+def test_bad_output_name_is_a_step_failure_exit_1(root: Path) -> None:
+    pipeline = stalwart.Pipeline("orders", root=root, alerters=[])
+    pipeline.step(name="escape")(lambda ctx: ctx.write_text("../x", "x"))
+    err = io.StringIO()
+    assert run_cli(["--run-id", "r1"], pipeline=pipeline, stderr=err) == 1
+    assert "step escape of orders (run r1) failed" in err.getvalue()
