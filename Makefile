@@ -36,7 +36,9 @@ bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
 
 chaos: $(STAMP)
-	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest tests/reliability -p no:cacheprovider -q
+	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest -p no:cacheprovider -q -s \
+		tests/reliability/test_kill_anywhere.py tests/test_deadletter_crash.py \
+		"tests/test_interrupt.py" -k "kill or sigkill"
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache stalwart-data demo-data

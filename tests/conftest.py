@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's webhook, state root or metrics settings."""
     for name in (
         "SLACK_WEBHOOK_URL",
@@ -33,7 +33,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "STALWART_PROM_TEXTFILE",
     ):
         monkeypatch.delenv(name, raising=False)
-    yield
 
 
 def run_python(

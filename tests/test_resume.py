@@ -178,11 +178,6 @@ def test_status_shows_done_failed_and_pending(script: Script) -> None:
     assert rows["upload"].split()[1] == "pending"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_pipeline.py never records outcome 'done' in <step>.last.json after a success, "
-    "so a step whose marker was cleared and that did not run yet shows as 'interrupted'",
-)
 def test_status_after_rerun_from_a_step_shows_later_steps_pending(script: Script) -> None:
     assert script().returncode == 0
     assert script("--step", "transform", TEST_FAIL_STEP="transform").returncode == 1

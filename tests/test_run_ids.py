@@ -128,11 +128,6 @@ def test_output_in_a_subdirectory_is_fine(root: Path) -> None:
     assert store.is_done("nested", run_id="r1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_pipeline._output_name accepts '.' (PurePosixPath('.').parts is empty), so the "
-    "run directory itself is taken as the output",
-)
 @pytest.mark.parametrize("name", [".", "./"])
 def test_dot_is_not_an_output_name(root: Path, name: str) -> None:
     pipeline = stalwart.Pipeline("orders", root=root, alerters=[])
@@ -141,11 +136,6 @@ def test_dot_is_not_an_output_name(root: Path, name: str) -> None:
         pipeline.run(run_id="r1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_cli.run_cli catches UsageError before the step-failure branch, so a step that "
-    "fails with UsageError (a bad output name) exits 2 with no resume hint, after alerting",
-)
 def test_bad_output_name_is_a_step_failure_exit_1(root: Path) -> None:
     pipeline = stalwart.Pipeline("orders", root=root, alerters=[])
     pipeline.step(name="escape")(lambda ctx: ctx.write_text("../x", "x"))

@@ -146,6 +146,8 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
             assert pipeline is not None  # noqa: S101 - set above in both branches
             return _dispatch(args, pipeline, prog, argv, err)
     except UsageError as exc:
+        if any(str(n).startswith("stalwart:") for n in getattr(exc, "__notes__", ())):
+            return say(EXIT_FAILED, _explain_failure(exc, verbose), error=str(exc))  # in a step
         return say(EXIT_USAGE, f"error: {exc}")
     except RunLockedError as exc:
         return say(EXIT_LOCKED, str(exc))

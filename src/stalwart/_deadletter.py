@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._atomic import atomic_write_bytes, json_dumps
+from ._atomic import json_dumps, replace_bytes
 from ._checkpoint import utc_now
 from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
 from ._events import DeadLettered, Event
@@ -163,13 +163,7 @@ class DeadLetterStore:
     def _write(self, envelope_id: str, data: bytes) -> None:
         self._ensure_directory()
         path = self._path(envelope_id)
-        old_umask = os.umask(0o077)
-        try:
-            atomic_write_bytes(path, data)
-        finally:
-            os.umask(old_umask)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600, follow_symlinks=False)
+        replace_bytes(path, data, new_mode=0o600)  # durable; 0600 from creation on
 
     def _list(self) -> list[str]:
         try:

@@ -121,8 +121,10 @@ def _output_name(name: object) -> str:
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         raise UsageError(f"invalid output name {name!r}")
     pure = PurePosixPath(name)
-    if pure.is_absolute() or any(
-        part in ("", ".", "..") or part.startswith(".") for part in pure.parts
+    if (
+        pure.is_absolute()
+        or not pure.parts
+        or any(part in ("", ".", "..") or part.startswith(".") for part in pure.parts)
     ):
         raise UsageError(
             f"invalid output name {name!r}: use a relative path inside the run directory "
@@ -360,7 +362,7 @@ class Pipeline:
         return self.state_dir / "runs" / validate_name(run_id, "run ID")
 
     def checkpoints(self, run_id: str | None = None) -> CheckpointStore:
-        return CheckpointStore(self.run_dir(run_id or today()))
+        return CheckpointStore(self.run_dir(today() if run_id is None else run_id))
 
     @property
     def deadletters(self) -> Any:
@@ -665,19 +667,31 @@ class _Run:
             raise
         current_scope.reset(token)
         duration = time.perf_counter() - t0
+        finished = utc_now()
         self.store.write_marker(
             Marker(
                 pipeline=self.name,
                 step=step.name,
                 run_id=self.run_id,
                 started=started_at,
-                finished=utc_now(),
+                finished=finished,
                 duration_s=round(duration, 6),
                 attempts=scope.attempts,
                 retries=scope.retries,
                 runs=runs,
                 outputs=ctx.outputs,
             )
+        )
+        self.store.write_record(
+            step.name,
+            StepRecord(
+                runs=runs,
+                started=started_at,
+                outcome="done",
+                finished=finished,
+                attempts=scope.attempts,
+                retries=scope.retries,
+            ),
         )
         self.emit(
             StepSucceeded(
