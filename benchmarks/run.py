@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:  # imported rather than run as a script
@@ -113,6 +114,11 @@ class Metric:
         return _ratio(self.ours_median, self.base_median)
 
     @property
+    def paired_ratio(self) -> float:
+        """Median of stalwart/baseline over the pairs measured back to back."""
+        return statistics.median(_ratio(o, b) for o, b in zip(self.ours, self.base, strict=False))
+
+    @property
     def passed(self) -> bool | None:
         return self.target.met(self.ours_median, self.base_median)
 
@@ -125,6 +131,7 @@ class Metric:
             "stalwart_median": self.ours_median,
             "baseline_median": self.base_median,
             "ratio": self.ratio,
+            "paired_ratio": self.paired_ratio,
             "target": self.target.text,
             "passed": self.passed,
             "stalwart_samples": self.ours,
@@ -168,28 +175,43 @@ def alternating(repeat: int, *pair: Callable[[], None]) -> None:
         side()
 
 
-def child_env() -> dict[str, str]:
-    """Our environment without the settings that would change what stalwart does."""
-    return {
+def child_env(pycache: Path) -> dict[str, str]:
+    """Our environment without what would change stalwart's behaviour, with bytecode caches.
+
+    Children write and reuse ``.pyc`` files (as after ``pip install``) under ``pycache``, even
+    when ``PYTHONDONTWRITEBYTECODE`` is set here: without caches every start-up would
+    recompile stalwart's modules, which no installed package does.
+    """
+    env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("STALWART_", "SLACK_")) and k != "PYTHONPROFILEIMPORTTIME"
+        if not k.startswith(("STALWART_", "SLACK_"))
+        and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME")
     }
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
 
 
-def spawn(argv: Sequence[str], cwd: Path, log: Path | None = None) -> float:
-    """Run ``argv`` to completion; return its wall time in ms (fork and exec included)."""
-    with contextlib.ExitStack() as stack:
-        err = stack.enter_context(open(log, "wb")) if log is not None else subprocess.DEVNULL
-        start = time.perf_counter()
-        proc = subprocess.run(
-            list(argv), cwd=cwd, env=child_env(), stdout=subprocess.DEVNULL, stderr=err
-        )
-        elapsed = (time.perf_counter() - start) * 1000
-    if proc.returncode != 0:
-        shown = log.read_text(errors="replace")[-2000:] if log is not None else ""
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}\n{shown}")
-    return elapsed
+@dataclass(frozen=True, slots=True)
+class Children:
+    """How child processes are started: same interpreter, clean environment, in ``cwd``."""
+
+    env: dict[str, str]
+    cwd: Path
+
+    def run(self, argv: Sequence[str], log: Path | None = None) -> float:
+        """Run ``argv`` to completion; return its wall time in ms (fork and exec included)."""
+        with contextlib.ExitStack() as stack:
+            err = stack.enter_context(open(log, "wb")) if log is not None else subprocess.DEVNULL
+            start = time.perf_counter()
+            proc = subprocess.run(  # noqa: PLW1510 - the exit code is checked below
+                list(argv), cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=err
+            )
+            elapsed = (time.perf_counter() - start) * 1000
+        if proc.returncode != 0:
+            shown = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}\n{shown}")
+        return elapsed
 
 
 def snapshot(directory: Path) -> dict[str, int]:
@@ -220,32 +242,56 @@ def bench_steps(cfg: Config, tmp: Path) -> list[Metric]:
         "stat(marker) + stat(output) per step",
         Target("value", 0.5, strict=True, text="< 0.5 ms/step"),
     )
+    no_sync = Metric(
+        "per_step_no_fsync",
+        "per step, fsync stubbed",
+        "ms/step",
+        "the floor, fsync stubbed too (what is left: CPU and metadata syscalls)",
+        Target("info"),
+    )
     workloads.build_chain(3, tmp / "warm-up").run(run_id=workloads.RUN_ID)  # lazy imports
     plain_floor.run_chain(3, str(tmp / "warm-up-floor"))
 
-    def ours(repeat: int) -> None:
-        pipeline = workloads.build_chain(n, tmp / f"steps-ours-{repeat}")
+    def ours(name: str, into: Metric, skipped: Metric | None) -> None:
+        pipeline = workloads.build_chain(n, tmp / name)
         seconds = timed(lambda: pipeline.run(run_id=workloads.RUN_ID))
-        again: list[Any] = []
-        seconds_skip = timed(lambda: again.append(pipeline.run(run_id=workloads.RUN_ID)))
-        if len(again[0].skipped) != n:
-            raise RuntimeError(f"the re-run skipped {len(again[0].skipped)} of {n} steps")
-        cold.ours.append(seconds * 1000 / n)
-        skip.ours.append(seconds_skip * 1000 / n)
+        into.ours.append(seconds * 1000 / n)
+        if skipped is not None:
+            again: list[Any] = []
+            seconds = timed(lambda: again.append(pipeline.run(run_id=workloads.RUN_ID)))
+            if len(again[0].skipped) != n:
+                raise RuntimeError(f"the re-run skipped {len(again[0].skipped)} of {n} steps")
+            skipped.ours.append(seconds * 1000 / n)
 
-    def floor(repeat: int) -> None:
-        state = str(tmp / f"steps-floor-{repeat}")
-        seconds = timed(lambda: plain_floor.run_chain(n, state))
-        seconds_skip = timed(lambda: plain_floor.check_chain(n, state))
-        if plain_floor.check_chain(n, state) != n:
-            raise RuntimeError("the floor chain did not finish")
-        cold.base.append(seconds * 1000 / n)
-        skip.base.append(seconds_skip * 1000 / n)
+    def floor(name: str, into: Metric, skipped: Metric | None) -> None:
+        state = str(tmp / name)
+        into.base.append(timed(lambda: plain_floor.run_chain(n, state)) * 1000 / n)
+        if skipped is not None:
+            seconds = timed(lambda: plain_floor.check_chain(n, state))
+            if plain_floor.check_chain(n, state) != n:
+                raise RuntimeError("the floor chain did not finish")
+            skipped.base.append(seconds * 1000 / n)
 
     for repeat in range(cfg.repeats):
         progress(f"per step and skip path: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(repeat, functools.partial(ours, repeat), functools.partial(floor, repeat))
-    return [cold, skip]
+        alternating(
+            repeat,
+            functools.partial(ours, f"steps-ours-{repeat}", cold, skip),
+            functools.partial(floor, f"steps-floor-{repeat}", cold, skip),
+        )
+    with mock.patch("os.fsync", _no_fsync):
+        for repeat in range(cfg.repeats):
+            progress(f"per step, fsync stubbed: repeat {repeat + 1}/{cfg.repeats}")
+            alternating(
+                repeat,
+                functools.partial(ours, f"nosync-ours-{repeat}", no_sync, None),
+                functools.partial(floor, f"nosync-floor-{repeat}", no_sync, None),
+            )
+    return [cold, skip, no_sync]
+
+
+def _no_fsync(fd: int) -> None:
+    """``os.fsync`` for the diagnostic row: the data stays in the page cache."""
 
 
 # -- 3: start-up ---------------------------------------------------------------------------
@@ -254,14 +300,14 @@ def bench_steps(cfg: Config, tmp: Path) -> list[Metric]:
 _IMPORTTIME = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\S.*)$")
 
 
-def importtime_top(python: str, code: str, runs: int, tmp: Path, top: int = 12) -> list[Any]:
+def importtime_top(children: Children, code: str, runs: int, top: int = 12) -> list[Any]:
     """The modules with the largest median self time under ``-X importtime``."""
     samples: dict[str, list[int]] = {}
     for _ in range(runs):
         proc = subprocess.run(
-            [python, "-X", "importtime", "-c", code],
-            cwd=tmp,
-            env=child_env(),
+            [sys.executable, "-X", "importtime", "-c", code],
+            cwd=children.cwd,
+            env=children.env,
             capture_output=True,
             text=True,
             check=True,
@@ -275,7 +321,7 @@ def importtime_top(python: str, code: str, runs: int, tmp: Path, top: int = 12) 
     return [{"module": name, "self_ms": round(us / 1000, 2)} for name, us in ranked]
 
 
-def bench_startup(cfg: Config, tmp: Path) -> tuple[list[Metric], list[Any]]:
+def bench_startup(cfg: Config, children: Children) -> tuple[list[Metric], list[Any]]:
     python = sys.executable
     codes = {
         "pass": "pass",
@@ -285,13 +331,13 @@ def bench_startup(cfg: Config, tmp: Path) -> tuple[list[Metric], list[Any]]:
     }
     times: dict[str, list[float]] = {key: [] for key in codes}
     for code in codes.values():  # warm-up: bytecode caches, page cache
-        spawn([python, "-c", code], tmp)
+        children.run([python, "-c", code])
     keys = list(codes)
     for index in range(cfg.processes):
         progress(f"start-up: round {index + 1}/{cfg.processes}")
         rotated = keys[index % len(keys) :] + keys[: index % len(keys)]
         for key in rotated:
-            times[key].append(spawn([python, "-c", codes[key]], tmp))
+            times[key].append(children.run([python, "-c", codes[key]]))
     plus = Target("delta", 150.0, text="<= +150 ms")
     metrics = [
         Metric(
@@ -323,7 +369,7 @@ def bench_startup(cfg: Config, tmp: Path) -> tuple[list[Metric], list[Any]]:
         ),
     ]
     progress("start-up: -X importtime")
-    top = importtime_top(python, codes["pipeline"], min(5, max(1, cfg.processes)), tmp)
+    top = importtime_top(children, codes["pipeline"], min(5, cfg.processes))
     return metrics, top
 
 
@@ -353,7 +399,9 @@ def bench_large(cfg: Config, tmp: Path) -> Metric:
         alternating(
             repeat,
             functools.partial(one, tmp / "large-ours.bin", workloads.large_write, metric.ours),
-            functools.partial(one, tmp / "large-plain.bin", plain_floor.plain_write_fsync, metric.base),
+            functools.partial(
+                one, tmp / "large-plain.bin", plain_floor.plain_write_fsync, metric.base
+            ),
         )
     return metric
 
@@ -381,15 +429,20 @@ def bench_retry(cfg: Config) -> list[Metric]:
     def per_call(fn: Callable[[], object]) -> float:
         return timeit.Timer(fn).timeit(number) / number * 1e6
 
-    for fn in (_succeed, decorated, direct):  # warm-up
+    warm_up: tuple[Callable[[], object], ...] = (_succeed, decorated, direct)
+    for fn in warm_up:
         per_call(fn)
     for repeat in range(cfg.repeats):
         progress(f"retry wrapper: repeat {repeat + 1}/{cfg.repeats}")
-        sides = [(_succeed, bare), (decorated, deco.ours), (direct, call.ours)]
+        sides: list[tuple[Callable[[], object], list[float]]] = [
+            (_succeed, bare),
+            (decorated, deco.ours),
+            (direct, call.ours),
+        ]
         if repeat % 2:
             sides.reverse()
-        for fn, into in sides:
-            into.append(per_call(fn))
+        for side, into in sides:
+            into.append(per_call(side))
     deco.base = call.base = bare
     return [deco, call]
 
@@ -397,10 +450,8 @@ def bench_retry(cfg: Config) -> list[Metric]:
 # -- 6: whole process ----------------------------------------------------------------------
 
 
-def bench_process(cfg: Config, tmp: Path) -> list[Metric]:
-    python = sys.executable
-    ours_script = str(BENCH_DIR / "workloads.py")
-    floor_script = str(BENCH_DIR / "plain_floor.py")
+def bench_process(cfg: Config, children: Children) -> list[Metric]:
+    tmp = children.cwd
     log = tmp / "child-stderr.log"
     small = Metric(
         "process_3_steps",
@@ -416,35 +467,42 @@ def bench_process(cfg: Config, tmp: Path) -> list[Metric]:
         "plain script re-running its finished chain",
         Target("value", 150.0, strict=True, text="< 150 ms"),
     )
-    spawn([python, ours_script, "chain", "3", str(tmp / "proc-warm-ours")], tmp, log)
-    spawn([python, floor_script, "chain", "3", str(tmp / "proc-warm-floor")], tmp)
+
+    def ours(steps: int, root: Path) -> float:
+        script = str(BENCH_DIR / "workloads.py")
+        return children.run([sys.executable, script, "chain", str(steps), str(root)], log)
+
+    def floor(steps: int, state: Path) -> float:
+        script = str(BENCH_DIR / "plain_floor.py")
+        return children.run([sys.executable, script, "chain", str(steps), str(state)])
+
+    def cold_pair(index: int) -> None:
+        alternating(
+            index,
+            lambda: small.ours.append(ours(3, tmp / f"p3-ours-{index}")),
+            lambda: small.base.append(floor(3, tmp / f"p3-floor-{index}")),
+        )
+
+    ours_root, floor_state = tmp / "rerun-ours", tmp / "rerun-floor"
+
+    def rerun_pair(index: int) -> None:
+        alternating(
+            index,
+            lambda: rerun.ours.append(ours(cfg.steps, ours_root)),
+            lambda: rerun.base.append(floor(cfg.steps, floor_state)),
+        )
+
+    ours(3, tmp / "p3-ours-warm-up")
+    floor(3, tmp / "p3-floor-warm-up")
     for index in range(cfg.processes):
         progress(f"whole process, 3 steps: run {index + 1}/{cfg.processes}")
-        alternating(
-            index,
-            lambda: small.ours.append(
-                spawn([python, ours_script, "chain", "3", str(tmp / f"p3-ours-{index}")], tmp, log)
-            ),
-            lambda: small.base.append(
-                spawn([python, floor_script, "chain", "3", str(tmp / f"p3-floor-{index}")], tmp)
-            ),
-        )
-    ours_root, floor_state = tmp / "rerun-ours", tmp / "rerun-floor"
-    n = str(cfg.steps)
-    spawn([python, ours_script, "chain", n, str(ours_root)], tmp, log)
-    spawn([python, floor_script, "chain", n, str(floor_state)], tmp)
+        cold_pair(index)
+    ours(cfg.steps, ours_root)
+    floor(cfg.steps, floor_state)
     before = snapshot(ours_root)
     for index in range(cfg.processes):
-        progress(f"whole process, re-run of {n} done: run {index + 1}/{cfg.processes}")
-        alternating(
-            index,
-            lambda: rerun.ours.append(
-                spawn([python, ours_script, "chain", n, str(ours_root)], tmp, log)
-            ),
-            lambda: rerun.base.append(
-                spawn([python, floor_script, "chain", n, str(floor_state)], tmp)
-            ),
-        )
+        progress(f"whole process, re-run of {cfg.steps} done: run {index + 1}/{cfg.processes}")
+        rerun_pair(index)
     if snapshot(ours_root) != before:
         raise RuntimeError("the re-run of a finished run rewrote files: it did not skip")
     return [small, rerun]
@@ -477,15 +535,18 @@ def cpu_model() -> str:
 
 def git_state() -> dict[str, str]:
     """The commit, and whether src/ differs from it (read-only git commands)."""
+    git = shutil.which("git")
+    if git is None:
+        return {}
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            [git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            [git, "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "--", "src"],
             capture_output=True,
             text=True,
             check=True,
@@ -539,7 +600,8 @@ def render(metrics: list[Metric], info: dict[str, Any], top: list[Any], cfg: Con
         f"Python {mach['python']} ({mach['implementation']}); {mach['platform']}",
         f"temp dir: {mach['tmp']} on {fs['fstype']} ({fs['device']} at {fs['mountpoint']}); "
         f"load average at start {', '.join(f'{x:.2f}' for x in mach['loadavg_start'])}",
-        "packages: " + ", ".join(f"{k} {v}" for k, v in pkgs.items())
+        "packages: "
+        + ", ".join(f"{k} {v}" for k, v in pkgs.items())
         + (f"; git {mach['commit']} (src {mach['src']})" if "commit" in mach else ""),
         f"medians of {cfg.repeats} repeats (process metrics: {cfg.processes} processes); "
         f"{cfg.steps} steps; {cfg.large_mib} MiB; {cfg.iterations} calls per retry sample",
@@ -560,18 +622,25 @@ def render(metrics: list[Metric], info: dict[str, Any], top: list[Any], cfg: Con
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:-2], widths[1:-2])]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:-2], widths[1:-2], strict=True)
+        ]
         cells += [row[-2].ljust(widths[-2]), row[-1]]
         return "  ".join(cells)
 
     lines += [line(header), "  ".join("-" * w for w in widths), *map(line, rows), ""]
     verdicts = [m.passed for m in metrics if m.passed is not None]
     lines.append(f"targets met: {sum(verdicts)} of {len(verdicts)}")
-    lines += ["", "baselines and spread (min..max of the samples; ± is half the range/median):"]
+    lines += [
+        "",
+        "baselines and spread: min..max of the samples (± half the range, % of the median);",
+        "paired = median of the ratios of the back-to-back pairs; best = ratio of the minimums",
+    ]
     for m in metrics:
         lines.append(
-            f"  {m.label}: baseline = {m.baseline}; "
-            f"stalwart {_spread(m.ours)}, baseline {_spread(m.base)}"
+            f"  {m.label}: baseline = {m.baseline}\n"
+            f"      stalwart {_spread(m.ours)}, baseline {_spread(m.base)}; "
+            f"paired {m.paired_ratio:.2f}x, best {_ratio(min(m.ours), min(m.base)):.2f}x"
         )
     if top:
         lines += ["", "largest self times under -X importtime (import stalwart; .Pipeline):"]
@@ -595,16 +664,16 @@ def parse(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 7)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
     for name in ("repeats", "steps", "large_mib", "processes", "iterations"):
-        value = getattr(args, name) if name != "repeats" else repeats
+        value = repeats if name == "repeats" else getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return Config(
         repeats=repeats,
         steps=args.steps,
         large_mib=args.large_mib,
-        processes=args.processes or 3 * repeats,
+        processes=args.processes if args.processes is not None else 3 * repeats,
         iterations=args.iterations or (20_000 if args.quick else 100_000),
         tmpdir=args.tmpdir or Path(tempfile.gettempdir()),
         json_path=None if args.no_json else args.json,
@@ -629,14 +698,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with scratch(cfg.tmpdir) as tmp:
         info = {"machine": machine(tmp), "packages": versions()}
         if info["machine"]["filesystem"]["fstype"] in ("tmpfs", "ramfs", "overlay"):
-            progress(f"warning: {tmp} is on {info['machine']['filesystem']['fstype']}; the "
-                     "floor is not a disk's floor there (use --tmpdir on a real disk)")
+            progress(
+                f"warning: {tmp} is on {info['machine']['filesystem']['fstype']}; the "
+                "floor is not a disk's floor there (use --tmpdir on a real disk)"
+            )
         metrics = bench_steps(cfg, tmp)
-        startup, top = bench_startup(cfg, tmp)
+        children = Children(child_env(tmp / "pycache"), tmp)
+        startup, top = bench_startup(cfg, children)
         metrics += startup
         metrics.append(bench_large(cfg, tmp))
         metrics += bench_retry(cfg)
-        metrics += bench_process(cfg, tmp)
+        metrics += bench_process(cfg, children)
     report = render(metrics, info, top, cfg)
     print(report)
     if cfg.json_path is not None:

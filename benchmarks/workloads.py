@@ -14,8 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import stalwart
 from plain_floor import output_name, step_name
+
+import stalwart
 
 __all__ = ["RUN_ID", "build_chain", "large_write", "retried"]
 
