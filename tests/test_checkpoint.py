@@ -246,11 +246,8 @@ def test_clear_removes_exactly_the_named_markers(
     assert synced == [store.directory]  # nothing deleted: nothing to sync
     store.write_marker(marker("upload"))
     assert sorted(store.clear_all()) == ["fetch", "upload"]
-    assert sorted(p.name for p in store.directory.iterdir()) == [
-        "fetch.last.json",
-        "transform.last.json",
-        "upload.last.json",
-    ]
+    store.close()
+    assert sorted(p.name for p in store.directory.iterdir()) == ["journal.jsonl"]
     assert CheckpointStore(store.run_dir / "nowhere").clear_all() == []
 
 
@@ -321,36 +318,62 @@ def test_record_round_trip(store: CheckpointStore) -> None:
         b"{",
         b"\xff\xfe",
         b"[]",
-        json.dumps({"runs": "3"}).encode(),
-        json.dumps({"runs": True}).encode(),
-        json.dumps({"runs": -1}).encode(),
-        json.dumps({"error": 5}).encode(),
-        json.dumps({"extra": []}).encode(),
+        json.dumps({"step": "fetch", "runs": "3"}).encode(),
+        json.dumps({"step": "fetch", "runs": True}).encode(),
+        json.dumps({"step": "fetch", "runs": -1}).encode(),
+        json.dumps({"step": "fetch", "error": 5}).encode(),
+        json.dumps({"step": "fetch", "extra": []}).encode(),
+        json.dumps({"step": "../evil", "runs": 1}).encode(),
+        json.dumps({"runs": 1}).encode(),
     ],
 )
-def test_unreadable_record_is_a_warning_and_a_fresh_record(
+def test_unreadable_journal_line_is_a_warning_and_skipped(
     store: CheckpointStore, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
     store._ensure_directory()
-    (store.directory / "fetch.last.json").write_bytes(content)
+    good = json.dumps({"step": "fetch", "runs": 2, "outcome": "done"}).encode()
+    (store.directory / "journal.jsonl").write_bytes(good + b"\n" + content + b"\n")
     with caplog.at_level(logging.WARNING, logger="stalwart.checkpoint"):
-        assert store.read_record("fetch") == StepRecord()
-    assert "ignoring unreadable step record for fetch" in caplog.text
+        assert store.read_record("fetch") == StepRecord(runs=2, outcome="done")
+    assert "ignored 1 unreadable line(s)" in caplog.text
 
 
-def test_record_ignores_unknown_fields(store: CheckpointStore) -> None:
+def test_journal_ignores_unknown_fields(store: CheckpointStore) -> None:
     store._ensure_directory()
-    (store.directory / "fetch.last.json").write_text(json.dumps({"runs": 2, "future": 1}))
+    line = json.dumps({"step": "fetch", "runs": 2, "future": 1})
+    (store.directory / "journal.jsonl").write_text(line + "\n")
     assert store.read_record("fetch") == StepRecord(runs=2)
 
 
-def test_record_that_is_a_directory_is_a_warning(
+def test_a_torn_last_line_does_not_swallow_the_next_record(store: CheckpointStore) -> None:
+    store._ensure_directory()
+    (store.directory / "journal.jsonl").write_bytes(b'{"step": "fetch", "runs": 1}\n{"step": "fe')
+    store.write_record("fetch", StepRecord(runs=2, outcome="running"))
+    store.close()
+    fresh = CheckpointStore(store.run_dir)
+    assert fresh.read_record("fetch") == StepRecord(runs=2, outcome="running")
+
+
+def test_journal_that_is_a_directory_is_a_warning(
     store: CheckpointStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store._ensure_directory()
-    (store.directory / "fetch.last.json").mkdir()
+    (store.directory / "journal.jsonl").mkdir()
     assert store.read_record("fetch") == StepRecord()
-    assert "ignoring unreadable step record" in caplog.text
+    assert "ignoring the unreadable journal" in caplog.text
+
+
+def test_records_survive_a_new_store_and_keep_the_latest(store: CheckpointStore) -> None:
+    store.write_record("fetch", StepRecord(runs=1, outcome="running"))
+    store.write_record("fetch", StepRecord(runs=1, outcome="done"))
+    store.write_record("upload", StepRecord(runs=4, outcome="failed", error="x"))
+    store.close()
+    store.close()  # idempotent
+    fresh = CheckpointStore(store.run_dir)
+    assert fresh.read_record("fetch") == StepRecord(runs=1, outcome="done")
+    assert fresh.read_record("upload").error == "x"
+    mode = os.stat(store.directory / "journal.jsonl").st_mode & 0o777
+    assert mode == 0o600
 
 
 def test_marker_is_frozen() -> None:

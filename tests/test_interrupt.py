@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -104,8 +103,7 @@ def test_keyboard_interrupt_in_a_step(root: Path, capsys: pytest.CaptureFixture[
     assert not (run_dir / "transform.out").exists()
     assert temp_files(root) == []
     assert len(alerts) == 0  # an interrupt is not a failure: nobody is paged
-    record = json.loads((run_dir / ".checkpoints" / "transform.last.json").read_text())
-    assert record["outcome"] == "interrupted"
+    assert CheckpointStore(run_dir).read_record("transform").outcome == "interrupted"
 
     interrupt["transform"] = False
     calls.clear()
@@ -164,8 +162,7 @@ def test_signal_mid_step_stops_cleanly_and_resumes(
     assert markers(run_dir) == ["fetch"]
     assert not (run_dir / "transform.out").exists()
     assert temp_files(root) == []
-    record = json.loads((run_dir / ".checkpoints" / "transform.last.json").read_text())
-    assert record["outcome"] == "interrupted"
+    assert CheckpointStore(run_dir).read_record("transform").outcome == "interrupted"
 
     resumed = run_python(argv, env=env)
     assert resumed.returncode == 0, resumed.stderr

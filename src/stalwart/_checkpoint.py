@@ -3,7 +3,7 @@
 Layout under the run directory ``<root>/<pipeline>/runs/<run_id>/``::
 
     .checkpoints/<step>.done        JSON marker, written atomically after the step's outputs
-    .checkpoints/<step>.last.json   the step's latest start/failure (runs count, error)
+    .checkpoints/journal.jsonl      append-only: each step's starts, ends, failures (runs, error)
     .lock                           flock'ed while a process runs this run
 
 Every disk access of this module goes through the few private methods of ``CheckpointStore``
@@ -169,7 +169,8 @@ def _is_output_name(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
-    """The latest start of a step (``.last.json``): survives failures, unlike the marker."""
+    """The latest start or end of a step (from the journal): survives failures and cleared
+    markers, unlike the marker."""
 
     runs: int = 0
     started: str = ""
@@ -198,9 +199,16 @@ _RECORD_TYPES: dict[str, type] = {
 }
 
 
-def _parse_record(raw: bytes) -> StepRecord:
-    """A ``.last.json`` record; ``TypeError``/``ValueError`` if it is not one."""
-    data = json.loads(raw.decode("utf-8"))
+_JOURNAL = "journal.jsonl"
+
+
+def _record_fields(record: StepRecord) -> dict[str, Any]:
+    """The record's non-empty fields (journal lines stay short)."""
+    return {k: v for k, v in asdict(record).items() if v not in ("", 0, None, {})}
+
+
+def _parse_record(data: object) -> StepRecord:
+    """A journal record; ``TypeError``/``ValueError`` if it is not one."""
     if not isinstance(data, dict):
         raise TypeError("not an object")
     known = {k: data[k] for k in _RECORD_TYPES if k in data}
@@ -228,14 +236,19 @@ class CheckpointStore:
     Crash safety: markers are written with ``atomic_write`` (temp, fsync, rename, fsync of the
     directory), so a marker on disk is always complete; a marker that is not (edited by hand,
     disk corruption) is reported as corrupt and its step runs again. Clearing markers fsyncs
-    the directory, so a cleared marker does not come back after a power cut. ``.last.json``
-    records are written atomically but without fsync: after a power cut they may lag by one
-    start.
+    the directory, so a cleared marker does not come back after a power cut.
+
+    Step records (starts, ends, failures: what ``status`` shows) are appended to
+    ``journal.jsonl`` without fsync, one JSON line each, by the process holding the run lock:
+    after a power cut the journal may lack its last lines; a torn last line is ignored. They
+    are statistics, never the source of truth about what is done (the markers are).
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / ".checkpoints"
+        self._records: dict[str, StepRecord] | None = None
+        self._journal_fd: int | None = None
 
     # -- the storage seam --------------------------------------------------------------------
 
@@ -344,24 +357,68 @@ class CheckpointStore:
 
     # -- step records ------------------------------------------------------------------------
 
-    def read_record(self, step: str) -> StepRecord:
-        """The step's latest start; an empty record (with a warning) if it is unreadable."""
-        name = f"{validate_name(step, 'step name')}.last.json"
+    def _load_journal(self) -> dict[str, StepRecord]:
+        """The latest record of each step, read once from the journal (then kept current)."""
+        if self._records is not None:
+            return self._records
+        records: dict[str, StepRecord] = {}
         try:
-            raw = self._read(name)
-            return StepRecord() if raw is None else _parse_record(raw)
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
-            log.warning(
-                "ignoring unreadable step record for %s in %s (%s)", step, self.directory, exc
-            )
-            return StepRecord()
+            raw = self._read(_JOURNAL) or b""
+        except OSError as exc:
+            log.warning("ignoring the unreadable journal in %s (%s)", self.directory, exc)
+            raw = b""
+        skipped = 0
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line.decode("utf-8"))
+                step = data.pop("step", None) if isinstance(data, dict) else None
+                record = _parse_record(data)
+            except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+                skipped += 1
+                continue
+            if isinstance(step, str) and NAME_RE.match(step):
+                records[step] = record
+            else:
+                skipped += 1
+        if skipped:
+            log.warning("ignored %d unreadable line(s) of %s", skipped, self.directory / _JOURNAL)
+        self._records = records
+        return records
+
+    def read_record(self, step: str) -> StepRecord:
+        """The step's latest record (an empty one if it never started)."""
+        return self._load_journal().get(validate_name(step, "step name"), StepRecord())
 
     def write_record(self, step: str, record: StepRecord) -> None:
-        self._write(
-            f"{validate_name(step, 'step name')}.last.json",
-            json_dumps(asdict(record)).encode("utf-8"),
-            durable=False,
-        )
+        """Append ``record`` to the journal (no fsync; see the class docstring)."""
+        validate_name(step, "step name")
+        records = self._load_journal()
+        line = json.dumps({"step": step, **_record_fields(record)}, separators=(",", ":"))
+        if self._journal_fd is None:
+            self._ensure_directory()
+            fd = os.open(
+                self.directory / _JOURNAL,
+                os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            try:  # a torn last line (killed mid-append) must not swallow the next record
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line
+            except BaseException:
+                os.close(fd)
+                raise
+            self._journal_fd = fd
+        os.write(self._journal_fd, (line + "\n").encode("utf-8"))
+        records[step] = record
+
+    def close(self) -> None:
+        """Close the journal (the runner calls it when the run ends)."""
+        if self._journal_fd is not None:
+            fd, self._journal_fd = self._journal_fd, None
+            os.close(fd)
 
 
 class RunLock:

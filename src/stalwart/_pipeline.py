@@ -531,6 +531,7 @@ class _Run:
             raise
         finally:
             duration = time.monotonic() - started
+            self.store.close()
             self._finish(outcome, duration)
         return RunResult(
             pipeline=self.name,

@@ -187,6 +187,8 @@ class _Loop:
         stats: RetryStats | None,
         logger: logging.Logger,
         rng: random.Random | None,
+        start: float | None = None,
+        scope: StepScope | None = None,
     ) -> None:
         self.policy = policy
         self.operation = operation
@@ -198,8 +200,8 @@ class _Loop:
         self.stats.stop_reason, self.stats.retry_after, self.stats.next_wait = "", None, 0.0
         self.logger = logger
         self.rng = rng
-        self.scope: StepScope | None = current_scope.get()
-        self.start = _clock.monotonic()
+        self.scope: StepScope | None = scope if start is not None else current_scope.get()
+        self.start = _clock.monotonic() if start is None else start
         self.pending: BaseException | None = None
 
     def retryable(self, exc: BaseException) -> bool:
@@ -368,6 +370,21 @@ def call_with_retries(
     transient (``Permanent`` and exceptions an inner retry loop gave up on never are).
     ``retry_after(exc)`` may ask for a longer wait, never a shorter one. Returns ``fn``'s
     result or raises its last exception unchanged; ``stats`` says what happened."""
+    # Fast path: a call that succeeds first time pays for a clock read and a try, no more.
+    start = _clock.monotonic()
+    scope = current_scope.get()
+    if scope is not None:
+        scope.count_attempt()
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - handed to the retry loop, which re-raises
+        first = exc
+    else:
+        if stats is not None:
+            stats.attempts, stats.waits, stats.stop_reason = 1, 0.0, ""
+            stats.retry_after, stats.next_wait = None, 0.0
+            stats.elapsed = _clock.monotonic() - start
+        return result
     loop = _Loop(
         policy,
         operation=operation,
@@ -377,17 +394,13 @@ def call_with_retries(
         stats=stats,
         logger=logger,
         rng=rng,
+        start=start,
+        scope=scope,
     )
-    loop.begin()
-    try:
-        result = fn()
-    except Exception as exc:
-        if not loop.first_failed(exc):
-            loop.finish(exc)
-            raise
-    else:
-        loop.finish(None)
-        return result
+    loop.stats.attempts = 1
+    if not loop.first_failed(first):
+        loop.finish(first)
+        raise first
 
     def attempt() -> T:
         loop.replay_first()
