@@ -268,7 +268,7 @@ CORRUPTIONS: dict[str, Callable[[bytes, CheckpointStore], bytes]] = {
     "truncated JSON": lambda raw, store: raw[: len(raw) // 2],
     "random bytes": lambda raw, store: random.Random(7).randbytes(512),
     "empty": lambda raw, store: b"",
-    "wrong types": lambda raw, store: raw.replace(b'"runs": 1', b'"runs": "one"'),
+    "wrong types": lambda raw, store: raw.replace(b'"runs":1', b'"runs":"one"'),
     "marker of another step": lambda raw, store: _other_step(store),
 }
 

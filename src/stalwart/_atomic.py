@@ -264,7 +264,7 @@ def _open_handle(fd: int, binary: bool, encoding: str, digest: FileDigest | None
     raw: io.RawIOBase = (
         io.FileIO(fd, "wb", closefd=True) if digest is None else _DigestingRaw(fd, digest)
     )
-    buffered = io.BufferedWriter(raw, buffer_size=1 << 20)
+    buffered = io.BufferedWriter(raw, buffer_size=1 << 17)  # big writes go straight through
     if binary:
         return buffered
     try:
@@ -422,7 +422,9 @@ def sweep_temp_files(directory: str | os.PathLike[str], *, recursive: bool = Tru
     walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
     for dirpath, _dirs, files in walker:
         for name in files:
+            if not is_temp_name(name):
+                continue  # the common case: no Path object, no system call
             victim = Path(dirpath) / name
-            if is_temp_name(name) and _remove_if_abandoned(victim):
+            if _remove_if_abandoned(victim):
                 removed.append(victim)
     return removed

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._atomic import fsync_directory, json_dumps, replace_bytes
+from ._atomic import fsync_directory, replace_bytes
 from ._errors import RunLockedError, UsageError
 
 __all__ = [
@@ -92,9 +92,21 @@ class Marker:
     format: int = MARKER_FORMAT
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["outputs"] = [asdict(o) for o in self.outputs]
-        return json_dumps(data).encode("utf-8")
+        """One line of JSON (the C encoder: markers are written on every step)."""
+        data = {
+            "format": self.format,
+            "pipeline": self.pipeline,
+            "step": self.step,
+            "run_id": self.run_id,
+            "started": self.started,
+            "finished": self.finished,
+            "duration_s": self.duration_s,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "runs": self.runs,
+            "outputs": [{"name": o.name, "size": o.size, "sha256": o.sha256} for o in self.outputs],
+        }
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> Marker:
@@ -248,6 +260,7 @@ class CheckpointStore:
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / ".checkpoints"
         self._records: dict[str, StepRecord] | None = None
+        self._directory_ready = False
         self._journal_fd: int | None = None
 
     # -- the storage seam --------------------------------------------------------------------
@@ -282,11 +295,15 @@ class CheckpointStore:
         return deleted
 
     def _ensure_directory(self) -> None:
+        if self._directory_ready:
+            return
         try:
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
+            self._directory_ready = True
             return
-        fsync_directory(self.run_dir)  # the new directory entry must survive a power cut too
+        fsync_directory(self.run_dir)
+        self._directory_ready = True  # the new directory entry must survive a power cut too
 
     # -- markers -----------------------------------------------------------------------------
 
