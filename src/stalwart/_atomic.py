@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +71,7 @@ def temp_name_for(name: str) -> str:
     encoded = os.fsencode(name)
     if len(encoded) > _NAME_KEPT:
         name = os.fsdecode(encoded[:_NAME_KEPT])
-    return f".{name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    return f".{name}.{os.urandom(4).hex()}{_TEMP_SUFFIX}"
 
 
 def is_temp_name(name: str) -> bool:

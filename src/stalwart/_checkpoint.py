@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -474,7 +473,7 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        holder = f"pid {os.getpid()} on host {socket.gethostname()} since {utc_now()}\n"
+        holder = f"pid {os.getpid()} on host {os.uname().nodename} since {utc_now()}\n"
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder.encode("utf-8"), 0)

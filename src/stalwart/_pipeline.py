@@ -38,22 +38,30 @@ from ._checkpoint import (
     validate_name,
 )
 from ._errors import UsageError
-from ._events import (
-    Event,
-    RunFinished,
-    RunStarted,
-    StepFailed,
-    StepInterrupted,
-    StepSkipped,
-    StepStarted,
-    StepSucceeded,
-)
 from ._logging import ContextAdapter
 from ._scope import StepScope, current_scope
 
+
+class _LazyModule:
+    """A module imported on first attribute access (the event records cost ~10 ms to
+    import; a run without metric sinks never needs them)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(self._name), attribute)
+
+
 if TYPE_CHECKING:
+    from . import _events as events
+    from ._events import Event
     from ._http import HttpClient, StepHttp
     from ._retry import RetryPolicy
+else:
+    events = _LazyModule("stalwart._events")
 
 __all__ = ["Context", "Pipeline", "RunResult", "Step", "Terminated", "today"]
 
@@ -478,6 +486,10 @@ class _Emitter:
         self._sinks = sinks
         self._broken: set[int] = set()
 
+    def __bool__(self) -> bool:
+        """False without sinks: then no event is even built (nor ``_events`` imported)."""
+        return bool(self._sinks)
+
     def __call__(self, event: Event) -> None:
         for index, sink in enumerate(self._sinks):
             if index in self._broken:
@@ -502,7 +514,7 @@ class _Run:
         pipeline: Pipeline,
         run_id: str,
         run_dir: Path,
-        emit: Callable[[Event], None],
+        emit: _Emitter,
         resume_command: str | None,
     ) -> None:
         self.pipeline = pipeline
@@ -564,7 +576,8 @@ class _Run:
                 ", ".join(later),
                 extra=context,
             )
-        self.emit(RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names)))
+        if self.emit:
+            self.emit(events.RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names)))
 
     def _visit(self, step: Step) -> None:
         decision = self.store.check(step.name, run_id=self.run_id)
@@ -572,7 +585,10 @@ class _Run:
         if decision.done:
             log.info("step %s already done, skipping", step.name, extra=context)
             self.skipped.append(step.name)
-            self.emit(StepSkipped(pipeline=self.name, run_id=self.run_id, step=step.name))
+            if self.emit:
+                self.emit(
+                    events.StepSkipped(pipeline=self.name, run_id=self.run_id, step=step.name)
+                )
             return
         if decision.corrupt:
             log.warning("step %s: %s; running it again", step.name, decision.reason, extra=context)
@@ -585,18 +601,19 @@ class _Run:
         self, outcome: Literal["success", "failure", "interrupted"], duration: float
     ) -> None:
         failed = int(outcome == "failure")
-        self.emit(
-            RunFinished(
-                pipeline=self.name,
-                run_id=self.run_id,
-                outcome=outcome,
-                duration_s=duration,
-                ran=len(self.ran),
-                skipped=len(self.skipped),
-                failed=failed,
-                finished_at=time.time(),
+        if self.emit:
+            self.emit(
+                events.RunFinished(
+                    pipeline=self.name,
+                    run_id=self.run_id,
+                    outcome=outcome,
+                    duration_s=duration,
+                    ran=len(self.ran),
+                    skipped=len(self.skipped),
+                    failed=failed,
+                    finished_at=time.time(),
+                )
             )
-        )
         log.info(
             "run %s of %s: %s in %.2f s (ran %d, skipped %d, failed %d)",
             self.run_id,
@@ -638,7 +655,12 @@ class _Run:
             runs=runs,
         )
         context = self._context(step.name, attempt=runs)
-        self.emit(StepStarted(pipeline=self.name, run_id=self.run_id, step=step.name, runs=runs))
+        if self.emit:
+            self.emit(
+                events.StepStarted(
+                    pipeline=self.name, run_id=self.run_id, step=step.name, runs=runs
+                )
+            )
         log.info("step %s started", step.name, extra=context)
         t0 = time.perf_counter()
         token = current_scope.set(scope)
@@ -694,16 +716,17 @@ class _Run:
                 retries=scope.retries,
             ),
         )
-        self.emit(
-            StepSucceeded(
-                pipeline=self.name,
-                run_id=self.run_id,
-                step=step.name,
-                duration_s=duration,
-                attempts=scope.attempts,
-                retries=scope.retries,
+        if self.emit:
+            self.emit(
+                events.StepSucceeded(
+                    pipeline=self.name,
+                    run_id=self.run_id,
+                    step=step.name,
+                    duration_s=duration,
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                )
             )
-        )
         log.info(
             "step %s done in %.3f s",
             step.name,
@@ -742,15 +765,16 @@ class _Run:
             duration,
             extra=self._context(step.name, attempt=runs),
         )
-        self.emit(
-            StepInterrupted(
-                pipeline=self.name,
-                run_id=self.run_id,
-                step=step.name,
-                duration_s=duration,
-                signal=signal_name,
+        if self.emit:
+            self.emit(
+                events.StepInterrupted(
+                    pipeline=self.name,
+                    run_id=self.run_id,
+                    step=step.name,
+                    duration_s=duration,
+                    signal=signal_name,
+                )
             )
-        )
 
     def _failed(
         self,
@@ -787,19 +811,20 @@ class _Run:
             error,
             extra=self._context(step.name, attempt=runs, error=error[:500]),
         )
-        self.emit(
-            StepFailed(
-                pipeline=self.name,
-                run_id=self.run_id,
-                step=step.name,
-                duration_s=duration,
-                attempts=scope.attempts,
-                retries=scope.retries,
-                error_type=type(exc).__name__,
-                error=error,
-                dead_letter_id=dead_letter_id,
+        if self.emit:
+            self.emit(
+                events.StepFailed(
+                    pipeline=self.name,
+                    run_id=self.run_id,
+                    step=step.name,
+                    duration_s=duration,
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                    error_type=type(exc).__name__,
+                    error=error,
+                    dead_letter_id=dead_letter_id,
+                )
             )
-        )
         from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
 
         alert = Alert(
