@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -214,8 +214,9 @@ _JOURNAL = "journal.jsonl"
 
 
 def _record_fields(record: StepRecord) -> dict[str, Any]:
-    """The record's non-empty fields (journal lines stay short)."""
-    return {k: v for k, v in asdict(record).items() if v not in ("", 0, None, {})}
+    """The record's non-empty fields (journal lines stay short); no deep copy, it is hot."""
+    fields = ((name, getattr(record, name)) for name in StepRecord.__dataclass_fields__)
+    return {k: v for k, v in fields if v not in ("", 0, None, {})}
 
 
 def _parse_record(data: object) -> StepRecord:
