@@ -268,10 +268,23 @@ class CheckpointStore:
     def _read(self, name: str) -> bytes | None:
         """The whole file, ``None`` if it does not exist; ``OSError`` if it cannot be read."""
         try:
-            with open(self.directory / name, "rb") as handle:
-                return handle.read(_MAX_MARKER + 1)
+            fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            # Read what is there, at most one byte past the limit (so callers can tell it is
+            # too big) - without allocating the limit up front: markers are read on every skip.
+            want = min(os.fstat(fd).st_size, _MAX_MARKER) + 1
+            chunks = []
+            while want > 0:
+                chunk = os.read(fd, want)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                want -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def _write(self, name: str, data: bytes, *, durable: bool = True) -> None:
         self._ensure_directory()
