@@ -666,20 +666,12 @@ class _Run:
         token = current_scope.set(scope)
         try:
             step.fn(ctx)
-        except Exception as exc:
-            current_scope.reset(token)
-            self._failed(
-                step,
-                exc=exc,
-                scope=scope,
-                duration=time.perf_counter() - t0,
-                runs=runs,
-                started_at=started_at,
-            )
-            raise
         except BaseException as exc:
             current_scope.reset(token)
-            self._interrupted(
+            # An Exception fails the step (alert, exit 1); anything else - KeyboardInterrupt,
+            # SIGTERM's Terminated, SystemExit - interrupts it: no alert, no marker.
+            ended = self._failed if isinstance(exc, Exception) else self._interrupted
+            ended(
                 step,
                 exc=exc,
                 scope=scope,
@@ -780,7 +772,7 @@ class _Run:
         self,
         step: Step,
         *,
-        exc: Exception,
+        exc: BaseException,
         scope: StepScope,
         duration: float,
         runs: int,
