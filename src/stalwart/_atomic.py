@@ -114,9 +114,10 @@ class FileDigest:
 class _DigestingRaw(io.RawIOBase):
     """An unbuffered writer that owns ``fd`` and feeds a ``FileDigest`` as it writes."""
 
-    def __init__(self, fd: int, digest: FileDigest) -> None:
+    def __init__(self, fd: int, digest: FileDigest | None, path: Path | None = None) -> None:
         self._fd = fd
         self._digest = digest
+        self._path = path
 
     def close(self) -> None:
         if not self.closed:
@@ -128,8 +129,14 @@ class _DigestingRaw(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         view = memoryview(b).cast("B")
-        written = os.write(self._fd, view)
-        self._digest.update(view[:written])
+        try:
+            written = os.write(self._fd, view)
+        except OSError as exc:  # ENOSPC/EIO from the caller's own handle.write(): name the file
+            if self._path is None:
+                raise
+            _raise_named(exc, self._path)
+        if self._digest is not None:
+            self._digest.update(view[:written])
         return written
 
     def fileno(self) -> int:
@@ -259,10 +266,10 @@ def _sync_parent(path: Path) -> None:
         _raise_named(exc, path)
 
 
-def _open_handle(fd: int, binary: bool, encoding: str, digest: FileDigest | None) -> IO[Any]:
-    raw: io.RawIOBase = (
-        io.FileIO(fd, "wb", closefd=True) if digest is None else _DigestingRaw(fd, digest)
-    )
+def _open_handle(
+    fd: int, binary: bool, encoding: str, digest: FileDigest | None, path: Path
+) -> IO[Any]:
+    raw = _DigestingRaw(fd, digest, path)
     buffered = io.BufferedWriter(raw, buffer_size=1 << 17)  # big writes go straight through
     if binary:
         return buffered
@@ -284,7 +291,7 @@ def _atomic_write(
     # The caller's file object writes through its own descriptor (closing it is allowed);
     # ``fd`` keeps the temp file locked until it is renamed, and is what gets fsynced.
     try:
-        handle = _open_handle(os.dup(fd), binary, encoding, digest)
+        handle = _open_handle(os.dup(fd), binary, encoding, digest, path)
     except BaseException:
         _abandon(tmp, fd, None)
         raise

@@ -426,23 +426,32 @@ class CheckpointStore:
         validate_name(step, "step name")
         records = self._load_journal()
         line = json.dumps({"step": step, **_record_fields(record)}, separators=(",", ":"))
-        if self._journal_fd is None:
-            self._ensure_directory()
-            fd = os.open(
-                self.directory / _JOURNAL,
-                os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-            )
-            try:  # a torn last line (killed mid-append) must not swallow the next record
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = "\n" + line
-            except BaseException:
-                os.close(fd)
-                raise
-            self._journal_fd = fd
-        os.write(self._journal_fd, (line + "\n").encode("utf-8"))
         records[step] = record
+        try:
+            if self._journal_fd is None:
+                self._ensure_directory()
+                fd = os.open(
+                    self.directory / _JOURNAL,
+                    os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    0o600,
+                )
+                try:  # a torn last line (killed mid-append) must not swallow the next record
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = "\n" + line
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._journal_fd = fd
+            os.write(self._journal_fd, (line + "\n").encode("utf-8"))
+        except OSError as exc:  # statistics, not state: a full disk must not fail the run here
+            self.close()  # the next append re-opens and steps over a torn line
+            log.warning(
+                "could not append step %s's record to %s (%s); status may lag for this run",
+                step,
+                self.directory / _JOURNAL,
+                exc.strerror or exc,
+            )
 
     def close(self) -> None:
         """Close the journal (the runner calls it when the run ends)."""

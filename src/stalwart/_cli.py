@@ -138,6 +138,11 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     from ._logging import TextFormatter, configure  # noqa: PLC0415
 
     handler = configure(args.log_format, verbose=verbose, stream=err)
+    # httpx logs every request at INFO; our retry and failure lines already say what matters.
+    chatty = logging.getLogger("httpx")
+    chatty_level = chatty.level
+    if not verbose:
+        chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
         with _sigterm_as_interrupt():
@@ -166,6 +171,7 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
+        chatty.setLevel(chatty_level)
 
 
 class _Say:

@@ -46,6 +46,7 @@ __all__ = ["DeadLetterStore", "EnvelopeSummary", "StepDeadLetters"]
 
 log = logging.getLogger("stalwart.deadletter")
 
+_METHOD_RE = re.compile(r"\A[A-Z]{1,16}\Z")
 ID_RE = re.compile(r"\A\d{8}T\d{12}Z-[0-9a-f]{8}\Z")
 ENVELOPE_FORMAT = 1
 _DROP_HEADERS = frozenset(
@@ -211,6 +212,13 @@ class DeadLetterStore:
                 f"dead letter {envelope_id} is corrupt (not an envelope for this id); "
                 f"the file is {self._path(envelope_id)}"
             )
+        try:  # it must be writable back (replay and discard record what they did)
+            json_dumps(data).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DeadLetterError(
+                f"dead letter {envelope_id} is corrupt (text that is not valid Unicode); "
+                f"the file is {self._path(envelope_id)}"
+            ) from None
         return data
 
     def ids(self) -> list[str]:
@@ -298,6 +306,11 @@ class DeadLetterStore:
                 or not isinstance(request.get("url"), str)
             ):
                 raise DeadLetterError(f"dead letter {envelope_id} has no usable request")
+            if not _METHOD_RE.match(request["method"]):
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} has no valid HTTP method "
+                    f"({request['method'][:20]!r}); inspect it with 'deadletter show'"
+                )
             if request.get("url_redacted"):
                 raise DeadLetterError(
                     f"dead letter {envelope_id}: its URL carried a secret that was not stored "
@@ -323,6 +336,11 @@ class DeadLetterStore:
             except HttpError as exc:
                 self._update(envelope, "replay_failed", str(exc)[:500])
                 raise
+            except (TypeError, UnicodeError) as exc:  # a stored method or header httpx refuses
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} holds a request that cannot be sent as stored "
+                    f"({type(exc).__name__}: {exc}); inspect it with 'deadletter show'"
+                ) from None
             self._update(
                 envelope,
                 "replayed",

@@ -123,6 +123,8 @@ class Response:
             problem = f"is not UTF-8 text (byte {exc.start})"
         except jsonlib.JSONDecodeError as exc:
             problem = f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        except RecursionError:
+            problem = "is JSON nested too deeply to parse"
         method, _, url = self._operation.partition(" ")
         raise ResponseFormatError(
             f"{self._operation} -> {self.raw.status_code}: expected JSON, but the body "

@@ -474,6 +474,12 @@ class Pushgateway:
         return basic_auth_handler(url, method, timeout, headers, data, user, password)
 
 
+def _shown_gateway(url: str) -> str:
+    """``redact_url``, plus any ``user:password@`` that a malformed URL (no scheme, one slash)
+    still carries where ``urlsplit`` sees no user-info."""
+    return re.sub(r"[^\s/@]+@", "***@", redact_url(url))
+
+
 def _split_gateway_url(url: str) -> tuple[str, tuple[str, str] | None]:
     """``https://u:p@host:9091/x/`` -> (``https://host:9091/x``, (u, p)); ``UsageError`` if it
     is not an http(s) URL with a host."""
@@ -484,12 +490,12 @@ def _split_gateway_url(url: str) -> tuple[str, tuple[str, str] | None]:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"the Pushgateway URL {redact_url(str(url))!r} is not an http:// or https:// URL "
+            f"the Pushgateway URL {_shown_gateway(str(url))!r} is not an http:// or https:// URL "
             f"with a host and a numeric port, e.g. http://pushgateway:9091"
         )
     if parts.query or parts.fragment:
         raise UsageError(
-            f"the Pushgateway URL {redact_url(url)!r} must have no query string or fragment"
+            f"the Pushgateway URL {_shown_gateway(url)!r} must have no query string or fragment"
         )
     netloc = parts.netloc.rsplit("@", 1)[-1]
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
@@ -617,6 +623,6 @@ def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[MetricsSink
         try:
             sinks.append(build(value))
         except UsageError as exc:
-            shown = redact_url(value) if variable == "STALWART_PUSHGATEWAY" else value
+            shown = _shown_gateway(value) if variable == "STALWART_PUSHGATEWAY" else value
             raise UsageError(f"{variable}={shown!r}: {exc}") from None
     return sinks

@@ -683,20 +683,26 @@ class _Run:
         current_scope.reset(token)
         duration = time.perf_counter() - t0
         finished = utc_now()
-        self.store.write_marker(
-            Marker(
-                pipeline=self.name,
-                step=step.name,
-                run_id=self.run_id,
-                started=started_at,
-                finished=finished,
-                duration_s=round(duration, 6),
-                attempts=scope.attempts,
-                retries=scope.retries,
-                runs=runs,
-                outputs=ctx.outputs,
+        try:
+            self.store.write_marker(
+                Marker(
+                    pipeline=self.name,
+                    step=step.name,
+                    run_id=self.run_id,
+                    started=started_at,
+                    finished=finished,
+                    duration_s=round(duration, 6),
+                    attempts=scope.attempts,
+                    retries=scope.retries,
+                    runs=runs,
+                    outputs=ctx.outputs,
+                )
             )
-        )
+        except Exception as exc:  # a marker that cannot be written is a failed step
+            self._failed(
+                step, exc=exc, scope=scope, duration=duration, runs=runs, started_at=started_at
+            )
+            raise
         self.store.write_record(
             step.name,
             StepRecord(
