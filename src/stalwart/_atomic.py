@@ -44,6 +44,7 @@ __all__ = [
     "is_temp_name",
     "json_dumps",
     "replace_bytes",
+    "replace_bytes_exclusive",
     "sweep_temp_files",
     "temp_name_for",
 ]
@@ -344,6 +345,52 @@ def replace_bytes(
     os.close(fd)
     if durable:
         _sync_parent(target)
+
+
+def replace_bytes_exclusive(path: str, data: bytes, *, new_mode: int = 0o666) -> None:
+    """``replace_bytes`` for a directory this process holds exclusively (a run directory,
+    under the run lock): the same protocol and guarantees - temp, write, fsync, close,
+    rename, fsync of the directory; temp removed on failure - minus what only a shared
+    directory needs (the flock that keeps another process's sweep off a live temp file),
+    and on plain strings. It is the per-step hot path: every output and every marker.
+    """
+    directory, name = os.path.split(path)
+    try:
+        keep_mode: int | None = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        keep_mode = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _ in range(_CREATE_TRIES):  # pragma: no branch - a collision needs 32 equal bits
+        tmp = os.path.join(directory, temp_name_for(name))
+        try:
+            fd = os.open(tmp, flags, new_mode)
+            break
+        except FileExistsError:  # pragma: no cover - 32 random bits collided: draw again
+            continue
+        except OSError as exc:
+            _raise_named(exc, Path(path))
+    else:  # pragma: no cover
+        raise FileExistsError(errno.EEXIST, "could not create a unique temp file", path)
+    try:
+        try:
+            if keep_mode is not None:
+                os.fchmod(fd, keep_mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _discard(Path(tmp))
+        if isinstance(exc, OSError):
+            _raise_named(exc, Path(path))
+        raise
+    try:
+        fsync_directory(directory)
+    except OSError as exc:
+        _raise_named(exc, Path(path))
 
 
 def atomic_write_bytes(

@@ -21,10 +21,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from ._atomic import fsync_directory, replace_bytes
+from ._atomic import fsync_directory, replace_bytes, replace_bytes_exclusive
 from ._errors import RunLockedError, UsageError
 
 __all__ = [
@@ -168,14 +168,21 @@ def _output(item: object) -> OutputRecord:
     return OutputRecord(name=name, size=_count(item, "size"), sha256=sha256)
 
 
+def normalize_output_name(name: object) -> str | None:
+    """``name`` as ``Context`` records it (``a//b`` -> ``a/b``), or None if it is not an
+    output name: relative, no ``..``, no part starting with a dot (those are stalwart's:
+    markers, lock, temp files), no NUL or backslash. Plain string work: it is on the hot path.
+    """
+    if not isinstance(name, str) or not name or name[0] == "/" or "\x00" in name or "\\" in name:
+        return None
+    parts = [part for part in name.split("/") if part]
+    if not parts or any(part == ".." or part[0] == "." for part in parts):
+        return None
+    return "/".join(parts)
+
+
 def _is_output_name(name: str) -> bool:
-    """The names ``Context`` records: relative, no ``..``, no part starting with a dot."""
-    if not name or "\x00" in name or "\\" in name:
-        return False
-    pure = PurePosixPath(name)
-    return not pure.is_absolute() and all(
-        part not in ("", ".", "..") and not part.startswith(".") for part in pure.parts
-    )
+    return normalize_output_name(name) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +266,8 @@ class CheckpointStore:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / ".checkpoints"
+        self._run_dir = os.fspath(self.run_dir)
+        self._directory = os.fspath(self.directory)
         self._records: dict[str, StepRecord] | None = None
         self._directory_ready = False
         self._journal_fd: int | None = None
@@ -268,7 +277,7 @@ class CheckpointStore:
     def _read(self, name: str) -> bytes | None:
         """The whole file, ``None`` if it does not exist; ``OSError`` if it cannot be read."""
         try:
-            fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self._directory, name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
@@ -288,7 +297,10 @@ class CheckpointStore:
 
     def _write(self, name: str, data: bytes, *, durable: bool = True) -> None:
         self._ensure_directory()
-        replace_bytes(self.directory / name, data, durable=durable, new_mode=0o600)
+        if durable:  # markers: in the run directory, which the run lock makes ours alone
+            replace_bytes_exclusive(os.path.join(self._directory, name), data, new_mode=0o600)
+        else:
+            replace_bytes(self.directory / name, data, durable=False, new_mode=0o600)
 
     def _list(self) -> list[str]:
         try:
@@ -354,7 +366,7 @@ class CheckpointStore:
                 corrupt=True,
             )
         for output in marker.outputs:
-            path = self.run_dir / output.name
+            path = os.path.join(self._run_dir, output.name)
             try:
                 size = os.stat(path).st_size
             except OSError:

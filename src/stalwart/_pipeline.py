@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from ._atomic import (
     FileDigest,
     atomic_write,
-    atomic_write_bytes,
     json_dumps,
+    replace_bytes_exclusive,
     sweep_temp_files,
 )
 from ._checkpoint import (
@@ -34,6 +34,7 @@ from ._checkpoint import (
     OutputRecord,
     RunLock,
     StepRecord,
+    normalize_output_name,
     utc_now,
     validate_name,
 )
@@ -126,19 +127,13 @@ def real_directories(base: Path, path: Path, *, mode: int = 0o700) -> None:
 def _output_name(name: object) -> str:
     """An output name relative to the run directory; never absolute, never climbing out,
     never hidden (dot names are stalwart's: markers, lock, temp files)."""
-    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
-        raise UsageError(f"invalid output name {name!r}")
-    pure = PurePosixPath(name)
-    if (
-        pure.is_absolute()
-        or not pure.parts
-        or any(part in ("", ".", "..") or part.startswith(".") for part in pure.parts)
-    ):
+    clean = normalize_output_name(name)
+    if clean is None:
         raise UsageError(
             f"invalid output name {name!r}: use a relative path inside the run directory "
             f"with no '..' and no part starting with '.'"
         )
-    return pure.as_posix()
+    return clean
 
 
 class Context:
@@ -165,6 +160,7 @@ class Context:
         self._http: StepHttp | None = None
         self.run_id = run_id
         self.run_dir = run_dir
+        self._run_dir = os.fspath(run_dir)
         self.attempt = runs
         self.log = ContextAdapter(
             logging.getLogger(f"stalwart.step.{step.name}"),
@@ -203,16 +199,24 @@ class Context:
             real_directories(self.run_dir, target.parent, mode=0o777)
         return clean, target
 
+    def _target_string(self, name: str) -> tuple[str, str]:
+        """``_target`` on plain strings: the hot path of ``write_bytes``."""
+        clean = _output_name(name)
+        if "/" in clean:
+            return self._target(name)[0], os.path.join(self._run_dir, clean)
+        return clean, os.path.join(self._run_dir, clean)
+
     def _record(self, name: str, digest: FileDigest) -> None:
         self._outputs[name] = OutputRecord(name=name, size=digest.size, sha256=digest.sha256)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write ``data`` to output ``name`` atomically; returns its path."""
-        clean, target = self._target(name)
+        clean, target = self._target_string(name)
         digest = FileDigest()
-        atomic_write_bytes(target, data, digest=digest)
+        replace_bytes_exclusive(target, data)  # the run lock makes the directory ours
+        digest.update(data)
         self._record(clean, digest)
-        return target
+        return Path(target)
 
     def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
         """Write the text ``data`` to output ``name`` atomically; returns its path."""
@@ -521,6 +525,7 @@ class _Run:
         self.name = pipeline.name
         self.run_id = run_id
         self.run_dir = run_dir
+        self._run_dir = os.fspath(run_dir)
         self.emit = emit
         self.resume = resume_command or _default_resume(pipeline.name, run_id)
         self.store = CheckpointStore(run_dir)
