@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -100,6 +99,8 @@ class FileDigest:
     __slots__ = ("_hash", "size")
 
     def __init__(self) -> None:
+        import hashlib  # noqa: PLC0415 - OpenSSL costs ~3 ms to load; a re-run never hashes
+
         self._hash = hashlib.sha256()
         self.size = 0
 

@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,10 @@ def validate_name(value: object, what: str) -> str:
 
 def utc_now() -> str:
     """Now, as UTC RFC 3339 with microseconds: ``2026-11-28T03:00:00.123456Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = time.time()
+    seconds = int(now)
+    micros = int((now - seconds) * 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
 @dataclass(frozen=True, slots=True)

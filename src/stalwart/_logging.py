@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ._scope import current_scope
@@ -75,8 +75,9 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 def rfc3339(created: float) -> str:
     """A record's time as UTC RFC 3339 with milliseconds: ``2026-11-28T03:00:00.123Z``."""
-    moment = datetime.fromtimestamp(created, UTC)
-    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 class TextFormatter(logging.Formatter):

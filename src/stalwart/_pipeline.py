@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
@@ -81,7 +80,7 @@ class Terminated(KeyboardInterrupt):
 
 def today() -> str:
     """Today's UTC date, the default run ID: ``2026-11-28``."""
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+    return time.strftime("%Y-%m-%d", time.gmtime())
 
 
 @dataclass(frozen=True, slots=True)

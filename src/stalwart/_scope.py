@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -81,6 +80,8 @@ def derive_idempotency_key(  # noqa: PLR0917 - the key's inputs, in the document
 ) -> str:
     parts = ["stalwart-idempotency-v1", pipeline, run_id, step, method.upper(), path, body_sha256]
     material = "\x1f".join([*parts, str(n)])
+    import hashlib  # noqa: PLC0415 - only steps that POST pay for loading OpenSSL
+
     return "stw1-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:40]
 
 
