@@ -129,7 +129,7 @@ CORRUPT: dict[str, bytes] = {
     "attempts as text": json.dumps(marker_dict(attempts="2")).encode(),
     "runs as a boolean": json.dumps(marker_dict(runs=True)).encode(),
     "negative retries": json.dumps(marker_dict(retries=-1)).encode(),
-    "duration as text": json.dumps(marker_dict(duration_s="1s")).encode(),
+    "duration as text": json.dumps(marker_dict(duration="1s")).encode(),
     "step as a number": json.dumps(marker_dict(step=5)).encode(),
     "missing step": json.dumps({k: v for k, v in marker_dict().items() if k != "step"}).encode(),
     "outputs as an object": json.dumps(marker_dict(outputs={"a": 1})).encode(),
@@ -247,7 +247,8 @@ def test_clear_removes_exactly_the_named_markers(
     store.write_marker(marker("upload"))
     assert sorted(store.clear_all()) == ["fetch", "upload"]
     store.close()
-    assert sorted(p.name for p in store.directory.iterdir()) == ["journal.jsonl"]
+    assert sorted(p.name for p in store.directory.iterdir()) == []  # markers only
+    assert (store.run_dir / ".journal.jsonl").is_file()
     assert CheckpointStore(store.run_dir / "nowhere").clear_all() == []
 
 
@@ -332,7 +333,7 @@ def test_unreadable_journal_line_is_a_warning_and_skipped(
 ) -> None:
     store._ensure_directory()
     good = json.dumps({"step": "fetch", "runs": 2, "outcome": "done"}).encode()
-    (store.directory / "journal.jsonl").write_bytes(good + b"\n" + content + b"\n")
+    (store.run_dir / ".journal.jsonl").write_bytes(good + b"\n" + content + b"\n")
     with caplog.at_level(logging.WARNING, logger="stalwart.checkpoint"):
         assert store.read_record("fetch") == StepRecord(runs=2, outcome="done")
     assert "ignored 1 unreadable line(s)" in caplog.text
@@ -341,13 +342,13 @@ def test_unreadable_journal_line_is_a_warning_and_skipped(
 def test_journal_ignores_unknown_fields(store: CheckpointStore) -> None:
     store._ensure_directory()
     line = json.dumps({"step": "fetch", "runs": 2, "future": 1})
-    (store.directory / "journal.jsonl").write_text(line + "\n")
+    (store.run_dir / ".journal.jsonl").write_text(line + "\n")
     assert store.read_record("fetch") == StepRecord(runs=2)
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_record(store: CheckpointStore) -> None:
     store._ensure_directory()
-    (store.directory / "journal.jsonl").write_bytes(b'{"step": "fetch", "runs": 1}\n{"step": "fe')
+    (store.run_dir / ".journal.jsonl").write_bytes(b'{"step": "fetch", "runs": 1}\n{"step": "fe')
     store.write_record("fetch", StepRecord(runs=2, outcome="running"))
     store.close()
     fresh = CheckpointStore(store.run_dir)
@@ -358,7 +359,7 @@ def test_journal_that_is_a_directory_is_a_warning(
     store: CheckpointStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store._ensure_directory()
-    (store.directory / "journal.jsonl").mkdir()
+    (store.run_dir / ".journal.jsonl").mkdir()
     assert store.read_record("fetch") == StepRecord()
     assert "ignoring the unreadable journal" in caplog.text
 
@@ -372,7 +373,7 @@ def test_records_survive_a_new_store_and_keep_the_latest(store: CheckpointStore)
     fresh = CheckpointStore(store.run_dir)
     assert fresh.read_record("fetch") == StepRecord(runs=1, outcome="done")
     assert fresh.read_record("upload").error == "x"
-    mode = os.stat(store.directory / "journal.jsonl").st_mode & 0o777
+    mode = os.stat(store.run_dir / ".journal.jsonl").st_mode & 0o777
     assert mode == 0o600
 
 

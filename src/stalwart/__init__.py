@@ -144,6 +144,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         globals()[name] = value  # later look-ups are plain attribute reads
         return value
+    if name == "testing":  # `import stalwart; stalwart.testing.no_wait()`
+        return importlib.import_module(f"{__name__}.testing")
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415 - ~100 ms: only when asked
 

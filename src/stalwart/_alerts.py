@@ -58,6 +58,16 @@ class Alert:
     replay_command: str = ""
 
     @property
+    def message(self) -> str:
+        """The error's message (the same as ``error``)."""
+        return self.error
+
+    @property
+    def duration(self) -> float:
+        """Seconds the step ran before it failed (the same as ``duration_s``)."""
+        return self.duration_s
+
+    @property
     def title(self) -> str:
         return f"stalwart: {self.pipeline} failed at step {self.step} (run {self.run_id})"
 

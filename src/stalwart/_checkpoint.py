@@ -3,7 +3,7 @@
 Layout under the run directory ``<root>/<pipeline>/runs/<run_id>/``::
 
     .checkpoints/<step>.done        JSON marker, written atomically after the step's outputs
-    .checkpoints/journal.jsonl      append-only: each step's starts, ends, failures (runs, error)
+    .journal.jsonl                  append-only: each step's starts, ends, failures (runs, error)
     .lock                           flock'ed while a process runs this run
 
 Every disk access of this module goes through the few private methods of ``CheckpointStore``
@@ -102,7 +102,7 @@ class Marker:
             "run_id": self.run_id,
             "started": self.started,
             "finished": self.finished,
-            "duration_s": self.duration_s,
+            "duration": self.duration_s,
             "attempts": self.attempts,
             "retries": self.retries,
             "runs": self.runs,
@@ -132,7 +132,9 @@ class Marker:
                 run_id=_typed(data, "run_id", str),
                 started=_typed(data, "started", str),
                 finished=_typed(data, "finished", str),
-                duration_s=float(_typed(data, "duration_s", (int, float))),
+                duration_s=float(
+                    _typed(data, "duration" if "duration" in data else "duration_s", (int, float))
+                ),
                 attempts=_count(data, "attempts"),
                 retries=_count(data, "retries"),
                 runs=_count(data, "runs"),
@@ -220,7 +222,8 @@ _RECORD_TYPES: dict[str, type] = {
 }
 
 
-_JOURNAL = "journal.jsonl"
+_PEEK_RETRIES = 5
+_JOURNAL = ".journal.jsonl"  # in the run directory, beside .checkpoints/ (markers only)
 
 
 def _record_fields(record: StepRecord) -> dict[str, Any]:
@@ -261,7 +264,8 @@ class CheckpointStore:
     the directory, so a cleared marker does not come back after a power cut.
 
     Step records (starts, ends, failures: what ``status`` shows) are appended to
-    ``journal.jsonl`` without fsync, one JSON line each, by the process holding the run lock:
+    ``.journal.jsonl`` (beside ``.checkpoints/``) without fsync, one JSON line each, by the
+    process holding the run lock:
     after a power cut the journal may lack its last lines; a torn last line is ignored. They
     are statistics, never the source of truth about what is done (the markers are).
     """
@@ -278,9 +282,13 @@ class CheckpointStore:
     # -- the storage seam --------------------------------------------------------------------
 
     def _read(self, name: str) -> bytes | None:
-        """The whole file, ``None`` if it does not exist; ``OSError`` if it cannot be read."""
+        """The whole file ``.checkpoints/<name>``, ``None`` if it does not exist; ``OSError``
+        if it cannot be read."""
+        return self._read_path(os.path.join(self._directory, name))
+
+    def _read_path(self, path: str) -> bytes | None:
         try:
-            fd = os.open(os.path.join(self._directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
@@ -408,7 +416,7 @@ class CheckpointStore:
             return self._records
         records: dict[str, StepRecord] = {}
         try:
-            raw = self._read(_JOURNAL) or b""
+            raw = self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
         except OSError as exc:
             log.warning("ignoring the unreadable journal in %s (%s)", self.directory, exc)
             raw = b""
@@ -428,7 +436,7 @@ class CheckpointStore:
             else:
                 skipped += 1
         if skipped:
-            log.warning("ignored %d unreadable line(s) of %s", skipped, self.directory / _JOURNAL)
+            log.warning("ignored %d unreadable line(s) of %s", skipped, self.run_dir / _JOURNAL)
         self._records = records
         return records
 
@@ -446,7 +454,7 @@ class CheckpointStore:
             if self._journal_fd is None:
                 self._ensure_directory()
                 fd = os.open(
-                    self.directory / _JOURNAL,
+                    self.run_dir / _JOURNAL,
                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                     0o600,
                 )
@@ -464,7 +472,7 @@ class CheckpointStore:
             log.warning(
                 "could not append step %s's record to %s (%s); status may lag for this run",
                 step,
-                self.directory / _JOURNAL,
+                self.run_dir / _JOURNAL,
                 exc.strerror or exc,
             )
 
@@ -493,7 +501,7 @@ class RunLock:
             raise RuntimeError(f"{self.path} is already locked by this RunLock")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._take(fd)
         except OSError as exc:
             try:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
@@ -521,6 +529,22 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+
+    @staticmethod
+    def _take(fd: int) -> None:
+        """``LOCK_EX | LOCK_NB``. A busy lock with no holder note is most likely ``status``
+        peeking (a shared lock held for microseconds), not a run: try again a few times over
+        about 0.1 s before calling it busy."""
+        for _ in range(_PEEK_RETRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or os.pread(fd, 1, 0):
+                    raise
+                time.sleep(0.02)
+            else:
+                return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -14,7 +14,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
-import shlex
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -23,7 +23,7 @@ from types import FrameType, ModuleType
 from typing import Any, TextIO
 
 from ._errors import RunLockedError, UsageError
-from ._pipeline import Pipeline, Terminated
+from ._pipeline import Pipeline, Terminated, resume_command
 
 __all__ = ["console_main", "run_cli"]
 
@@ -145,11 +145,33 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
+        return _run_command(args, pipeline, prog=prog, argv=argv, err=err, say=say, verbose=verbose)
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+        chatty.setLevel(chatty_level)
+
+
+def _run_command(
+    args: argparse.Namespace,
+    pipeline: Pipeline | None,
+    *,
+    prog: str,
+    argv: list[str],
+    err: TextIO,
+    say: _Say,
+    verbose: bool,
+) -> int:
+    """Load the pipeline, do the command, turn what it raised into an exit code."""
+    try:
         with _sigterm_as_interrupt():
-            if standalone:
+            if pipeline is None:
                 pipeline = load_pipeline(args.target)
-            assert pipeline is not None  # noqa: S101 - set above in both branches
             return _dispatch(args, pipeline, prog, argv, err)
+    except BrokenPipeError:  # `status | head`: the reader left; nothing to say
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return EXIT_OK
     except UsageError as exc:
         if any(str(n).startswith("stalwart:") for n in getattr(exc, "__notes__", ())):
             return say(EXIT_FAILED, _explain_failure(exc, verbose), error=str(exc))  # in a step
@@ -168,10 +190,6 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         return say(
             EXIT_FAILED, _explain_failure(exc, verbose), error=f"{type(exc).__name__}: {exc}"
         )
-    finally:
-        root_logger.removeHandler(handler)
-        root_logger.setLevel(level)
-        chatty.setLevel(chatty_level)
 
 
 class _Say:
@@ -197,8 +215,12 @@ class _Say:
 def _explain_failure(exc: BaseException, verbose: bool) -> str:
     notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("stalwart:")]
     hint = notes[-1].removeprefix("stalwart: ") if notes else "the run failed"
-    return f"{hint}.\n  {type(exc).__name__}: {exc}\n  Finished steps keep their checkpoints." + (
-        "" if verbose else " Add --verbose for the traceback."
+    from ._redact import scrub_registered  # noqa: PLC0415 - a step's message may hold a secret
+
+    return (
+        f"{hint}.\n  {type(exc).__name__}: {scrub_registered(str(exc))}\n"
+        "  Finished steps keep their checkpoints."
+        + ("" if verbose else " Add --verbose for the traceback.")
     )
 
 
@@ -220,14 +242,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _resume_command(pipeline: Pipeline, run_id: str) -> str:
-    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if pipeline.source is None and script.endswith(".py"):
-        return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
-    target = pipeline.source or f"<file>.py:{pipeline.name}"
-    return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
-
-
 def _dispatch(
     args: argparse.Namespace, pipeline: Pipeline, prog: str, argv: list[str], err: TextIO
 ) -> int:
@@ -239,7 +253,7 @@ def _dispatch(
             run_id=run_id,
             force=args.force,
             from_step=args.step,
-            resume_command=_resume_command(pipeline, run_id),
+            resume_command=resume_command(pipeline, run_id),
         )
         return EXIT_OK
     if args.command == "status":
@@ -276,6 +290,8 @@ def load_pipeline(target: str) -> Pipeline:
     if spec.endswith(".py") or "/" in spec or Path(spec).is_file():
         module = _import_file(Path(spec))
     else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # `stalwart status mypipe:pipeline` beside mypipe.py
         try:
             module = importlib.import_module(spec)
         except ImportError as exc:

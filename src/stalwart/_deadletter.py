@@ -127,9 +127,10 @@ class DeadLetterStore:
     for another backend.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, pipeline: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, pipeline: str | None = None) -> None:
         self.directory = Path(directory)
-        self.pipeline = pipeline
+        # <root>/<pipeline>/deadletter: the pipeline's name is the parent directory's.
+        self.pipeline = pipeline if pipeline is not None else self.directory.absolute().parent.name
 
     # -- the storage seam --------------------------------------------------------------------
 
@@ -221,8 +222,9 @@ class DeadLetterStore:
             ) from None
         return data
 
-    def ids(self) -> list[str]:
-        return self._list()
+    def show(self, envelope_id: str) -> dict[str, Any]:
+        """Everything in one envelope (what ``deadletter show ID`` prints)."""
+        return self.load(envelope_id)
 
     def list(self) -> list[EnvelopeSummary]:
         """Every envelope, oldest first; unreadable ones are listed with state ``corrupt``."""
@@ -278,11 +280,16 @@ class DeadLetterStore:
             )
             return envelope
 
-    def replay(self, envelope_id: str, client: HttpClient) -> Response:
+    def replay(self, envelope_id: str, client: HttpClient | None = None) -> Response:
         """Re-send a pending HTTP dead letter through ``client`` (its credentials, its retry
-        policy) with the original body and Idempotency-Key. On success the envelope is marked
-        ``replayed``; a second replay is refused. On failure it stays pending and the attempt
-        is recorded; the error is raised."""
+        policy; a default ``HttpClient()`` if none is given) with the original body and
+        Idempotency-Key. On success the envelope is marked ``replayed``; a second replay is
+        refused. On failure it stays pending and the attempt is recorded; the error is raised."""
+        if client is None:
+            from ._http import HttpClient  # noqa: PLC0415
+
+            with HttpClient() as own:
+                return self.replay(envelope_id, own)
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked():
             envelope = self.load(envelope_id)

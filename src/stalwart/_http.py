@@ -393,9 +393,18 @@ class HttpClient(_Verbs):
             exc.attempts = stats.attempts
             exc.args = (_final_message(exc, stats, effective, repeatable),)
             if call.dead_letter:
-                _keep_dead_letter(
-                    call.dead_letter, scope, request=request, body=body, exc=exc, stats=stats
-                )
+                try:
+                    _keep_dead_letter(
+                        call.dead_letter, scope, request=request, body=body, exc=exc, stats=stats
+                    )
+                except Exception as lost:  # a full disk must not hide why the request failed
+                    log.error(
+                        "%s: the failed request could not be kept as a dead letter (%s)",
+                        operation,
+                        lost,
+                        exc_info=True,
+                    )
+                    exc.add_note(f"the dead letter was not kept: {lost}")
             raise
         return Response(raw, operation, scrub)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -294,6 +295,8 @@ class Pipeline:
         self.root = Path(chosen).absolute()
         self._http = http
         self._own_http = http is None
+        self._guard = threading.Lock()
+        self._active_runs = 0
         self._alerters = None if alerters is None else list(alerters)
         self._metrics = None if metrics is None else list(metrics)
         self.steps: list[Step] = []
@@ -340,11 +343,12 @@ class Pipeline:
 
     @property
     def http(self) -> HttpClient:
-        if self._http is None:
-            from ._http import HttpClient  # noqa: PLC0415 - httpx only when HTTP is used
+        with self._guard:
+            if self._http is None:
+                from ._http import HttpClient  # noqa: PLC0415 - httpx only when HTTP is used
 
-            self._http = HttpClient()
-        return self._http
+                self._http = HttpClient()
+            return self._http
 
     @property
     def alerters(self) -> list[Any]:
@@ -383,6 +387,8 @@ class Pipeline:
 
     def _prepare_state(self, run_dir: Path) -> None:
         """Create the run's state directories (0700), refusing planted symlinks."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"the state root {self.root} is not a directory ($STALWART_ROOT?)")
         if not self.root.is_dir():
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         real_directories(self.root, run_dir / ".checkpoints")
@@ -418,13 +424,17 @@ class Pipeline:
         self._prepare_state(run_dir)
         lock = RunLock(run_dir / ".lock")
         lock.acquire()
+        with self._guard:
+            self._active_runs += 1
         try:
             run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
             return run.execute(force=force, from_step=from_step)
         finally:
-            if self._own_http and self._http is not None:
-                self._http.close()
-                self._http = None
+            with self._guard:  # the default client is closed by the last run that ends
+                self._active_runs -= 1
+                if self._own_http and self._http is not None and not self._active_runs:
+                    self._http.close()
+                    self._http = None
             lock.release()
 
     def _check_step(self, name: str) -> None:
@@ -433,9 +443,6 @@ class Pipeline:
                 f"unknown step {name!r}; the steps of {self.name!r} are: "
                 + ", ".join(self.step_names)
             )
-
-    def _dead_letter_writer(self, run_id: str, step: str, emit: Callable[[Event], None]) -> Any:
-        return _LazyDeadLetters(self, run_id, step, emit)
 
     # -- operating ---------------------------------------------------------------------------
 
@@ -462,22 +469,23 @@ class Pipeline:
         sys.exit(run_cli(list(sys.argv[1:] if argv is None else argv), pipeline=self))
 
 
-def _default_resume(pipeline: str, run_id: str) -> str:
-    program = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if program.endswith(".py"):
-        return f"python {program} --run-id {run_id}"
-    return f"stalwart run <pipeline file>:{pipeline} --run-id {run_id}"
+def resume_command(pipeline: Pipeline, run_id: str) -> str:
+    """The command that resumes this run, for alerts and the failure paragraph."""
+    import shlex  # noqa: PLC0415 - only when a step fails
+
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if pipeline.source is None and script.endswith(".py"):
+        return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
+    target = pipeline.source or f"<file>.py:{pipeline.name}"
+    return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
 
 
 def _replay_command(resume: str, envelope_id: str) -> str:
+    """``python x.py --run-id R`` -> ``python x.py deadletter replay ID``;
+    ``stalwart run T --run-id R`` -> ``stalwart deadletter replay T ID``."""
     base = resume.split(" --run-id", 1)[0]
     if base.startswith("stalwart run "):
-        return (
-            base.replace("stalwart run ", "stalwart deadletter replay ", 1).replace(
-                "replay ", "replay ", 1
-            )
-            + f" {envelope_id}"
-        )
+        return f"stalwart deadletter replay {base.removeprefix('stalwart run ')} {envelope_id}"
     return f"{base} deadletter replay {envelope_id}"
 
 
@@ -526,10 +534,16 @@ class _Run:
         self.run_dir = run_dir
         self._run_dir = os.fspath(run_dir)
         self.emit = emit
-        self.resume = resume_command or _default_resume(pipeline.name, run_id)
+        self._resume = resume_command
         self.store = CheckpointStore(run_dir)
         self.ran: list[str] = []
         self.skipped: list[str] = []
+
+    @property
+    def resume(self) -> str:
+        if self._resume is None:
+            self._resume = resume_command(self.pipeline, self.run_id)
+        return self._resume
 
     def _context(self, step: str, **more: Any) -> dict[str, Any]:
         return {"pipeline": self.name, "run_id": self.run_id, "step": step, **more}
@@ -648,7 +662,7 @@ class _Run:
             step=step.name,
             emit=self.emit,
             retry_policy=step.retry,
-            dead_letter=self.pipeline._dead_letter_writer(self.run_id, step.name, self.emit),
+            dead_letter=_LazyDeadLetters(self.pipeline, self.run_id, step.name, self.emit),
         )
         ctx = Context(
             pipeline=self.pipeline,
@@ -696,7 +710,7 @@ class _Run:
                     started=started_at,
                     finished=finished,
                     duration_s=round(duration, 6),
-                    attempts=scope.attempts,
+                    attempts=max(1, scope.attempts),  # a step with no HTTP call took one try
                     retries=scope.retries,
                     runs=runs,
                     outputs=ctx.outputs,
@@ -746,7 +760,13 @@ class _Run:
         runs: int,
         started_at: str,
     ) -> None:
-        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        signal_name = (
+            "SIGTERM"
+            if isinstance(exc, Terminated)
+            else "SIGINT"
+            if isinstance(exc, KeyboardInterrupt)
+            else type(exc).__name__
+        )
         with contextlib.suppress(Exception):
             self.store.write_record(
                 step.name,
@@ -763,7 +783,7 @@ class _Run:
         log.warning(
             "step %s interrupted (%s) after %.2f s: no marker written, it will run again",
             step.name,
-            signal_name if isinstance(exc, KeyboardInterrupt) else type(exc).__name__,
+            signal_name,
             duration,
             extra=self._context(step.name, attempt=runs),
         )
@@ -788,8 +808,12 @@ class _Run:
         runs: int,
         started_at: str,
     ) -> None:
+        from ._redact import scrub_registered  # noqa: PLC0415 - only when a step fails
+        from ._retry import ATTEMPTS_ATTRIBUTE  # noqa: PLC0415
+
         dead_letter_id = getattr(exc, "dead_letter_id", None)
-        error = str(exc) or repr(exc)
+        error = scrub_registered(str(exc) or repr(exc))
+        attempts = getattr(exc, "attempts", None) or getattr(exc, ATTEMPTS_ATTRIBUTE, None) or 1
         with contextlib.suppress(Exception):
             self.store.write_record(
                 step.name,
@@ -835,7 +859,7 @@ class _Run:
             step=step.name,
             error_type=type(exc).__name__,
             error=error,
-            attempts=int(getattr(exc, "attempts", 0) or 1),
+            attempts=int(attempts),
             duration_s=duration,
             host=default_host(),
             resume_command=self.resume,

@@ -33,6 +33,9 @@ __all__ = ["RetryPolicy", "RetryStats", "call_with_retries", "is_transient", "re
 
 log = logging.getLogger("stalwart.retry")
 
+#: Set on an exception a retry loop gave up on: how many attempts it made (the alert says).
+ATTEMPTS_ATTRIBUTE = "_stalwart_attempts"
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -243,6 +246,7 @@ class _Loop:
         ):
             with contextlib.suppress(AttributeError, TypeError):
                 setattr(exc, _GAVE_UP, True)
+                setattr(exc, ATTEMPTS_ATTRIBUTE, self.stats.attempts)  # for the alert
 
     # -- tenacity hooks ----------------------------------------------------------------------
 
@@ -465,14 +469,13 @@ async def acall_with_retries(
 
 
 @overload
-def retry(policy: Callable[P, T], /) -> Callable[P, T]: ...
+def retry(policy: Callable[P, T]) -> Callable[P, T]: ...
 @overload
 def retry(
-    policy: RetryPolicy | None = None, /, *, on: Callable[[BaseException], bool] = ...
+    policy: RetryPolicy | None = None, *, on: Callable[[BaseException], bool] = ...
 ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
 def retry(
     policy: RetryPolicy | Callable[..., Any] | None = None,
-    /,
     *,
     on: Callable[[BaseException], bool] = is_transient,
 ) -> Any:

@@ -193,7 +193,7 @@ def test_a_dead_letter_id_is_an_id_or_a_usage_error(
 DELETE = "<delete>"
 MARKER_FIELDS: dict[str, str] = {
     "pipeline": "str", "step": "str", "run_id": "str", "started": "str", "finished": "str",
-    "duration_s": "number", "attempts": "count", "retries": "count", "runs": "count",
+    "duration": "number", "attempts": "count", "retries": "count", "runs": "count",
     "outputs": "list", "format": "format",
 }  # fmt: skip
 OUTPUT_FIELDS = {"name": "str", "size": "count", "sha256": "str"}
@@ -293,7 +293,7 @@ def test_a_damaged_marker_is_a_warning_and_a_re_run(
             content = json.dumps(apply(json.loads(marker.read_bytes()), content)).encode()
         marker.write_bytes(content)
         if record_too:
-            (checkpoints / "fetch.last.json").write_bytes(content)
+            (checkpoints.parent / ".journal.jsonl").write_bytes(content)
         code, out, err = cli(pipeline, "status", "--run-id=r1", "--json")
         assert code == 0, err
         assert json.loads(out)["steps"][0]["state"] == "corrupt"

@@ -309,7 +309,7 @@ def test_a_step_journal_that_cannot_be_appended_to_is_never_silent(tmp_path: Pat
         faults.install(patch)
         arm_during(patch, faults, "write_record")
         code, err = cli(pipeline)
-    checkpoints = str(root / "p" / "runs" / "r1" / ".checkpoints")
+    checkpoints = str(root / "p" / "runs" / "r1" / ".journal.jsonl")
     assert faults.injected
     if code == 0:
         assert checkpoints in err, f"the lost record was not reported:\n{err}"
