@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ._alerts import Alert, Alerter, LogAlerter, SlackWebhook
     from ._atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
     from ._checkpoint import CheckpointStore, Marker
+    from ._context import Context
     from ._deadletter import DeadLetterStore
     from ._errors import (
         DeadLetterError,
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
     )
     from ._http import HttpClient, Response
     from ._metrics import PrometheusTextfile, Pushgateway, StatsD, sinks_from_env
-    from ._pipeline import Context, Pipeline, RunResult
+    from ._pipeline import Pipeline
     from ._retry import RetryPolicy, is_transient, retry
+    from ._runner import RunResult
 
 _WHERE = {
     "Alert": "_alerts",
@@ -83,9 +85,9 @@ _WHERE = {
     "sinks_from_env": "_metrics",
     "HttpClient": "_http",
     "Response": "_http",
-    "Context": "_pipeline",
+    "Context": "_context",
     "Pipeline": "_pipeline",
-    "RunResult": "_pipeline",
+    "RunResult": "_runner",
     "RetryPolicy": "_retry",
     "is_transient": "_retry",
     "retry": "_retry",

@@ -1,0 +1,208 @@
+"""What a step receives: ``Context`` (where to write, HTTP, logging, which run) and ``Step``.
+
+Every write through ``Context`` is atomic and recorded as one of the step's outputs, so the
+step's marker can check on restart that they are still there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
+
+from ._atomic import FileDigest, atomic_write, json_dumps, replace_bytes_exclusive
+from ._checkpoint import OutputRecord, normalize_output_name
+from ._errors import UsageError
+from ._logging import ContextAdapter
+from ._scope import StepScope
+
+if TYPE_CHECKING:
+    from ._http import StepHttp
+    from ._pipeline import Pipeline
+    from ._retry import RetryPolicy
+
+__all__ = ["Context", "Step", "StepFunction", "real_directories"]
+
+StepFunction = Callable[["Context"], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    fn: StepFunction
+    retry: RetryPolicy | None = None
+
+
+def real_directories(base: Path, path: Path, *, mode: int = 0o700) -> None:
+    """Make every directory from below ``base`` down to ``path`` exist as a real directory
+    (created with ``mode``); refuse a symlink or a non-directory on the way, so nothing planted
+    in the state root can redirect stalwart's writes outside it."""
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current, mode)
+            info = os.lstat(current)
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            raise UsageError(
+                f"refusing to use {current}: it is {kind}; stalwart's state must be made of "
+                f"real directories inside {base}"
+            )
+
+
+def _output_name(name: object) -> str:
+    """An output name relative to the run directory; never absolute, never climbing out,
+    never hidden (dot names are stalwart's: markers, lock, temp files)."""
+    clean = normalize_output_name(name)
+    if clean is None:
+        raise UsageError(
+            f"invalid output name {name!r}: use a relative path inside the run directory "
+            f"with no '..' and no part starting with '.'"
+        )
+    return clean
+
+
+class Context:
+    """What a step receives: where to write, how to call HTTP, how to log, which run it is.
+
+    Every ``write_*`` (and ``atomic_write``) is atomic and recorded as an output of the step,
+    so the step's marker can check on restart that its outputs are still there.
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        run_id: str,
+        step: Step,
+        run_dir: Path,
+        scope: StepScope,
+        runs: int,
+    ) -> None:
+        self._pipeline = pipeline
+        self._step = step
+        self._scope = scope
+        self._outputs: dict[str, OutputRecord] = {}
+        self._http: StepHttp | None = None
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self._run_dir = os.fspath(run_dir)
+        self.attempt = runs
+        self.log = ContextAdapter(
+            logging.getLogger(f"stalwart.step.{step.name}"),
+            {"pipeline": pipeline.name, "run_id": run_id, "step": step.name, "attempt": runs},
+        )
+
+    @property
+    def step(self) -> str:
+        return self._step.name
+
+    @property
+    def pipeline(self) -> str:
+        return self._pipeline.name
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        return tuple(self._outputs.values())
+
+    @property
+    def http(self) -> StepHttp:
+        """The pipeline's ``HttpClient``, bound to this step (Idempotency-Keys, retries)."""
+        if self._http is None:
+            from ._http import StepHttp  # noqa: PLC0415 - httpx only when a step uses HTTP
+
+            self._http = StepHttp(self._pipeline.http, self._scope)
+        return self._http
+
+    def path(self, name: str) -> Path:
+        """Where output ``name`` lives: inside this run's directory, nowhere else."""
+        return self.run_dir / _output_name(name)
+
+    def _target(self, name: str) -> tuple[str, Path]:
+        clean = _output_name(name)
+        target = self.run_dir / clean
+        if "/" in clean:
+            real_directories(self.run_dir, target.parent, mode=0o777)
+        return clean, target
+
+    def _target_string(self, name: str) -> tuple[str, str]:
+        """``_target`` on plain strings: the hot path of ``write_bytes``."""
+        clean = _output_name(name)
+        if "/" in clean:
+            return self._target(name)[0], os.path.join(self._run_dir, clean)
+        return clean, os.path.join(self._run_dir, clean)
+
+    def _record(self, name: str, digest: FileDigest) -> None:
+        self._outputs[name] = OutputRecord(name=name, size=digest.size, sha256=digest.sha256)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write ``data`` to output ``name`` atomically; returns its path."""
+        clean, target = self._target_string(name)
+        digest = FileDigest()
+        replace_bytes_exclusive(target, data)  # the run lock makes the directory ours
+        digest.update(data)
+        self._record(clean, digest)
+        return Path(target)
+
+    def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
+        """Write the text ``data`` to output ``name`` atomically; returns its path."""
+        return self.write_bytes(name, data.encode(encoding))
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as JSON to output ``name`` atomically (serialised first: a value
+        that is not JSON raises ``TypeError`` before anything is written)."""
+        return self.write_bytes(name, json_dumps(data).encode("utf-8"))
+
+    @overload
+    def atomic_write(
+        self, name: str, mode: Literal["w", "wt"] = ..., *, encoding: str = ...
+    ) -> contextlib.AbstractContextManager[IO[str]]: ...
+    @overload
+    def atomic_write(
+        self, name: str, mode: Literal["wb"], *, encoding: str = ...
+    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def atomic_write(
+        self, name: str, mode: str = "w", *, encoding: str = "utf-8"
+    ) -> contextlib.AbstractContextManager[IO[Any]]:
+        """Stream output ``name`` to a temp file, renamed into place when the block ends
+        cleanly (discarded if it raises). For outputs too big to hold in memory."""
+        return self._stream(name, mode, encoding)
+
+    @contextlib.contextmanager
+    def _stream(self, name: str, mode: str, encoding: str) -> Iterator[IO[Any]]:
+        clean, target = self._target(name)
+        digest = FileDigest()
+        with atomic_write(target, mode, encoding=encoding, digest=digest) as handle:  # type: ignore[call-overload]
+            yield handle
+        self._record(clean, digest)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
+    def read_text(self, name: str, *, encoding: str = "utf-8") -> str:
+        return self.path(name).read_text(encoding=encoding)
+
+    def read_json(self, name: str) -> Any:
+        """Parse output ``name`` as JSON (``ValueError`` naming the file if it is not)."""
+        raw = self.read_bytes(name)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{self.path(name)} is not valid JSON: {exc}") from None
+
+    def dead_letter(self, payload: bytes | str | Any, *, reason: str) -> str:
+        """Keep ``payload`` (bytes, text or JSON-able) as a dead letter; return its id."""
+        if self._scope.dead_letter is None:
+            raise UsageError("dead letters are not available in this pipeline")
+        envelope_id: str = self._scope.dead_letter.keep_payload(payload, reason=reason)
+        return envelope_id
