@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
-from ._checkpoint import CheckpointStore, RunLock, validate_name
+from ._checkpoint import CheckpointStore, validate_name
 from ._context import Context, Step, StepFunction, real_directories
 from ._errors import UsageError
+from ._lock import RunLock
 from ._runner import RunResult, Terminated, _Emitter, _Run, resume_command
 
 if TYPE_CHECKING:
