@@ -10,7 +10,10 @@ from importlib.metadata import version
 import pytest
 
 import stalwart
+import stalwart._metrics as metrics
 import stalwart.testing
+from stalwart._prometheus import PrometheusTextfile
+from stalwart._statsd import StatsD
 
 
 def test_every_name_in_all_resolves() -> None:
@@ -50,3 +53,10 @@ def test_import_is_lazy() -> None:
     code = f"import sys, stalwart; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_metrics_module_hands_out_its_sinks_lazily() -> None:
+    assert metrics.PrometheusTextfile is PrometheusTextfile
+    assert metrics.StatsD is StatsD
+    with pytest.raises(AttributeError, match="nothing_here"):
+        metrics.nothing_here  # noqa: B018

@@ -21,12 +21,11 @@ from stalwart._events import (
     StepSucceeded,
 )
 from stalwart._metrics import (
-    PrometheusTextfile,
-    Pushgateway,
-    StatsD,
     observations,
     sinks_from_env,
 )
+from stalwart._prometheus import PrometheusTextfile, Pushgateway
+from stalwart._statsd import StatsD
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
 

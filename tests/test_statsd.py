@@ -11,7 +11,8 @@ import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
 from stalwart._events import RetryScheduled, RunFinished, StepSkipped, StepSucceeded
-from stalwart._metrics import StatsD, observations
+from stalwart._metrics import observations
+from stalwart._statsd import StatsD
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
 

@@ -43,10 +43,12 @@ if TYPE_CHECKING:
         StepSucceeded,
     )
     from ._http import HttpClient, Response
-    from ._metrics import PrometheusTextfile, Pushgateway, StatsD, sinks_from_env
+    from ._metrics import sinks_from_env
     from ._pipeline import Pipeline
+    from ._prometheus import PrometheusTextfile, Pushgateway
     from ._retry import RetryPolicy, is_transient, retry
     from ._runner import RunResult
+    from ._statsd import StatsD
 
 _WHERE = {
     "Alert": "_alerts",
@@ -79,9 +81,9 @@ _WHERE = {
     "StepSkipped": "_events",
     "StepStarted": "_events",
     "StepSucceeded": "_events",
-    "PrometheusTextfile": "_metrics",
-    "Pushgateway": "_metrics",
-    "StatsD": "_metrics",
+    "PrometheusTextfile": "_prometheus",
+    "Pushgateway": "_prometheus",
+    "StatsD": "_statsd",
     "sinks_from_env": "_metrics",
     "HttpClient": "_http",
     "Response": "_http",
