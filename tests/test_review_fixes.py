@@ -196,3 +196,16 @@ def test_two_runs_of_one_pipeline_in_threads_share_the_default_client(root: Path
         assert errors == []
         assert server.count("GET", "/x") == 2
         assert pipeline._http is None  # the last run to end closed it
+
+
+def test_the_auth_scheme_word_is_not_masked_the_token_is(root: Path) -> None:
+    with (
+        FlakyServer() as server,
+        stalwart.HttpClient(headers={"Authorization": "Bearer tok-123456789"}) as client,
+    ):
+        server.route("GET", "/x", Reply(status=404, body="Bearer tok-123456789 is unknown"))
+        with pytest.raises(stalwart.HttpStatusError) as caught:
+            client.get(server.url("/x"))
+    message = str(caught.value)
+    assert "tok-123456789" not in message
+    assert "Bearer ***" in message

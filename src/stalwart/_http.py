@@ -258,7 +258,7 @@ class HttpClient(_Verbs):
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
         secrets = [v for k, v in self._headers.items() if is_secret_header(k)]
-        secrets += [part for v in list(secrets) for part in v.split()]
+        secrets += [part for v in list(secrets) for part in _credential_parts(v)]
         if auth is not None:
             basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
             secrets += [auth[1], basic]
@@ -351,7 +351,7 @@ class HttpClient(_Verbs):
         call_secrets = [*self._secrets, *secrets_in_url(str(request.url))]
         for name, value in request.headers.items():
             if is_secret_header(name):
-                call_secrets += [value, *value.split()]
+                call_secrets += [value, *_credential_parts(value)]
         scrub = Scrubber(call_secrets)
 
         def attempt() -> httpx.Response:
@@ -407,6 +407,15 @@ class HttpClient(_Verbs):
                     exc.add_note(f"the dead letter was not kept: {lost}")
             raise
         return Response(raw, operation, scrub)
+
+
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "apikey", "negotiate"})
+
+
+def _credential_parts(value: str) -> list[str]:
+    """The secret words of a credential header: ``Bearer abc`` -> ``abc`` (the scheme name is
+    not a secret, and masking it would mask the word everywhere in every message)."""
+    return [part for part in value.split() if part.lower() not in _AUTH_SCHEMES]
 
 
 def _describe(exc: BaseException) -> str:
