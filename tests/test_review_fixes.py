@@ -203,9 +203,9 @@ def test_the_auth_scheme_word_is_not_masked_the_token_is(root: Path) -> None:
         FlakyServer() as server,
         stalwart.HttpClient(headers={"Authorization": "Bearer tok-123456789"}) as client,
     ):
-        server.route("GET", "/x", Reply(status=404, body="Bearer tok-123456789 is unknown"))
+        server.route("GET", "/x", Reply(status=404, body="send a Bearer token; tok-123456789?"))
         with pytest.raises(stalwart.HttpStatusError) as caught:
             client.get(server.url("/x"))
     message = str(caught.value)
     assert "tok-123456789" not in message
-    assert "Bearer ***" in message
+    assert "send a Bearer token; ***?" in message
