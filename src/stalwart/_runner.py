@@ -316,17 +316,7 @@ class _Run:
                 step, exc=exc, scope=scope, duration=duration, runs=runs, started_at=started_at
             )
             raise
-        self.store.write_record(
-            step.name,
-            StepRecord(
-                runs=runs,
-                started=started_at,
-                outcome="done",
-                finished=finished,
-                attempts=scope.attempts,
-                retries=scope.retries,
-            ),
-        )
+        self._ended(step, scope, runs, started_at, "done", finished=finished)
         if self.emit:
             self.emit(
                 events.StepSucceeded(
@@ -343,6 +333,31 @@ class _Run:
             step.name,
             duration,
             extra={**context, "duration_s": round(duration, 6), "retries": scope.retries},
+        )
+
+    def _ended(
+        self,
+        step: Step,
+        scope: StepScope,
+        runs: int,
+        started_at: str,
+        outcome: str,
+        *,
+        finished: str = "",
+        **more: str,
+    ) -> None:
+        """Append how a step run ended to the run's journal (what ``status`` shows)."""
+        self.store.write_record(
+            step.name,
+            StepRecord(
+                runs=runs,
+                started=started_at,
+                outcome=outcome,
+                finished=finished or utc_now(),
+                attempts=scope.attempts,
+                retries=scope.retries,
+                **more,  # type: ignore[arg-type]
+            ),
         )
 
     def _interrupted(
@@ -362,19 +377,8 @@ class _Run:
             if isinstance(exc, KeyboardInterrupt)
             else type(exc).__name__
         )
-        with contextlib.suppress(Exception):
-            self.store.write_record(
-                step.name,
-                StepRecord(
-                    runs=runs,
-                    started=started_at,
-                    outcome="interrupted",
-                    finished=utc_now(),
-                    error_type=type(exc).__name__,
-                    attempts=scope.attempts,
-                    retries=scope.retries,
-                ),
-            )
+        with contextlib.suppress(Exception):  # the interrupt matters more than the record
+            self._ended(step, scope, runs, started_at, "interrupted", error_type=type(exc).__name__)
         log.warning(
             "step %s interrupted (%s) after %.2f s: no marker written, it will run again",
             step.name,
@@ -409,20 +413,16 @@ class _Run:
         dead_letter_id = getattr(exc, "dead_letter_id", None)
         error = scrub_registered(str(exc) or repr(exc))
         attempts = getattr(exc, "attempts", None) or getattr(exc, ATTEMPTS_ATTRIBUTE, None) or 1
-        with contextlib.suppress(Exception):
-            self.store.write_record(
-                step.name,
-                StepRecord(
-                    runs=runs,
-                    started=started_at,
-                    outcome="failed",
-                    finished=utc_now(),
-                    error_type=type(exc).__name__,
-                    error=error[:2000],
-                    attempts=scope.attempts,
-                    retries=scope.retries,
-                    dead_letter_id=dead_letter_id or "",
-                ),
+        with contextlib.suppress(Exception):  # the step's error matters more than the record
+            self._ended(
+                step,
+                scope,
+                runs,
+                started_at,
+                "failed",
+                error_type=type(exc).__name__,
+                error=error[:2000],
+                dead_letter_id=dead_letter_id or "",
             )
         log.error(
             "step %s failed after %.2f s: %s: %s",
