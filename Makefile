@@ -36,7 +36,7 @@ bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
 
 chaos: $(STAMP)
-	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest -p no:cacheprovider -q -s \
+	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest -p no:cacheprovider -q -s --timeout=0 \
 		tests/reliability/test_kill_anywhere.py tests/test_deadletter_crash.py \
 		"tests/test_interrupt.py" -k "kill or sigkill"
 
