@@ -64,9 +64,8 @@ def _environ(**values: str) -> Iterator[None]:
 def _sabotage(pipeline: Pipeline, step_name: str, make: Callable[[], BaseException]) -> None:
     for index, step in enumerate(pipeline.steps):
         if step.name == step_name:
-            original = step.fn
 
-            def broken(ctx: Context, _original: Any = original) -> None:
+            def broken(ctx: Context) -> None:
                 raise make()
 
             pipeline.steps[index] = Step(step.name, broken, step.retry)
