@@ -22,7 +22,11 @@ sample, the machine, the package versions) goes to ``benchmarks/results/bench.js
    ``call_with_retries``), vs the bare call.
 6. whole process: a 3-step pipeline file run with ``pipeline.main()`` in a new process, vs a
    plain script doing the same durable writes; the re-run of a finished N-step run as a new
-   process, vs the plain script re-running its finished chain.
+   process, vs the plain script re-running its finished chain. Info rows split the gap with
+   ``contract_floor.py``, the least plain Python must do to honour DESIGN's contract (argparse
+   CLI, JSON logs through ``logging`` and python-json-logger, JSON markers with a sha256 per
+   output): the contract floor vs the plain script (what the contract costs by itself), and
+   stalwart vs the contract floor (what stalwart adds), cold and on the re-run.
 
 The benchmark configures no logging: in-process runs log through stalwart's loggers with no
 handler, as a library does. The whole-process runs go through ``pipeline.main()``, whose CLI
@@ -100,6 +104,8 @@ class Metric:
     target: Target
     ours: list[float] = field(default_factory=list)
     base: list[float] = field(default_factory=list)
+    subject: str = "stalwart"
+    """What the "stalwart" column measures, when it is not stalwart (the contract floor)."""
 
     @property
     def ours_median(self) -> float:
@@ -128,6 +134,7 @@ class Metric:
             "label": self.label,
             "unit": self.unit,
             "baseline": self.baseline,
+            "subject": self.subject,
             "stalwart_median": self.ours_median,
             "baseline_median": self.base_median,
             "ratio": self.ratio,
@@ -453,6 +460,8 @@ def bench_retry(cfg: Config) -> list[Metric]:
 def bench_process(cfg: Config, children: Children) -> list[Metric]:
     tmp = children.cwd
     log = tmp / "child-stderr.log"
+    contract = "contract floor: contract_floor.py, no stalwart"
+    contract_base = "contract_floor.py: argparse CLI, JSON logs, JSON markers with sha256"
     small = Metric(
         "process_3_steps",
         "process: 3-step pipeline",
@@ -460,12 +469,40 @@ def bench_process(cfg: Config, children: Children) -> list[Metric]:
         "plain script, same durable writes",
         Target("ratio", 2.0, text="<= 2x"),
     )
+    contract_small: list[float] = []  # contract_floor.py, 3 steps: shared by two rows
+    contract_vs_plain = Metric(
+        "process_contract_floor",
+        "process: 3-step, contract floor vs plain",
+        "ms",
+        small.baseline,
+        Target("info"),
+        contract_small,
+        small.base,
+        subject=contract,
+    )
+    small_vs_contract = Metric(
+        "process_3_steps_vs_contract",
+        "process: 3-step vs contract floor",
+        "ms",
+        contract_base,
+        Target("info"),
+        small.ours,
+        contract_small,
+    )
     rerun = Metric(
         "process_rerun",
         f"process: re-run {cfg.steps} done",
         "ms",
         "plain script re-running its finished chain",
         Target("value", 150.0, strict=True, text="< 150 ms"),
+    )
+    rerun_vs_contract = Metric(
+        "process_rerun_vs_contract",
+        f"process: re-run {cfg.steps} done vs contract floor",
+        "ms",
+        "contract_floor.py re-running its finished chain (parse markers, stat outputs, log)",
+        Target("info"),
+        rerun.ours,
     )
 
     def ours(steps: int, root: Path) -> float:
@@ -476,36 +513,46 @@ def bench_process(cfg: Config, children: Children) -> list[Metric]:
         script = str(BENCH_DIR / "plain_floor.py")
         return children.run([sys.executable, script, "chain", str(steps), str(state)])
 
-    def cold_pair(index: int) -> None:
+    def contract_floor(steps: int, state: Path) -> float:
+        script = str(BENCH_DIR / "contract_floor.py")
+        return children.run([sys.executable, script, "chain", str(steps), str(state)], log)
+
+    def cold_round(index: int) -> None:
         alternating(
             index,
             lambda: small.ours.append(ours(3, tmp / f"p3-ours-{index}")),
             lambda: small.base.append(floor(3, tmp / f"p3-floor-{index}")),
+            lambda: contract_small.append(contract_floor(3, tmp / f"p3-contract-{index}")),
         )
 
     ours_root, floor_state = tmp / "rerun-ours", tmp / "rerun-floor"
+    contract_state = tmp / "rerun-contract"
 
-    def rerun_pair(index: int) -> None:
+    def rerun_round(index: int) -> None:
         alternating(
             index,
             lambda: rerun.ours.append(ours(cfg.steps, ours_root)),
             lambda: rerun.base.append(floor(cfg.steps, floor_state)),
+            lambda: rerun_vs_contract.base.append(contract_floor(cfg.steps, contract_state)),
         )
 
     ours(3, tmp / "p3-ours-warm-up")
     floor(3, tmp / "p3-floor-warm-up")
+    contract_floor(3, tmp / "p3-contract-warm-up")
     for index in range(cfg.processes):
         progress(f"whole process, 3 steps: run {index + 1}/{cfg.processes}")
-        cold_pair(index)
+        cold_round(index)
     ours(cfg.steps, ours_root)
     floor(cfg.steps, floor_state)
-    before = snapshot(ours_root)
+    contract_floor(cfg.steps, contract_state)
+    before = {root: snapshot(root) for root in (ours_root, contract_state)}
     for index in range(cfg.processes):
         progress(f"whole process, re-run of {cfg.steps} done: run {index + 1}/{cfg.processes}")
-        rerun_pair(index)
-    if snapshot(ours_root) != before:
-        raise RuntimeError("the re-run of a finished run rewrote files: it did not skip")
-    return [small, rerun]
+        rerun_round(index)
+    for root, files in before.items():
+        if snapshot(root) != files:
+            raise RuntimeError(f"the re-run of the finished {root.name} rewrote files")
+    return [small, contract_vs_plain, small_vs_contract, rerun, rerun_vs_contract]
 
 
 # -- the machine, the report ---------------------------------------------------------------
@@ -638,8 +685,9 @@ def render(metrics: list[Metric], info: dict[str, Any], top: list[Any], cfg: Con
     ]
     for m in metrics:
         lines.append(
-            f"  {m.label}: baseline = {m.baseline}\n"
-            f"      stalwart {_spread(m.ours)}, baseline {_spread(m.base)}; "
+            f"  {m.label}: baseline = {m.baseline}"
+            + ("" if m.subject == "stalwart" else f"; measured = {m.subject}")
+            + f"\n      {m.subject.split(':')[0]} {_spread(m.ours)}, baseline {_spread(m.base)}; "
             f"paired {m.paired_ratio:.2f}x, best {_ratio(min(m.ours), min(m.base)):.2f}x"
         )
     if top:

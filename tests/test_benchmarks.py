@@ -6,13 +6,17 @@ not in the test suite (a noisy machine must never fail a build).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from conftest import REPO, run_python
 
 RUNNER = REPO / "benchmarks" / "run.py"
+CONTRACT_FLOOR = REPO / "benchmarks" / "contract_floor.py"
+WORKLOADS = REPO / "benchmarks" / "workloads.py"
 TINY = ["--repeats", "1", "--steps", "3", "--large-mib", "1", "--processes", "1"]
 LABELS = (
     "per step (3 steps)",
@@ -25,7 +29,10 @@ LABELS = (
     "retry: @retry() call",
     "retry: call_with_retries",
     "process: 3-step pipeline",
+    "process: 3-step, contract floor vs plain",
+    "process: 3-step vs contract floor",
     "process: re-run 3 done",
+    "process: re-run 3 done vs contract floor",
 )
 KEYS = {
     "per_step",
@@ -38,7 +45,17 @@ KEYS = {
     "retry_decorator",
     "retry_call_with_retries",
     "process_3_steps",
+    "process_contract_floor",
+    "process_3_steps_vs_contract",
     "process_rerun",
+    "process_rerun_vs_contract",
+}
+INFO_KEYS = {
+    "per_step_no_fsync",
+    "startup_import_vs_json",
+    "process_contract_floor",
+    "process_3_steps_vs_contract",
+    "process_rerun_vs_contract",
 }
 
 
@@ -75,6 +92,19 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
     assert {m["key"] for m in document["metrics"]} == KEYS
     assert document["machine"]["nproc"] >= 1
     assert document["packages"]["stalwart"]
+    by_key = {m["key"]: m for m in document["metrics"]}
+    assert {k for k, m in by_key.items() if m["passed"] is None} == INFO_KEYS
+    # the contract-floor rows pair samples with the existing rows, measured in the same rounds
+    small, rerun = by_key["process_3_steps"], by_key["process_rerun"]
+    assert by_key["process_contract_floor"]["baseline_samples"] == small["baseline_samples"]
+    assert by_key["process_3_steps_vs_contract"]["stalwart_samples"] == small["stalwart_samples"]
+    assert (
+        by_key["process_3_steps_vs_contract"]["baseline_samples"]
+        == by_key["process_contract_floor"]["stalwart_samples"]
+    )
+    assert by_key["process_rerun_vs_contract"]["stalwart_samples"] == rerun["stalwart_samples"]
+    assert by_key["process_contract_floor"]["subject"].startswith("contract floor")
+    assert "      contract floor " in result.stdout  # its spread line names what it measured
     for metric in document["metrics"]:
         assert len(metric["stalwart_samples"]) >= 1
         assert len(metric["baseline_samples"]) >= 1
@@ -88,3 +118,87 @@ def test_a_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     result = run_python([str(RUNNER), "--repeats", "0", "--no-json", "--tmpdir", str(tmp_path)])
     assert result.returncode == 2
     assert "--repeats must be at least 1" in result.stderr
+
+
+def _json_lines(stderr: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert all(isinstance(line, dict) for line in lines), stderr
+    return lines
+
+
+def _shape(lines: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """What a log says, step by step: the level and step of each line."""
+    return [(line["level"], line.get("step")) for line in lines]
+
+
+def test_the_contract_floor_writes_durably_skips_when_done_and_logs_like_stalwart(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "contract"
+    first = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    assert first.returncode == 0, first.stderr
+    for index in range(2):
+        output = state / f"out-{index}.txt"
+        assert output.read_bytes() == f"step {index}\n".encode()
+        marker = json.loads((state / ".checkpoints" / f"step_{index:03d}.done").read_text())
+        assert marker["step"] == f"step_{index:03d}"
+        assert marker["run_id"] == "bench"
+        assert marker["started"] <= marker["finished"]
+        assert marker["outputs"] == [
+            {
+                "name": output.name,
+                "size": output.stat().st_size,
+                "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+            }
+        ]
+    assert not list(state.rglob(".*.tmp")), "temp files left behind"
+    ran = _json_lines(first.stderr)
+    assert ran[0]["message"] == "step step_000 started"
+    assert ran[1]["message"].startswith("step step_000 done in ")
+    assert {line["pipeline"] for line in ran} == {"bench"}
+    assert {line["run_id"] for line in ran} == {"bench"}
+    assert "ran 2, skipped 0" in ran[-1]["message"]
+
+    before = {p: p.stat().st_mtime_ns for p in state.rglob("*") if p.is_file()}
+    second = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    assert second.returncode == 0, second.stderr
+    assert {p: p.stat().st_mtime_ns for p in state.rglob("*") if p.is_file()} == before
+    skipped = _json_lines(second.stderr)
+    assert [line["message"] for line in skipped[:2]] == [
+        "step step_000 already done, skipping",
+        "step step_001 already done, skipping",
+    ]
+    assert "ran 0, skipped 2" in skipped[-1]["message"]
+
+    # the same lines per step as stalwart's runner, for a step that runs and one that skips
+    root = tmp_path / "stalwart"
+    stalwart_runs = [run_python([str(WORKLOADS), "chain", "2", str(root)]) for _ in range(2)]
+    assert all(r.returncode == 0 for r in stalwart_runs), stalwart_runs[-1].stderr
+    assert _shape(ran) == _shape(_json_lines(stalwart_runs[0].stderr))
+    assert _shape(skipped) == _shape(_json_lines(stalwart_runs[1].stderr))
+
+
+def test_the_contract_floor_re_runs_a_step_whose_output_changed_and_honours_force(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "contract"
+    assert run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)]).returncode == 0
+    (state / "out-1.txt").write_bytes(b"x")  # not the recorded size: step_001 must run again
+    again = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    assert again.returncode == 0, again.stderr
+    messages = [line["message"] for line in _json_lines(again.stderr)]
+    assert "step step_000 already done, skipping" in messages
+    assert "step step_001 started" in messages
+    assert (state / "out-1.txt").read_bytes() == b"step 1\n"
+
+    forced = run_python(
+        [str(CONTRACT_FLOOR), "chain", "2", str(state), "run", "--run-id", "bench", "--force"]
+    )
+    assert forced.returncode == 0, forced.stderr
+    messages = [line["message"] for line in _json_lines(forced.stderr)]
+    assert "step step_000 started" in messages
+    assert "step step_001 started" in messages
+
+    bad = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state), "run", "--run-id", "../x"])
+    assert bad.returncode == 2
+    assert "invalid run ID" in bad.stderr
