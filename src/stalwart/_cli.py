@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -37,8 +36,47 @@ EXIT_TERMINATED = 143
 COMMANDS = ("run", "status", "reset", "deadletter", "demo")
 
 
-def _common(standalone: bool) -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, reading the terminal width only when it prints help or usage.
+
+    argparse builds a formatter for every ``add_argument`` (to check the metavar), and the
+    stock one imports ``shutil`` - with ``zlib``, ``bz2`` and ``lzma`` - for the width: about
+    5 ms of every start, for text that a run never prints.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or 80)
+        self._fit_terminal = width is None
+        self._help_position_asked = max_help_position
+
+    def format_help(self) -> str:
+        if self._fit_terminal:
+            import shutil  # noqa: PLC0415 - see the class docstring
+
+            self._width = shutil.get_terminal_size().columns - 2
+            self._max_help_position = min(
+                self._help_position_asked, max(self._width - 20, self._indent_increment * 2)
+            )
+            self._fit_terminal = False
+        return super().format_help()
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` with ``_HelpFormatter`` (sub-command parsers inherit the class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _common(standalone: bool) -> _Parser:
+    parent = _Parser(add_help=False)
     if standalone:
         parent.add_argument(
             "target",
@@ -64,14 +102,19 @@ class _VersionAction(argparse.Action):
         parser.exit(message=f"stalwart {version('stalwart')}\n")
 
 
-def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, *, standalone: bool, deadletter: bool = True
+) -> argparse.ArgumentParser:
+    """The whole command line; with ``deadletter=False`` the ``deadletter`` command is listed
+    but its own sub-commands are not built (5 of the 11 parsers): a run does not need them."""
     common = _common(standalone)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Run a stalwart pipeline: checkpoints, atomic writes, retries, alerts.",
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # `prog` given, or argparse formats a usage line (and reads the terminal width) for it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog=prog)
     run = sub.add_parser("run", parents=[common], help="run the pipeline (default)")
     how = run.add_mutually_exclusive_group()
     how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
@@ -84,6 +127,19 @@ def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
     reset.add_argument("--step", metavar="NAME", help="clear NAME and every step after it")
 
     dead = sub.add_parser("deadletter", help="list, show, replay or discard dead letters")
+    if deadletter:
+        _add_deadletter_actions(dead, common)
+    if standalone:
+        demo = sub.add_parser("demo", help="run the reference pipeline against a flaky server")
+        demo.add_argument("--fail", metavar="STEP", help="make STEP raise (shows the alert)")
+        demo.add_argument("--interrupt", metavar="STEP", help="Ctrl-C inside STEP (no alert)")
+        demo.add_argument("--root", metavar="DIR", help="state directory (default: a temp dir)")
+        demo.add_argument("--log-format", choices=("json", "text"), default="text")
+        demo.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _add_deadletter_actions(dead: _Parser, common: _Parser) -> None:
     dead_sub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
     dl_list = dead_sub.add_parser("list", parents=[common], help="a table of dead letters")
     dl_list.add_argument("--json", action="store_true", help="machine-readable output")
@@ -97,14 +153,6 @@ def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
     dead_sub.add_parser("discard", parents=[common], help="mark one as discarded").add_argument(
         "id", metavar="ID"
     )
-    if standalone:
-        demo = sub.add_parser("demo", help="run the reference pipeline against a flaky server")
-        demo.add_argument("--fail", metavar="STEP", help="make STEP raise (shows the alert)")
-        demo.add_argument("--interrupt", metavar="STEP", help="Ctrl-C inside STEP (no alert)")
-        demo.add_argument("--root", metavar="DIR", help="state directory (default: a temp dir)")
-        demo.add_argument("--log-format", choices=("json", "text"), default="text")
-        demo.add_argument("-v", "--verbose", action="store_true")
-    return parser
 
 
 def _with_default_command(argv: list[str]) -> list[str]:
@@ -123,7 +171,7 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     err = stderr or sys.stderr
     standalone = pipeline is None
     prog = "stalwart" if standalone else Path(sys.argv[0] or "pipeline").name
-    parser = build_parser(prog, standalone=standalone)
+    parser = build_parser(prog, standalone=standalone, deadletter="deadletter" in argv)
     try:
         args = parser.parse_args(_with_default_command(argv))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
@@ -306,6 +354,8 @@ def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"no pipeline file at {str(path)!r}")
     name = f"stalwart_target_{path.stem}".replace("-", "_")
+    import importlib.util  # noqa: PLC0415 - only `stalwart run file.py` loads a file
+
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot load {str(path)!r} as Python")

@@ -12,9 +12,8 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from ._atomic import FileDigest, atomic_write, json_dumps, replace_bytes_exclusive
 from ._checkpoint import OutputRecord, normalize_output_name
@@ -32,8 +31,9 @@ __all__ = ["Context", "Step", "StepFunction", "real_directories"]
 StepFunction = Callable[["Context"], object]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
+    """A step of a pipeline (a ``NamedTuple``: cheaper to define at import than a dataclass)."""
+
     name: str
     fn: StepFunction
     retry: RetryPolicy | None = None
