@@ -11,12 +11,15 @@ lines to stderr as it would under cron) with the run ID ``bench``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plain_floor import output_name, step_name
 
 import stalwart
+
+if TYPE_CHECKING:  # a pipeline file imports only what it uses: pathlib costs ~8 ms to load
+    from collections.abc import Callable
+    from pathlib import Path
 
 __all__ = ["RUN_ID", "build_chain", "large_write", "retried"]
 

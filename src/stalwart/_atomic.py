@@ -30,8 +30,10 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any, Literal, NoReturn, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, overload
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "FileDigest",
@@ -42,8 +44,8 @@ __all__ = [
     "fsync_directory",
     "is_temp_name",
     "json_dumps",
+    "lazy_path",
     "replace_bytes",
-    "replace_bytes_exclusive",
     "sweep_temp_files",
     "temp_name_for",
 ]
@@ -56,6 +58,21 @@ _NAME_KEPT = 200
 """Bytes of the destination's name kept in its temp name (NAME_MAX is 255 on Linux)."""
 _CREATE_TRIES = 8
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def lazy_path(path: str) -> Path:
+    """``Path(path)``, importing ``pathlib`` on first use: the run path works on strings
+    (``pathlib`` costs ~8 ms of every start here), public results are still ``Path``."""
+    from pathlib import Path  # noqa: PLC0415 - see the docstring
+
+    return Path(path)
+
+
+def _clean(path: str | os.PathLike[str]) -> str:
+    """``path`` as a string naming the same file as ``Path(path)`` (no trailing slash)."""
+    text = os.fspath(path)
+    stripped = text.rstrip("/")
+    return stripped or text[:1]
 
 
 def json_dumps(data: Any) -> str:
@@ -116,7 +133,7 @@ class FileDigest:
 class _DigestingRaw(io.RawIOBase):
     """An unbuffered writer that owns ``fd`` and feeds a ``FileDigest`` as it writes."""
 
-    def __init__(self, fd: int, digest: FileDigest | None, path: Path | None = None) -> None:
+    def __init__(self, fd: int, digest: FileDigest | None, path: str | None = None) -> None:
         self._fd = fd
         self._digest = digest
         self._path = path
@@ -190,7 +207,7 @@ def atomic_write(
     given, receives the size and sha256 of the bytes written. Text is written without
     newline translation. See the module docstring for what survives a crash.
     """
-    return _atomic_write(Path(path), _open_mode(mode), encoding, digest)
+    return _atomic_write(_clean(path), _open_mode(mode), encoding, digest)
 
 
 def _lock_temp(fd: int) -> None:
@@ -199,26 +216,29 @@ def _lock_temp(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
 
 
-def _create_temp(path: Path, new_mode: int = 0o666) -> tuple[Path, int]:
-    """Create and lock the temp file beside ``path``, with ``path``'s permission bits if it
-    exists (else ``new_mode & ~umask``). Returns its path and a descriptor open for writing."""
+def _create_temp(path: str, new_mode: int = 0o666, *, shared: bool = True) -> tuple[str, int]:
+    """Create the temp file beside ``path``, with ``path``'s permission bits if it exists
+    (else ``new_mode & ~umask``); in a ``shared`` directory, also lock it against other
+    processes' sweeps. Returns its path and a descriptor open for writing."""
     try:
         keep_mode: int | None = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         keep_mode = None
     # O_EXCL | O_NOFOLLOW: never reuse or follow anything already at the temp name.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    directory, name = os.path.split(path)
     for _ in range(_CREATE_TRIES):
-        tmp = path.parent / temp_name_for(path.name)
+        tmp = os.path.join(directory, temp_name_for(name))
         try:
             fd = os.open(tmp, flags, new_mode)
         except FileExistsError:  # 32 random bits collided: draw again
             continue
         try:
-            _lock_temp(fd)
-            if os.fstat(fd).st_nlink == 0:  # a sweep removed it before we locked it
-                os.close(fd)
-                continue
+            if shared:
+                _lock_temp(fd)
+                if os.fstat(fd).st_nlink == 0:  # a sweep removed it before we locked it
+                    os.close(fd)
+                    continue
             if keep_mode is not None:
                 os.fchmod(fd, keep_mode)
         except BaseException:
@@ -229,12 +249,12 @@ def _create_temp(path: Path, new_mode: int = 0o666) -> tuple[Path, int]:
     raise FileExistsError(errno.EEXIST, "could not create a unique temp file", str(path))
 
 
-def _discard(tmp: Path) -> None:
+def _discard(tmp: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
 
 
-def _abandon(tmp: Path, fd: int, handle: IO[Any] | None) -> None:
+def _abandon(tmp: str, fd: int | None, handle: IO[Any] | None) -> None:
     """Remove the temp file first (so an interrupt during cleanup leaves less), then close."""
     try:
         _discard(tmp)
@@ -244,32 +264,33 @@ def _abandon(tmp: Path, fd: int, handle: IO[Any] | None) -> None:
                 with contextlib.suppress(Exception):
                     handle.close()
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
+def _naming(exc: OSError, path: str) -> OSError:
     """The same kind of OSError (same errno), saying which destination it was about."""
-    if exc.errno is None or (exc.filename is not None and str(path) in str(exc.filename)):
+    if exc.errno is None or (exc.filename is not None and path in str(exc.filename)):
         return exc
-    return OSError(exc.errno, f"{exc.strerror} (atomic write of {path})", str(path))
+    return OSError(exc.errno, f"{exc.strerror} (atomic write of {path})", path)
 
 
-def _raise_named(exc: OSError, path: Path) -> NoReturn:
+def _raise_named(exc: OSError, path: str) -> NoReturn:
     named = _naming(exc, path)
     if named is exc:
         raise exc
     raise named from exc
 
 
-def _sync_parent(path: Path) -> None:
+def _sync_parent(path: str) -> None:
     try:
-        fsync_directory(path.parent)
+        fsync_directory(os.path.dirname(path) or ".")
     except OSError as exc:
         _raise_named(exc, path)
 
 
 def _open_handle(
-    fd: int, binary: bool, encoding: str, digest: FileDigest | None, path: Path
+    fd: int, binary: bool, encoding: str, digest: FileDigest | None, path: str
 ) -> IO[Any]:
     raw = _DigestingRaw(fd, digest, path)
     buffered = io.BufferedWriter(raw, buffer_size=1 << 17)  # big writes go straight through
@@ -284,7 +305,7 @@ def _open_handle(
 
 @contextlib.contextmanager
 def _atomic_write(
-    path: Path, binary: bool, encoding: str, digest: FileDigest | None
+    path: str, binary: bool, encoding: str, digest: FileDigest | None
 ) -> Iterator[IO[Any]]:
     try:
         tmp, fd = _create_temp(path)
@@ -316,82 +337,50 @@ def _atomic_write(
 
 
 def replace_bytes(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, new_mode: int = 0o666
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    durable: bool = True,
+    new_mode: int = 0o666,
+    shared: bool = True,
 ) -> None:
     """Replace ``path`` by ``data`` through a temp file and a rename (stalwart's own records).
 
     ``durable=False`` skips both fsyncs: a crash never leaves a partial file, but after a
     power cut the file may hold its old content. ``new_mode`` (masked by the umask) applies
     to a file that does not exist yet; an existing one keeps its permission bits.
+    ``shared=False`` is for a directory this process holds alone (a run directory, under the
+    run lock): the temp file is not ``flock``-ed, since no other process sweeps there. It is
+    the per-step hot path (every output and every marker), and renaming a locked file is the
+    costliest part of the protocol.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
-    target = Path(path)
+    target = _clean(path)
     try:
-        tmp, fd = _create_temp(target, new_mode)
+        tmp, fd = _create_temp(target, new_mode, shared=shared)
     except OSError as exc:
         _raise_named(exc, target)
+    open_fd: int | None = fd
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
+        if not shared:  # no lock to hold through the rename: close first
+            open_fd = None
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException as exc:
-        _abandon(tmp, fd, None)
+        _abandon(tmp, open_fd, None)
         if isinstance(exc, OSError):
             _raise_named(exc, target)
         raise
-    os.close(fd)
+    if open_fd is not None:
+        os.close(open_fd)
     if durable:
         _sync_parent(target)
-
-
-def replace_bytes_exclusive(path: str, data: bytes, *, new_mode: int = 0o666) -> None:
-    """``replace_bytes`` for a directory this process holds exclusively (a run directory,
-    under the run lock): the same protocol and guarantees - temp, write, fsync, close,
-    rename, fsync of the directory; temp removed on failure - minus what only a shared
-    directory needs (the flock that keeps another process's sweep off a live temp file),
-    and on plain strings. It is the per-step hot path: every output and every marker.
-    """
-    directory, name = os.path.split(path)
-    try:
-        keep_mode: int | None = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        keep_mode = None
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    for _ in range(_CREATE_TRIES):  # pragma: no branch - a collision needs 32 equal bits
-        tmp = os.path.join(directory, temp_name_for(name))
-        try:
-            fd = os.open(tmp, flags, new_mode)
-            break
-        except FileExistsError:  # pragma: no cover - 32 random bits collided: draw again
-            continue
-        except OSError as exc:
-            _raise_named(exc, Path(path))
-    else:  # pragma: no cover
-        raise FileExistsError(errno.EEXIST, "could not create a unique temp file", path)
-    try:
-        try:
-            if keep_mode is not None:
-                os.fchmod(fd, keep_mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _discard(Path(tmp))
-        if isinstance(exc, OSError):
-            _raise_named(exc, Path(path))
-        raise
-    try:
-        fsync_directory(directory)
-    except OSError as exc:
-        _raise_named(exc, Path(path))
 
 
 def atomic_write_bytes(
@@ -429,7 +418,7 @@ def atomic_write_json(
     atomic_write_bytes(path, json_dumps(data).encode("utf-8"), digest=digest)
 
 
-def _remove_if_abandoned(path: Path) -> bool:
+def _remove_if_abandoned(path: str) -> bool:
     """Unlink the temp file at ``path`` unless a live writer holds its lock."""
     try:
         seen = os.lstat(path)
@@ -470,15 +459,15 @@ def sweep_temp_files(directory: str | os.PathLike[str], *, recursive: bool = Tru
     Safe to call while other processes write in ``directory``.
     """
     removed: list[Path] = []
-    root = Path(directory)
-    if not root.is_dir():
+    root = os.fspath(directory)
+    if not os.path.isdir(root):
         return removed
-    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
+    walker = os.walk(root) if recursive else [(root, [], os.listdir(root))]
     for dirpath, _dirs, files in walker:
         for name in files:
             if not is_temp_name(name):
-                continue  # the common case: no Path object, no system call
-            victim = Path(dirpath) / name
+                continue  # the common case: no system call
+            victim = os.path.join(dirpath, name)
             if _remove_if_abandoned(victim):
-                removed.append(victim)
+                removed.append(lazy_path(victim))
     return removed

@@ -20,12 +20,14 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._atomic import fsync_directory, replace_bytes, replace_bytes_exclusive
+from ._atomic import fsync_directory, lazy_path, replace_bytes
 from ._errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "CheckpointStore",
@@ -274,13 +276,20 @@ class CheckpointStore:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.run_dir = Path(run_dir)
-        self.directory = self.run_dir / ".checkpoints"
-        self._run_dir = os.fspath(self.run_dir)
-        self._directory = os.fspath(self.directory)
+        self._run_dir = os.fspath(run_dir)
+        self._directory = os.path.join(self._run_dir, ".checkpoints")
         self._records: dict[str, StepRecord] | None = None
         self._directory_ready = False
         self._journal_fd: int | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return lazy_path(self._run_dir)
+
+    @property
+    def directory(self) -> Path:
+        """``<run_dir>/.checkpoints``, where the markers are."""
+        return lazy_path(self._directory)
 
     # -- the storage seam --------------------------------------------------------------------
 
@@ -309,16 +318,14 @@ class CheckpointStore:
         finally:
             os.close(fd)
 
-    def _write(self, name: str, data: bytes, *, durable: bool = True) -> None:
+    def _write(self, name: str, data: bytes) -> None:
         self._ensure_directory()
-        if durable:  # markers: in the run directory, which the run lock makes ours alone
-            replace_bytes_exclusive(os.path.join(self._directory, name), data, new_mode=0o600)
-        else:
-            replace_bytes(self.directory / name, data, durable=False, new_mode=0o600)
+        # Markers live in the run directory, which the run lock makes ours alone.
+        replace_bytes(os.path.join(self._directory, name), data, new_mode=0o600, shared=False)
 
     def _list(self) -> list[str]:
         try:
-            return sorted(os.listdir(self.directory))
+            return sorted(os.listdir(self._directory))
         except FileNotFoundError:
             return []
 
@@ -327,27 +334,27 @@ class CheckpointStore:
         deleted = []
         for name in names:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / name)
+                os.unlink(os.path.join(self._directory, name))
                 deleted.append(name)
         if deleted:
-            fsync_directory(self.directory)
+            fsync_directory(self._directory)
         return deleted
 
     def _ensure_directory(self) -> None:
         if self._directory_ready:
             return
         try:
-            os.mkdir(self.directory, 0o700)
+            os.mkdir(self._directory, 0o700)
         except FileExistsError:
             self._directory_ready = True
             return
-        fsync_directory(self.run_dir)
+        fsync_directory(self._run_dir)
         self._directory_ready = True  # the new directory entry must survive a power cut too
 
     # -- markers -----------------------------------------------------------------------------
 
     def marker_path(self, step: str) -> Path:
-        return self.directory / f"{validate_name(step, 'step name')}.done"
+        return lazy_path(os.path.join(self._directory, f"{validate_name(step, 'step name')}.done"))
 
     def read_marker(self, step: str) -> Marker | None:
         """The step's marker, ``None`` if there is none; ``ValueError`` if it is corrupt or
@@ -394,7 +401,7 @@ class CheckpointStore:
         return SkipDecision(True, "", marker)
 
     def is_done(self, step: str, *, run_id: str | None = None) -> bool:
-        return self.check(step, run_id=run_id or self.run_dir.name).done
+        return self.check(step, run_id=run_id or os.path.basename(self._run_dir)).done
 
     def write_marker(self, marker: Marker) -> None:
         """Write the marker atomically and durably. Call only after every output is durable:
@@ -421,7 +428,7 @@ class CheckpointStore:
         try:
             raw = self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
         except OSError as exc:
-            log.warning("ignoring the unreadable journal in %s (%s)", self.directory, exc)
+            log.warning("ignoring the unreadable journal in %s (%s)", self._run_dir, exc)
             raw = b""
         skipped = 0
         for line in raw.splitlines():
@@ -439,7 +446,8 @@ class CheckpointStore:
             else:
                 skipped += 1
         if skipped:
-            log.warning("ignored %d unreadable line(s) of %s", skipped, self.run_dir / _JOURNAL)
+            journal = os.path.join(self._run_dir, _JOURNAL)
+            log.warning("ignored %d unreadable line(s) of %s", skipped, journal)
         self._records = records
         return records
 
@@ -457,7 +465,7 @@ class CheckpointStore:
             if self._journal_fd is None:
                 self._ensure_directory()
                 fd = os.open(
-                    self.run_dir / _JOURNAL,
+                    os.path.join(self._run_dir, _JOURNAL),
                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                     0o600,
                 )
@@ -475,7 +483,7 @@ class CheckpointStore:
             log.warning(
                 "could not append step %s's record to %s (%s); status may lag for this run",
                 step,
-                self.run_dir / _JOURNAL,
+                os.path.join(self._run_dir, _JOURNAL),
                 exc.strerror or exc,
             )
 

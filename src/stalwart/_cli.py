@@ -17,12 +17,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._errors import RunLockedError, UsageError
-from ._pipeline import Pipeline, Terminated, resume_command
+from ._pipeline import Pipeline, Terminated
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["console_main", "run_cli"]
 
@@ -170,7 +172,7 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     """Parse ``argv``, do it, return the exit code (never raises for library errors)."""
     err = stderr or sys.stderr
     standalone = pipeline is None
-    prog = "stalwart" if standalone else Path(sys.argv[0] or "pipeline").name
+    prog = "stalwart" if standalone else os.path.basename(sys.argv[0] or "pipeline")
     parser = build_parser(prog, standalone=standalone, deadletter="deadletter" in argv)
     try:
         args = parser.parse_args(_with_default_command(argv))
@@ -297,12 +299,9 @@ def _dispatch(
 
     run_id = args.run_id if args.run_id is not None else today()
     if args.command == "run":
-        pipeline.run(
-            run_id=run_id,
-            force=args.force,
-            from_step=args.step,
-            resume_command=resume_command(pipeline, run_id),
-        )
+        # No RunResult to build (and no pathlib to import for it); the resume hint of an
+        # alert is worked out only if a step fails.
+        pipeline._run(run_id=run_id, force=args.force, from_step=args.step)
         return EXIT_OK
     if args.command == "status":
         from ._status import print_status, status_json  # noqa: PLC0415
@@ -334,6 +333,8 @@ def load_pipeline(target: str) -> Pipeline:
     under its own name, not as ``__main__``, so its ``if __name__ == "__main__"`` block
     does not run.
     """
+    from pathlib import Path  # noqa: PLC0415 - a run from `pipeline.main()` needs no pathlib
+
     spec, _, attribute = target.partition(":")
     if spec.endswith(".py") or "/" in spec or Path(spec).is_file():
         module = _import_file(Path(spec))

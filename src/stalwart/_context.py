@@ -12,16 +12,17 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
-from ._atomic import FileDigest, atomic_write, json_dumps, replace_bytes_exclusive
+from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
 from ._checkpoint import OutputRecord, normalize_output_name
 from ._errors import UsageError
 from ._logging import ContextAdapter
 from ._scope import StepScope
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ._http import StepHttp
     from ._pipeline import Pipeline
     from ._retry import RetryPolicy
@@ -39,13 +40,15 @@ class Step(NamedTuple):
     retry: RetryPolicy | None = None
 
 
-def real_directories(base: Path, path: Path, *, mode: int = 0o700) -> None:
-    """Make every directory from below ``base`` down to ``path`` exist as a real directory
-    (created with ``mode``); refuse a symlink or a non-directory on the way, so nothing planted
-    in the state root can redirect stalwart's writes outside it."""
+def real_directories(base: str, relative: str, *, mode: int = 0o700) -> None:
+    """Make every directory of ``relative`` (``a/b/c``) below ``base`` exist as a real
+    directory (created with ``mode``); refuse a symlink or a non-directory on the way, so
+    nothing planted in the state root can redirect stalwart's writes outside it."""
     current = base
-    for part in path.relative_to(base).parts:
-        current = current / part
+    for part in relative.split("/"):
+        if not part:
+            continue
+        current = os.path.join(current, part)
         try:
             info = os.lstat(current)
         except FileNotFoundError:
@@ -85,7 +88,7 @@ class Context:
         pipeline: Pipeline,
         run_id: str,
         step: Step,
-        run_dir: Path,
+        run_dir: str,
         scope: StepScope,
         runs: int,
     ) -> None:
@@ -95,13 +98,17 @@ class Context:
         self._outputs: dict[str, OutputRecord] = {}
         self._http: StepHttp | None = None
         self.run_id = run_id
-        self.run_dir = run_dir
-        self._run_dir = os.fspath(run_dir)
+        self._run_dir = run_dir
         self.attempt = runs
         self.log = ContextAdapter(
             logging.getLogger(f"stalwart.step.{step.name}"),
             {"pipeline": pipeline.name, "run_id": run_id, "step": step.name, "attempt": runs},
         )
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's directory, where the outputs are."""
+        return lazy_path(self._run_dir)
 
     @property
     def step(self) -> str:
@@ -126,20 +133,13 @@ class Context:
 
     def path(self, name: str) -> Path:
         """Where output ``name`` lives: inside this run's directory, nowhere else."""
-        return self.run_dir / _output_name(name)
+        return lazy_path(os.path.join(self._run_dir, _output_name(name)))
 
-    def _target(self, name: str) -> tuple[str, Path]:
-        clean = _output_name(name)
-        target = self.run_dir / clean
-        if "/" in clean:
-            real_directories(self.run_dir, target.parent, mode=0o777)
-        return clean, target
-
-    def _target_string(self, name: str) -> tuple[str, str]:
-        """``_target`` on plain strings: the hot path of ``write_bytes``."""
+    def _target(self, name: str) -> tuple[str, str]:
+        """The clean output name and the file's path; its directories made if need be."""
         clean = _output_name(name)
         if "/" in clean:
-            return self._target(name)[0], os.path.join(self._run_dir, clean)
+            real_directories(self._run_dir, clean.rpartition("/")[0], mode=0o777)
         return clean, os.path.join(self._run_dir, clean)
 
     def _record(self, name: str, digest: FileDigest) -> None:
@@ -147,12 +147,12 @@ class Context:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write ``data`` to output ``name`` atomically; returns its path."""
-        clean, target = self._target_string(name)
+        clean, target = self._target(name)
         digest = FileDigest()
-        replace_bytes_exclusive(target, data)  # the run lock makes the directory ours
+        replace_bytes(target, data, shared=False)  # the run lock makes the directory ours
         digest.update(data)
         self._record(clean, digest)
-        return Path(target)
+        return lazy_path(target)
 
     def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
         """Write the text ``data`` to output ``name`` atomically; returns its path."""

@@ -12,9 +12,12 @@ import fcntl
 import logging
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["RunLock"]
 
@@ -32,14 +35,20 @@ class RunLock:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self._path = os.fspath(path)
         self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        from ._atomic import lazy_path  # noqa: PLC0415 - _atomic imports more than a lock needs
+
+        return lazy_path(self._path)
 
     def acquire(self) -> None:
         """Take the lock or raise ``RunLockedError`` at once (never waits)."""
         if self._fd is not None:
-            raise RuntimeError(f"{self.path} is already locked by this RunLock")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            raise RuntimeError(f"{self._path} is already locked by this RunLock")
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             self._take(fd)
         except OSError as exc:
@@ -51,9 +60,9 @@ class RunLock:
                 raise
             raise RunLockedError(
                 f"this run is already being worked on by another process "
-                f"({holder or 'holder unknown'}); lock file {self.path}. Nothing was touched. "
+                f"({holder or 'holder unknown'}); lock file {self._path}. Nothing was touched. "
                 f"Wait for it to finish, or stop it first.",
-                lock_path=str(self.path),
+                lock_path=self._path,
                 holder=holder,
             ) from None
         except BaseException:
@@ -66,7 +75,7 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder.encode("utf-8"), 0)
         except OSError:  # disk full: the lock holds all the same, only the note is missing
-            log.debug("could not note the lock holder in %s", self.path, exc_info=True)
+            log.debug("could not note the lock holder in %s", self._path, exc_info=True)
         except BaseException:
             os.close(fd)
             raise

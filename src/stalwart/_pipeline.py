@@ -11,9 +11,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
+from ._atomic import lazy_path
 from ._checkpoint import CheckpointStore, validate_name
 from ._context import Context, Step, StepFunction, real_directories
 from ._errors import UsageError
@@ -21,6 +21,8 @@ from ._lock import RunLock
 from ._runner import RunResult, Terminated, _Emitter, _Run, resume_command
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ._http import HttpClient
     from ._retry import RetryPolicy
 
@@ -65,7 +67,7 @@ class Pipeline:
     ) -> None:
         self.name = validate_name(name, "pipeline name")
         chosen = root if root is not None else (os.environ.get("STALWART_ROOT") or "stalwart-data")
-        self.root = Path(chosen).absolute()
+        self._root = os.path.abspath(os.fspath(chosen))
         self._http = http
         self._own_http = http is None
         self._guard = threading.Lock()
@@ -112,6 +114,11 @@ class Pipeline:
     def step_names(self) -> list[str]:
         return [s.name for s in self.steps]
 
+    @property
+    def root(self) -> Path:
+        """The state root (absolute): ``<root>/<pipeline>/runs/<run_id>/`` holds a run."""
+        return lazy_path(self._root)
+
     # -- collaborators -----------------------------------------------------------------------
 
     @property
@@ -144,13 +151,20 @@ class Pipeline:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / self.name
+        return lazy_path(self._state_dir)
+
+    @property
+    def _state_dir(self) -> str:
+        return os.path.join(self._root, self.name)
 
     def run_dir(self, run_id: str) -> Path:
-        return self.state_dir / "runs" / validate_name(run_id, "run ID")
+        return lazy_path(self._run_dir(run_id))
+
+    def _run_dir(self, run_id: str) -> str:
+        return os.path.join(self._root, self.name, "runs", validate_name(run_id, "run ID"))
 
     def checkpoints(self, run_id: str | None = None) -> CheckpointStore:
-        return CheckpointStore(self.run_dir(today() if run_id is None else run_id))
+        return CheckpointStore(self._run_dir(today() if run_id is None else run_id))
 
     @property
     def deadletters(self) -> Any:
@@ -158,16 +172,17 @@ class Pipeline:
 
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
 
-    def _prepare_state(self, run_dir: Path) -> None:
+    def _prepare_state(self, run_id: str) -> None:
         """Create the run's state directories (0700), refusing planted symlinks."""
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"the state root {self.root} is not a directory ($STALWART_ROOT?)")
-        if not self.root.is_dir():
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        real_directories(self.root, run_dir / ".checkpoints")
-        real_directories(self.root, self.state_dir / "deadletter")
-        lock = run_dir / ".lock"
-        if lock.is_symlink():
+        root = self._root
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise UsageError(f"the state root {root} is not a directory ($STALWART_ROOT?)")
+        if not os.path.isdir(root):
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        real_directories(root, f"{self.name}/runs/{run_id}/.checkpoints")
+        real_directories(root, f"{self.name}/deadletter")
+        lock = os.path.join(self._run_dir(run_id), ".lock")
+        if os.path.islink(lock):
             raise UsageError(f"refusing to use {lock}: it is a symbolic link")
 
     # -- running -----------------------------------------------------------------------------
@@ -187,21 +202,35 @@ class Pipeline:
         Raises ``UsageError`` (bad run ID or step name, bad metrics setting) and
         ``RunLockedError`` (another process holds the run) before touching anything.
         """
+        return self._run(
+            run_id=run_id, force=force, from_step=from_step, resume_command=resume_command
+        ).result()
+
+    def _run(
+        self,
+        *,
+        run_id: str | None,
+        force: bool = False,
+        from_step: str | None = None,
+        resume_command: str | None = None,
+    ) -> _Run:
+        """``run`` minus the ``RunResult`` (the CLI needs none, nor the pathlib it holds)."""
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
         if not self.steps:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
         sinks = self.metric_sinks()
-        run_dir = self.run_dir(run_id)
-        self._prepare_state(run_dir)
-        lock = RunLock(run_dir / ".lock")
+        run_dir = self._run_dir(run_id)
+        self._prepare_state(run_id)
+        lock = RunLock(os.path.join(run_dir, ".lock"))
         lock.acquire()
         with self._guard:
             self._active_runs += 1
         try:
             run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
-            return run.execute(force=force, from_step=from_step)
+            run.execute(force=force, from_step=from_step)
+            return run
         finally:
             with self._guard:  # the default client is closed by the last run that ends
                 self._active_runs -= 1
@@ -225,10 +254,10 @@ class Pipeline:
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
         if step is not None:
             self._check_step(step)
-        run_dir = self.run_dir(run_id)
-        if not run_dir.is_dir():
+        run_dir = self._run_dir(run_id)
+        if not os.path.isdir(run_dir):
             return []
-        with RunLock(run_dir / ".lock"):
+        with RunLock(os.path.join(run_dir, ".lock")):
             store = CheckpointStore(run_dir)
             if step is None:
                 return store.clear_all()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._atomic import sweep_temp_files
+from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore, Marker, StepRecord, utc_now
 from ._context import Context, Step
 from ._scope import StepScope, current_scope
@@ -38,6 +38,8 @@ class _LazyModule:
 
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from . import _events as events
     from ._events import Event
     from ._pipeline import Pipeline
@@ -120,7 +122,7 @@ class _Run:
         self,
         pipeline: Pipeline,
         run_id: str,
-        run_dir: Path,
+        run_dir: str,
         emit: _Emitter,
         resume_command: str | None,
     ) -> None:
@@ -133,6 +135,7 @@ class _Run:
         self.store = CheckpointStore(run_dir)
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.duration_s = 0.0
 
     @property
     def resume(self) -> str:
@@ -143,7 +146,7 @@ class _Run:
     def _context(self, step: str, **more: Any) -> dict[str, Any]:
         return {"pipeline": self.name, "run_id": self.run_id, "step": step, **more}
 
-    def execute(self, *, force: bool, from_step: str | None) -> RunResult:
+    def execute(self, *, force: bool, from_step: str | None) -> None:
         started = time.monotonic()
         outcome: Literal["success", "failure", "interrupted"] = "failure"
         try:
@@ -155,21 +158,23 @@ class _Run:
             outcome = "interrupted"
             raise
         finally:
-            duration = time.monotonic() - started
+            self.duration_s = time.monotonic() - started
             self.store.close()
-            self._finish(outcome, duration)
+            self._finish(outcome, self.duration_s)
+
+    def result(self) -> RunResult:
         return RunResult(
             pipeline=self.name,
             run_id=self.run_id,
             ran=tuple(self.ran),
             skipped=tuple(self.skipped),
-            duration_s=duration,
-            run_dir=self.run_dir,
+            duration_s=self.duration_s,
+            run_dir=lazy_path(self.run_dir),
         )
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
         swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
-            self.pipeline.state_dir / "deadletter"
+            os.path.join(self.pipeline._state_dir, "deadletter")  # package-internal
         )
         context = {"pipeline": self.name, "run_id": self.run_id}
         for leftover in swept:
