@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from ._metrics import sinks_from_env
     from ._pipeline import Pipeline
     from ._prometheus import PrometheusTextfile, Pushgateway
+    from ._result import RunResult
     from ._retry import RetryPolicy, is_transient, retry
-    from ._runner import RunResult
     from ._statsd import StatsD
 
 _WHERE = {
@@ -89,7 +89,7 @@ _WHERE = {
     "Response": "_http",
     "Context": "_context",
     "Pipeline": "_pipeline",
-    "RunResult": "_runner",
+    "RunResult": "_result",
     "RetryPolicy": "_retry",
     "is_transient": "_retry",
     "retry": "_retry",

@@ -18,18 +18,18 @@ from ._checkpoint import CheckpointStore, validate_name
 from ._context import Context, Step, StepFunction, real_directories
 from ._errors import UsageError
 from ._lock import RunLock
-from ._runner import RunResult, Terminated, _Emitter, _Run, resume_command
+from ._runner import Terminated, _Emitter, _Run, resume_command
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from ._http import HttpClient
+    from ._result import RunResult
     from ._retry import RetryPolicy
 
 __all__ = [
     "Context",
     "Pipeline",
-    "RunResult",
     "Step",
     "Terminated",
     "real_directories",

@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._atomic import lazy_path, sweep_temp_files
@@ -38,33 +37,20 @@ class _LazyModule:
 
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from . import _events as events
     from ._events import Event
     from ._pipeline import Pipeline
+    from ._result import RunResult
 else:
     events = _LazyModule("stalwart._events")
 
-__all__ = ["RunResult", "Terminated", "resume_command"]
+__all__ = ["Terminated", "resume_command"]
 
 log = logging.getLogger("stalwart.run")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so a run stops the way Ctrl-C stops it."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunResult:
-    """What ``Pipeline.run`` did (returned on success; failures raise)."""
-
-    pipeline: str
-    run_id: str
-    ran: tuple[str, ...]
-    skipped: tuple[str, ...]
-    duration_s: float
-    run_dir: Path
 
 
 def resume_command(pipeline: Pipeline, run_id: str) -> str:
@@ -163,6 +149,8 @@ class _Run:
             self._finish(outcome, self.duration_s)
 
     def result(self) -> RunResult:
+        from ._result import RunResult  # noqa: PLC0415 - see _result's docstring
+
         return RunResult(
             pipeline=self.name,
             run_id=self.run_id,

@@ -1,0 +1,133 @@
+"""What a run imports, and the command line that avoids the rest.
+
+Start-up is most of what a short pipeline costs (benchmarks/README.md). These tests do not
+time anything: they check *which* modules a run from the command line loads, so that an
+import that sneaks back onto the run path fails here rather than only in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+from stalwart._cli import build_parser, run_cli
+
+PIPELINE = """
+import atexit, json, sys
+import stalwart
+
+pipeline = stalwart.Pipeline("startup", root=sys.argv[1])
+
+for index in range(3):
+    def step(ctx, index=index):
+        ctx.write_text(f"out-{index}.txt", f"step {index}\\n")
+    step.__name__ = f"step_{index}"
+    pipeline.step()(step)
+
+atexit.register(lambda: print(json.dumps(sorted(sys.modules))))
+pipeline.main(sys.argv[2:])
+"""
+
+NEVER_ON_THE_RUN_PATH = {
+    "httpx",  # only a step that uses ctx.http
+    "tenacity",  # only after a first failure
+    "shutil",  # argparse's help formatter, only when help is printed
+    "shlex",  # the resume hint, only when a step fails
+    "stalwart._alerts",
+    "stalwart._deadletter",
+    "stalwart._events",  # only with a metrics sink
+    "stalwart._metrics",
+    "stalwart._result",  # the CLI returns no RunResult
+    "stalwart._retry",
+    "stalwart._status",
+}
+NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
+
+
+def modules_of_a_run(tmp_path: Path, *args: str) -> set[str]:
+    script = tmp_path / "startup_pipeline.py"
+    script.write_text(PIPELINE)
+    done = run_python([str(script), str(tmp_path / "state"), "--run-id", "r1", *args])
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_a_run_loads_only_what_it_uses(tmp_path: Path) -> None:
+    first = modules_of_a_run(tmp_path)
+    assert {"stalwart._runner", "stalwart._cli", "pythonjsonlogger"} <= first  # it did run
+    assert not first & NEVER_ON_THE_RUN_PATH
+    assert "hashlib" in first  # it hashed the three outputs for their markers
+
+    rerun = modules_of_a_run(tmp_path)
+    assert not rerun & (NEVER_ON_THE_RUN_PATH | NOT_ON_A_RERUN)
+
+
+def test_public_paths_are_still_path_objects(tmp_path: Path) -> None:
+    import stalwart  # noqa: PLC0415 - the test is about what it hands out
+
+    pipeline = stalwart.Pipeline("paths", root=tmp_path / "state")
+    seen: list[object] = []
+
+    @pipeline.step()
+    def only(ctx: stalwart.Context) -> None:
+        seen.extend([ctx.write_text("a/b.txt", "x"), ctx.path("a/b.txt"), ctx.run_dir])
+
+    result = pipeline.run(run_id="r1")
+    run_dir = tmp_path / "state" / "paths" / "runs" / "r1"
+    assert seen == [run_dir / "a" / "b.txt", run_dir / "a" / "b.txt", run_dir]
+    assert all(isinstance(p, Path) for p in seen)
+    assert result.run_dir == run_dir == pipeline.run_dir("r1")
+    assert pipeline.root == tmp_path / "state"
+    assert pipeline.state_dir == tmp_path / "state" / "paths"
+    assert pipeline.checkpoints("r1").directory == run_dir / ".checkpoints"
+    assert pipeline.checkpoints("r1").marker_path("only") == run_dir / ".checkpoints" / "only.done"
+
+
+def test_a_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stalwart  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    assert stalwart.Pipeline("p", root="state/").root == tmp_path / "state"
+
+
+@pytest.mark.parametrize("columns", [50, 200])
+def test_help_fits_the_terminal_width(
+    columns: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert run_cli(["run", "--help"], pipeline=None) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= columns
+    [usage] = [line for line in lines if line.startswith("usage:")]
+    # 200 columns leave room for the whole usage on one line; 50 wrap it
+    assert bool(re.search(r"--step NAME\] PIPELINE$", usage)) == (columns == 200)
+
+
+def _commands(*, standalone: bool, command: str | None) -> list[str]:
+    parser = build_parser("p", standalone=standalone, command=command)
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    return sorted(sub.choices or ())
+
+
+def test_a_command_builds_only_its_own_parser() -> None:
+    everything = ["deadletter", "demo", "reset", "run", "status"]
+    assert _commands(standalone=True, command=None) == everything
+    assert _commands(standalone=True, command="--help") == everything
+    assert _commands(standalone=True, command="run") == ["run"]
+    assert _commands(standalone=True, command="deadletter") == ["deadletter"]
+    # A pipeline's own command line has no `demo`: all are built, for argparse's message.
+    assert _commands(standalone=False, command="demo") == ["deadletter", "reset", "run", "status"]
+
+
+def test_an_unknown_command_of_a_pipeline_lists_the_real_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import stalwart  # noqa: PLC0415
+
+    pipeline = stalwart.Pipeline("p", root="unused")
+    assert run_cli(["demo"], pipeline=pipeline) == 2
+    assert "choose from 'run', 'status', 'reset', 'deadletter'" in capsys.readouterr().err
