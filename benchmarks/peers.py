@@ -68,9 +68,11 @@ UNITS: dict[str, str] = {
     "peak_rss_mib": "MiB",
 }
 # Variables that would change what a child does (coverage hooks, a real Prefect API,
-# stalwart's metrics sinks and Slack alerts, a Luigi config): never passed on.
+# stalwart's metrics sinks and Slack alerts, a Luigi config): never passed on. Nor is
+# PYTHONDONTWRITEBYTECODE: the peers' packages come with .pyc files from pip, while
+# stalwart (installed editable from src/) would be recompiled at every start without it.
 DROPPED_ENV_PREFIXES = ("PREFECT_", "STALWART_", "COVERAGE_", "LUIGI_")
-DROPPED_ENV = {"SLACK_WEBHOOK_URL"}
+DROPPED_ENV = {"SLACK_WEBHOOK_URL", "PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME"}
 INSTALL_TIMEOUT_S = 1800
 
 
