@@ -1,9 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never a part.
 
 The protocol, in this order: create a temp file ``.<name>.<random>.tmp`` in the destination's
-directory (``O_EXCL``, ``flock``-ed while it is being written), write, flush, ``fsync`` the temp
-file, ``os.replace`` it over the destination, then ``fsync`` the directory so the rename itself
-is durable.
+directory (``O_EXCL``; ``flock``-ed while it is being written, unless the caller holds the
+directory alone), write, flush, ``fsync`` the temp file, ``os.replace`` it over the
+destination, then ``fsync`` the directory so the rename itself is durable.
 
 What survives a crash (process killed, kernel panic, power cut) on a local POSIX filesystem
 (ext4, xfs, btrfs; tmpfs for process crashes): the destination holds either its complete old
@@ -197,7 +197,7 @@ def atomic_write(
     """Write ``path`` atomically; use as ``with atomic_write(path) as f: f.write(...)``.
 
     The file object streams to a temp file in the same directory (nothing is held in
-    memory beyond a 1 MiB buffer). On a clean exit the temp file is flushed, fsynced,
+    memory beyond a 128 KiB buffer). On a clean exit the temp file is flushed, fsynced,
     renamed over ``path`` and the directory is fsynced. On any exception, ``KeyboardInterrupt``
     included, the temp file is removed and ``path`` is untouched. Closing the file inside the
     block is allowed; the rename still happens when the block ends.
