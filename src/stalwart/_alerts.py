@@ -38,7 +38,8 @@ _SHOWN = "<slack webhook>"  # what logs and errors say instead of the URL
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
-    """What an alerter receives when a step fails.
+    """What an alerter receives when a step fails (``step`` is empty when the run failed
+    before its first step: the state directory or the lock could not be set up).
 
     ``error`` is ``str(exception)`` (stalwart's own errors never carry a secret);
     ``attempts`` counts the tries of the failing call; ``resume_command`` re-runs the run;
@@ -69,7 +70,8 @@ class Alert:
 
     @property
     def title(self) -> str:
-        return f"stalwart: {self.pipeline} failed at step {self.step} (run {self.run_id})"
+        where = f"at step {self.step}" if self.step else "before its first step"
+        return f"stalwart: {self.pipeline} failed {where} (run {self.run_id})"
 
     def as_text(self) -> str:
         lines = [
@@ -146,7 +148,7 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
     facts = [
         f"*Pipeline*\n{_mrkdwn(alert.pipeline)}",
         f"*Run*\n{_mrkdwn(alert.run_id)}",
-        f"*Step*\n{_mrkdwn(alert.step)}",
+        f"*Step*\n{_mrkdwn(alert.step) if alert.step else '(before the first)'}",
         f"*Attempts*\n{alert.attempts}",
         f"*Duration*\n{alert.duration_s:.1f} s",
         f"*Host*\n{_mrkdwn(alert.host)}",
@@ -228,7 +230,7 @@ class SlackWebhook:
 
     def send(self, alert: Alert) -> None:
         """Post ``alert``; log (never raise) if it cannot be delivered."""
-        where = f"{alert.pipeline}/{alert.step} (run {alert.run_id})"
+        where = f"{alert.pipeline}/{alert.step or '-'} (run {alert.run_id})"
         try:
             self._post(slack_payload(alert))
         except Exception as exc:

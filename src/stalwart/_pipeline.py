@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 from ._atomic import lazy_path
 from ._checkpoint import CheckpointStore, validate_name
 from ._context import Context, Step, StepFunction, real_directories
-from ._errors import UsageError
+from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
 from ._runner import Terminated, _Emitter, _Run, resume_command
 
@@ -222,13 +222,20 @@ class Pipeline:
             self._check_step(from_step)
         sinks = self.metric_sinks()
         run_dir = self._run_dir(run_id)
-        self._prepare_state(run_id)
+        run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
         lock = RunLock(os.path.join(run_dir, ".lock"))
-        lock.acquire()
+        started = time.monotonic()
+        try:
+            self._prepare_state(run_id)
+            lock.acquire()
+        except (UsageError, RunLockedError):
+            raise  # a setting to fix (exit 2) or another process on this run (exit 75)
+        except Exception as exc:  # an unwritable or broken state directory: alerted
+            run.failed_before_steps(exc, time.monotonic() - started)
+            raise
         with self._guard:
             self._active_runs += 1
         try:
-            run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
             run.execute(force=force, from_step=from_step)
             return run
         finally:

@@ -136,7 +136,11 @@ class _Run:
         started = time.monotonic()
         outcome: Literal["success", "failure", "interrupted"] = "failure"
         try:
-            self._prepare(force, from_step)
+            try:
+                self._prepare(force, from_step)
+            except Exception as exc:
+                self.failed_before_steps(exc, time.monotonic() - started)
+                raise
             for step in self.pipeline.steps:
                 self._visit(step)
             outcome = "success"
@@ -159,6 +163,53 @@ class _Run:
             duration_s=self.duration_s,
             run_dir=lazy_path(self.run_dir),
         )
+
+    def failed_before_steps(self, exc: Exception, duration: float) -> None:
+        """The run could not start its first step (state directory, lock, sweep, clearing
+        markers): log it and alert, as for a failed step - a cron job must not fail silently."""
+        from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
+
+        error = scrub_registered(str(exc) or repr(exc))
+        log.error(
+            "run %s of %s failed before its first step: %s: %s",
+            self.run_id,
+            self.name,
+            type(exc).__name__,
+            error,
+            extra={"pipeline": self.name, "run_id": self.run_id, "error": error[:500]},
+        )
+        self._alert(exc, error, step="", attempts=1, duration=duration, dead_letter_id=None)
+        exc.add_note(
+            f"stalwart: run {self.run_id} of {self.name} failed before its first step; "
+            f"no step ran; resume with: {self.resume}"
+        )
+
+    def _alert(
+        self,
+        exc: BaseException,
+        error: str,
+        *,
+        step: str,
+        attempts: int,
+        duration: float,
+        dead_letter_id: str | None,
+    ) -> None:
+        from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
+
+        alert = Alert(
+            pipeline=self.name,
+            run_id=self.run_id,
+            step=step,
+            error_type=type(exc).__name__,
+            error=error,
+            attempts=attempts,
+            duration_s=duration,
+            host=default_host(),
+            resume_command=self.resume,
+            dead_letter_id=dead_letter_id,
+            replay_command=_replay_command(self.resume, dead_letter_id) if dead_letter_id else "",
+        )
+        send_all(self.pipeline.alerters, alert)
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
         swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
@@ -439,22 +490,14 @@ class _Run:
                     dead_letter_id=dead_letter_id,
                 )
             )
-        from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
-
-        alert = Alert(
-            pipeline=self.name,
-            run_id=self.run_id,
+        self._alert(
+            exc,
+            error,
             step=step.name,
-            error_type=type(exc).__name__,
-            error=error,
             attempts=int(attempts),
-            duration_s=duration,
-            host=default_host(),
-            resume_command=self.resume,
+            duration=duration,
             dead_letter_id=dead_letter_id,
-            replay_command=_replay_command(self.resume, dead_letter_id) if dead_letter_id else "",
         )
-        send_all(self.pipeline.alerters, alert)
         exc.add_note(
             f"stalwart: step {step.name} of {self.name} (run {self.run_id}) failed; "
             f"resume with: {self.resume}"
