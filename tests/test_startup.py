@@ -8,16 +8,19 @@ import that sneaks back onto the run path fails here rather than only in ``make 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_python
 from stalwart._cli import build_parser, run_cli
 
 PIPELINE = """
 import atexit, json, sys
+before = set(sys.modules)
 import stalwart
 
 pipeline = stalwart.Pipeline("startup", root=sys.argv[1])
@@ -28,7 +31,7 @@ for index in range(3):
     step.__name__ = f"step_{index}"
     pipeline.step()(step)
 
-atexit.register(lambda: print(json.dumps(sorted(sys.modules))))
+atexit.register(lambda: print(json.dumps(sorted(set(sys.modules) - before))))
 pipeline.main(sys.argv[2:])
 """
 
@@ -48,10 +51,20 @@ NEVER_ON_THE_RUN_PATH = {
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
 
-def modules_of_a_run(tmp_path: Path, *args: str) -> set[str]:
+def modules_of_a_run(tmp_path: Path) -> set[str]:
+    """The modules a run loads beyond what the interpreter had loaded before it: measured
+    without coverage, whose own imports (pathlib, hashlib...) would hide stalwart's."""
     script = tmp_path / "startup_pipeline.py"
     script.write_text(PIPELINE)
-    done = run_python([str(script), str(tmp_path / "state"), "--run-id", "r1", *args])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE", "STALWART_"))}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "state"), "--run-id", "r1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))
 
