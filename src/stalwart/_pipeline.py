@@ -18,7 +18,8 @@ from ._checkpoint import CheckpointStore, validate_name
 from ._context import Context, Step, StepFunction, real_directories
 from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
-from ._runner import Terminated, _Emitter, _Run, resume_command
+from ._reporting import Emitter, resume_command
+from ._runner import Terminated, _Run
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -222,7 +223,7 @@ class Pipeline:
             self._check_step(from_step)
         sinks = self.metric_sinks()
         run_dir = self._run_dir(run_id)
-        run = _Run(self, run_id, run_dir, _Emitter(sinks), resume_command)
+        run = _Run(self, run_id, run_dir, Emitter(sinks), resume_command)
         lock = RunLock(os.path.join(run_dir, ".lock"))
         started = time.monotonic()
         try:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore, Marker, StepRecord, utc_now
 from ._context import Context, Step
-from ._scope import StepScope, current_scope
+from ._reporting import Emitter, resume_command, send_alert
+from ._scope import LazyDeadLetters, StepScope, current_scope
 
 
 class _LazyModule:
@@ -38,67 +37,18 @@ class _LazyModule:
 
 if TYPE_CHECKING:
     from . import _events as events
-    from ._events import Event
     from ._pipeline import Pipeline
     from ._result import RunResult
 else:
     events = _LazyModule("stalwart._events")
 
-__all__ = ["Terminated", "resume_command"]
+__all__ = ["Terminated"]
 
 log = logging.getLogger("stalwart.run")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so a run stops the way Ctrl-C stops it."""
-
-
-def resume_command(pipeline: Pipeline, run_id: str) -> str:
-    """The command that resumes this run, for alerts and the failure paragraph."""
-    import shlex  # noqa: PLC0415 - only when a step fails
-
-    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if pipeline.source is None and script.endswith(".py"):
-        return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
-    target = pipeline.source or f"<file>.py:{pipeline.name}"
-    return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
-
-
-def _replay_command(resume: str, envelope_id: str) -> str:
-    """``python x.py --run-id R`` -> ``python x.py deadletter replay ID``;
-    ``stalwart run T --run-id R`` -> ``stalwart deadletter replay T ID``."""
-    base = resume.split(" --run-id", 1)[0]
-    if base.startswith("stalwart run "):
-        return f"stalwart deadletter replay {base.removeprefix('stalwart run ')} {envelope_id}"
-    return f"{base} deadletter replay {envelope_id}"
-
-
-class _Emitter:
-    """Dispatches events to the metric sinks; a sink that raises is logged once, then ignored
-    for the rest of the run."""
-
-    def __init__(self, sinks: list[Any]) -> None:
-        self._sinks = sinks
-        self._broken: set[int] = set()
-
-    def __bool__(self) -> bool:
-        """False without sinks: then no event is even built (nor ``_events`` imported)."""
-        return bool(self._sinks)
-
-    def __call__(self, event: Event) -> None:
-        for index, sink in enumerate(self._sinks):
-            if index in self._broken:
-                continue
-            try:
-                sink.handle(event)
-            except Exception:
-                self._broken.add(index)
-                log.warning(
-                    "metrics sink %r failed on %s; ignoring it for the rest of this run",
-                    sink,
-                    type(event).__name__,
-                    exc_info=True,
-                )
 
 
 class _Run:
@@ -109,7 +59,7 @@ class _Run:
         pipeline: Pipeline,
         run_id: str,
         run_dir: str,
-        emit: _Emitter,
+        emit: Emitter,
         resume_command: str | None,
     ) -> None:
         self.pipeline = pipeline
@@ -178,38 +128,21 @@ class _Run:
             error,
             extra={"pipeline": self.name, "run_id": self.run_id, "error": error[:500]},
         )
-        self._alert(exc, error, step="", attempts=1, duration=duration, dead_letter_id=None)
+        send_alert(
+            self.pipeline,
+            self.run_id,
+            exc,
+            error,
+            step="",
+            attempts=1,
+            duration=duration,
+            resume=self.resume,
+            dead_letter_id=None,
+        )
         exc.add_note(
             f"stalwart: run {self.run_id} of {self.name} failed before its first step; "
             f"no step ran; resume with: {self.resume}"
         )
-
-    def _alert(
-        self,
-        exc: BaseException,
-        error: str,
-        *,
-        step: str,
-        attempts: int,
-        duration: float,
-        dead_letter_id: str | None,
-    ) -> None:
-        from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
-
-        alert = Alert(
-            pipeline=self.name,
-            run_id=self.run_id,
-            step=step,
-            error_type=type(exc).__name__,
-            error=error,
-            attempts=attempts,
-            duration_s=duration,
-            host=default_host(),
-            resume_command=self.resume,
-            dead_letter_id=dead_letter_id,
-            replay_command=_replay_command(self.resume, dead_letter_id) if dead_letter_id else "",
-        )
-        send_all(self.pipeline.alerters, alert)
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
         swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
@@ -301,7 +234,7 @@ class _Run:
             step=step.name,
             emit=self.emit,
             retry_policy=step.retry,
-            dead_letter=_LazyDeadLetters(self.pipeline, self.run_id, step.name, self.emit),
+            dead_letter=LazyDeadLetters(self.pipeline, self.run_id, step.name, self.emit),
         )
         ctx = Context(
             pipeline=self.pipeline,
@@ -490,45 +423,18 @@ class _Run:
                     dead_letter_id=dead_letter_id,
                 )
             )
-        self._alert(
+        send_alert(
+            self.pipeline,
+            self.run_id,
             exc,
             error,
             step=step.name,
             attempts=int(attempts),
             duration=duration,
+            resume=self.resume,
             dead_letter_id=dead_letter_id,
         )
         exc.add_note(
             f"stalwart: step {step.name} of {self.name} (run {self.run_id}) failed; "
             f"resume with: {self.resume}"
         )
-
-
-class _LazyDeadLetters:
-    """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use."""
-
-    __slots__ = ("_emit", "_pipeline", "_run_id", "_step", "_writer")
-
-    def __init__(
-        self, pipeline: Pipeline, run_id: str, step: str, emit: Callable[[Event], None]
-    ) -> None:
-        self._pipeline = pipeline
-        self._run_id = run_id
-        self._step = step
-        self._emit = emit
-        self._writer: Any = None
-
-    def _get(self) -> Any:
-        if self._writer is None:
-            from ._deadletter import StepDeadLetters  # noqa: PLC0415
-
-            self._writer = StepDeadLetters(
-                self._pipeline.deadletters, run_id=self._run_id, step=self._step, emit=self._emit
-            )
-        return self._writer
-
-    def keep_request(self, **kwargs: Any) -> str:
-        return str(self._get().keep_request(**kwargs))
-
-    def keep_payload(self, payload: object, *, reason: str) -> str:
-        return str(self._get().keep_payload(payload, reason=reason))

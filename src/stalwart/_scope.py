@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._events import Event
+    from ._pipeline import Pipeline
     from ._retry import RetryPolicy
 
-__all__ = ["StepScope", "current_scope"]
+__all__ = ["LazyDeadLetters", "StepScope", "current_scope"]
 
 
 class StepScope:
@@ -90,3 +91,33 @@ def derive_idempotency_key(  # noqa: PLR0917 - the key's inputs, in the document
 current_scope: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
     "stalwart_step_scope", default=None
 )
+
+
+class LazyDeadLetters:
+    """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use."""
+
+    __slots__ = ("_emit", "_pipeline", "_run_id", "_step", "_writer")
+
+    def __init__(
+        self, pipeline: Pipeline, run_id: str, step: str, emit: Callable[[Event], None]
+    ) -> None:
+        self._pipeline = pipeline
+        self._run_id = run_id
+        self._step = step
+        self._emit = emit
+        self._writer: Any = None
+
+    def _get(self) -> Any:
+        if self._writer is None:
+            from ._deadletter import StepDeadLetters  # noqa: PLC0415
+
+            self._writer = StepDeadLetters(
+                self._pipeline.deadletters, run_id=self._run_id, step=self._step, emit=self._emit
+            )
+        return self._writer
+
+    def keep_request(self, **kwargs: Any) -> str:
+        return str(self._get().keep_request(**kwargs))
+
+    def keep_payload(self, payload: object, *, reason: str) -> str:
+        return str(self._get().keep_payload(payload, reason=reason))
