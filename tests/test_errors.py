@@ -37,6 +37,14 @@ def test_errors_subclass_the_nearest_builtin() -> None:
     assert issubclass(stalwart.UsageError, ValueError)
     assert issubclass(stalwart.ResponseFormatError, ValueError)
     assert issubclass(stalwart.ResponseFormatError, stalwart.HttpError)
+    assert issubclass(stalwart.RunLockedError, BlockingIOError)
+    assert issubclass(stalwart.HttpStatusError, OSError)
+    # an OSError, but not one the classifier takes for a network hiccup: a 404 stays permanent
+    not_found = stalwart.HttpStatusError("GET x -> 404", method="GET", url="http://h/x", status=404)
+    assert not stalwart.is_transient(not_found)
+    assert not isinstance(not_found, ConnectionError | TimeoutError)
+    locked = stalwart.RunLockedError("locked by pid 1", lock_path="/x/.lock", holder="pid 1")
+    assert (str(locked), locked.errno, locked.lock_path) == ("locked by pid 1", None, "/x/.lock")
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 501, 502, 503, 504, 599])

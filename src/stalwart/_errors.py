@@ -5,8 +5,8 @@
     Exception
      +-- StalwartError                 everything stalwart raises on purpose
           +-- UsageError(ValueError)   bad run ID, step or dead-letter id, bad setting (exit 2)
-          +-- RunLockedError           another process holds this run (exit 75)
-          +-- HttpError                an HTTP call failed for good (after its retries)
+          +-- RunLockedError(BlockingIOError)  another process holds this run (exit 75)
+          +-- HttpError(OSError)       an HTTP call failed for good (after its retries)
           |    +-- HttpStatusError     the server answered with a status that is not 2xx
           |    +-- ResponseFormatError(ValueError)  the body is not what the step asked for
           +-- DeadLetterError          a dead letter cannot be read, replayed or discarded
@@ -53,8 +53,9 @@ class UsageError(StalwartError, ValueError):
     """The caller asked for something malformed: a bad run ID, step name, id or setting."""
 
 
-class RunLockedError(StalwartError):
-    """Another process is running this pipeline run; nothing was touched.
+class RunLockedError(StalwartError, BlockingIOError):
+    """Another process is running this pipeline run; nothing was touched. (A
+    ``BlockingIOError``, like the ``flock(LOCK_NB)`` that found the lock taken.)
 
     ``holder`` is what that process wrote into the lock file (pid, host, started), if known.
     """
@@ -65,8 +66,12 @@ class RunLockedError(StalwartError):
         self.holder = holder
 
 
-class HttpError(StalwartError):
-    """An HTTP call failed for good. ``url`` is redacted; ``attempts`` counts the tries."""
+class HttpError(StalwartError, OSError):
+    """An HTTP call failed for good. ``url`` is redacted; ``attempts`` counts the tries.
+
+    An ``OSError``, like the standard library's ``urllib.error.HTTPError``; ``errno`` is None.
+    Not a ``ConnectionError`` or ``TimeoutError``: whether it was transient is ``transient``.
+    """
 
     def __init__(
         self,
