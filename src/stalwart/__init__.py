@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._alerts import Alert, Alerter, LogAlerter, SlackWebhook
     from ._atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
-    from ._checkpoint import CheckpointStore, Marker
+    from ._checkpoint import CheckpointStore
     from ._context import Context
     from ._deadletter import DeadLetterStore
     from ._errors import (
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._metrics import sinks_from_env
     from ._pipeline import Pipeline
     from ._prometheus import PrometheusTextfile, Pushgateway
+    from ._records import Marker
     from ._result import RunResult
     from ._retry import RetryPolicy, is_transient, retry
     from ._statsd import StatsD
@@ -60,7 +61,7 @@ _WHERE = {
     "atomic_write_json": "_atomic",
     "atomic_write_text": "_atomic",
     "CheckpointStore": "_checkpoint",
-    "Marker": "_checkpoint",
+    "Marker": "_records",
     "DeadLetterStore": "_deadletter",
     "DeadLetterError": "_errors",
     "HttpError": "_errors",

@@ -16,19 +16,26 @@ import contextlib
 import json
 import logging
 import os
-import re
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
-from ._errors import UsageError
+from ._records import (
+    NAME_RE,
+    Marker,
+    OutputRecord,
+    SkipDecision,
+    StepRecord,
+    normalize_output_name,
+    parse_record,
+    record_fields,
+    utc_now,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+# The records live in _records; they are re-exported here, where they were first.
 __all__ = [
     "CheckpointStore",
     "Marker",
@@ -36,230 +43,15 @@ __all__ = [
     "RunLock",
     "SkipDecision",
     "StepRecord",
+    "normalize_output_name",
     "utc_now",
     "validate_name",
 ]
 
 log = logging.getLogger("stalwart.checkpoint")
 
-NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
-MARKER_FORMAT = 1
 _MAX_MARKER = 16 * 1024 * 1024
-
-
-def validate_name(value: object, what: str) -> str:
-    """A run ID, pipeline or step name: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``, never a path."""
-    if isinstance(value, str) and NAME_RE.match(value):
-        return value
-    shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60])
-    raise UsageError(
-        f"invalid {what} {shown}: use 1 to 128 characters from A-Z a-z 0-9 . _ -, "
-        f"starting with a letter or digit (it becomes a directory name, never a path)"
-    )
-
-
-def utc_now() -> str:
-    """Now, as UTC RFC 3339 with microseconds: ``2026-11-28T03:00:00.123456Z``."""
-    now = time.time()
-    seconds = int(now)
-    micros = int((now - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
-
-
-@dataclass(frozen=True, slots=True)
-class OutputRecord:
-    """One output of a step: its name relative to the run directory, size and sha256."""
-
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Marker:
-    """What a ``.done`` marker records about a completed step."""
-
-    pipeline: str
-    step: str
-    run_id: str
-    started: str
-    finished: str
-    duration_s: float
-    attempts: int
-    """HTTP attempts the step made in its completing run (first tries plus retries)."""
-    retries: int
-    """How many of those attempts were retries."""
-    runs: int
-    """How many times this step started for this run ID, across processes."""
-    outputs: tuple[OutputRecord, ...] = ()
-    format: int = MARKER_FORMAT
-
-    def to_json(self) -> bytes:
-        """One line of JSON (the C encoder: markers are written on every step)."""
-        data = {
-            "format": self.format,
-            "pipeline": self.pipeline,
-            "step": self.step,
-            "run_id": self.run_id,
-            "started": self.started,
-            "finished": self.finished,
-            "duration": self.duration_s,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "runs": self.runs,
-            "outputs": [{"name": o.name, "size": o.size, "sha256": o.sha256} for o in self.outputs],
-        }
-        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Marker:
-        """Parse a marker; ``ValueError`` (saying what is wrong) if it is not one."""
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"not valid JSON ({type(exc).__name__})") from None
-        if not isinstance(data, dict):
-            raise ValueError(  # noqa: TRY004 - the contract: ValueError for any bad marker
-                f"expected a JSON object, found {type(data).__name__}"
-            )
-        try:
-            version = _typed(data, "format", int)
-            if version != MARKER_FORMAT:
-                raise ValueError(f"unknown marker format {version} (this stalwart writes 1)")
-            raw_outputs = _typed(data, "outputs", list)
-            return cls(
-                pipeline=_typed(data, "pipeline", str),
-                step=_typed(data, "step", str),
-                run_id=_typed(data, "run_id", str),
-                started=_typed(data, "started", str),
-                finished=_typed(data, "finished", str),
-                duration_s=float(
-                    _typed(data, "duration" if "duration" in data else "duration_s", (int, float))
-                ),
-                attempts=_count(data, "attempts"),
-                retries=_count(data, "retries"),
-                runs=_count(data, "runs"),
-                outputs=tuple(_output(o) for o in raw_outputs),
-                format=version,
-            )
-        except KeyError as exc:
-            raise ValueError(f"missing field {exc}") from None
-        except TypeError as exc:
-            raise ValueError(str(exc)) from None
-
-
-def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = data[key]
-    # JSON decodes to exact types, so `type(...) is` suffices - and it keeps `true` out of
-    # the integers. It is on the skip path: 14 checks per marker.
-    if type(value) is kind or (type(kind) is tuple and type(value) in kind):
-        return value
-    raise TypeError(f"{key!r} has the wrong type ({type(value).__name__})")
-
-
-def _count(data: dict[str, Any], key: str) -> int:
-    value: int = _typed(data, key, int)
-    if value < 0:
-        raise TypeError(f"{key!r} is negative")
-    return value
-
-
-def _output(item: object) -> OutputRecord:
-    if not isinstance(item, dict):
-        raise TypeError(f"an output is a {type(item).__name__}, not an object")
-    name = _typed(item, "name", str)
-    if not _is_output_name(name):
-        raise TypeError(f"output name {name[:80]!r} is not a path inside the run directory")
-    sha256 = _typed(item, "sha256", str)
-    if not SHA256_RE.match(sha256):
-        raise TypeError(f"output {name!r} has a malformed sha256")
-    return OutputRecord(name=name, size=_count(item, "size"), sha256=sha256)
-
-
-def normalize_output_name(name: object) -> str | None:
-    """``name`` as ``Context`` records it (``a//b`` -> ``a/b``), or None if it is not an
-    output name: relative, no ``..``, no part starting with a dot (those are stalwart's:
-    markers, lock, temp files), no NUL or backslash. Plain string work: it is on the hot path.
-    """
-    if not isinstance(name, str) or not name or name[0] == "/" or "\x00" in name or "\\" in name:
-        return None
-    parts = [part for part in name.split("/") if part]
-    if not parts or any(part == ".." or part[0] == "." for part in parts):
-        return None
-    return "/".join(parts)
-
-
-def _is_output_name(name: str) -> bool:
-    return normalize_output_name(name) is not None
-
-
-class StepRecord(NamedTuple):
-    """The latest start or end of a step (from the journal): survives failures and cleared
-    markers, unlike the marker. (A ``NamedTuple``, not a dataclass: made at import, a frozen
-    dataclass costs ~1.3 ms of every start.)"""
-
-    runs: int = 0
-    started: str = ""
-    outcome: str = ""
-    """``"running"``, ``"failed"``, ``"interrupted"``, ``"done"`` (or empty if never run)."""
-    finished: str = ""
-    error_type: str = ""
-    error: str = ""
-    attempts: int = 0
-    retries: int = 0
-    dead_letter_id: str = ""
-    extra: Mapping[str, Any] = MappingProxyType({})
-
-
-_RECORD_TYPES: dict[str, type] = {
-    "runs": int,
-    "started": str,
-    "outcome": str,
-    "finished": str,
-    "error_type": str,
-    "error": str,
-    "attempts": int,
-    "retries": int,
-    "dead_letter_id": str,
-    "extra": dict,
-}
-
-
 _JOURNAL = ".journal.jsonl"  # in the run directory, beside .checkpoints/ (markers only)
-
-
-def _record_fields(record: StepRecord) -> dict[str, Any]:
-    """The record's non-empty fields (journal lines stay short); no deep copy, it is hot."""
-    return {
-        k: dict(v) if k == "extra" else v
-        for k, v in record._asdict().items()
-        if v not in ("", 0, None, {})
-    }
-
-
-def _parse_record(data: object) -> StepRecord:
-    """A journal record; ``TypeError``/``ValueError`` if it is not one."""
-    if not isinstance(data, dict):
-        raise TypeError("not an object")
-    known = {k: data[k] for k in _RECORD_TYPES if k in data}
-    for key, value in known.items():
-        kind = _RECORD_TYPES[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(f"{key} is not a {kind.__name__}")
-        if isinstance(value, int) and value < 0:
-            raise TypeError(f"{key} is negative")
-    return StepRecord(**known)
-
-
-class SkipDecision(NamedTuple):
-    """Whether a step can be skipped (a ``NamedTuple`` for start-up, like ``StepRecord``)."""
-
-    done: bool
-    reason: str
-    """Why the step must run (empty when it is done)."""
-    marker: Marker | None = None
-    corrupt: bool = False
 
 
 class CheckpointStore:
@@ -439,7 +231,7 @@ class CheckpointStore:
             try:
                 data = json.loads(line.decode("utf-8"))
                 step = data.pop("step", None) if isinstance(data, dict) else None
-                record = _parse_record(data)
+                record = parse_record(data)
             except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
                 skipped += 1
                 continue
@@ -461,7 +253,7 @@ class CheckpointStore:
         """Append ``record`` to the journal (no fsync; see the class docstring)."""
         validate_name(step, "step name")
         records = self._load_journal()
-        line = json.dumps({"step": step, **_record_fields(record)}, separators=(",", ":"))
+        line = json.dumps({"step": step, **record_fields(record)}, separators=(",", ":"))
         records[step] = record
         try:
             if self._journal_fd is None:

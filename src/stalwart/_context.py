@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
-from ._checkpoint import OutputRecord, normalize_output_name
 from ._errors import UsageError
 from ._logging import ContextAdapter
+from ._records import OutputRecord, normalize_output_name
 from ._scope import StepScope
 
 if TYPE_CHECKING:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import json_dumps, replace_bytes
-from ._checkpoint import utc_now
 from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
 from ._events import DeadLettered, Event
+from ._records import utc_now
 from ._redact import is_secret_header, redact_url
 
 if TYPE_CHECKING:

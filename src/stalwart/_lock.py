@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
+from ._records import utc_now
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,7 +69,6 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        from ._checkpoint import utc_now  # noqa: PLC0415 - _checkpoint re-exports this module
 
         holder = f"pid {os.getpid()} on host {os.uname().nodename} since {utc_now()}\n"
         try:

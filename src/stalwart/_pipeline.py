@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from ._atomic import lazy_path
-from ._checkpoint import CheckpointStore, validate_name
+from ._checkpoint import CheckpointStore
 from ._context import Context, Step, StepFunction, real_directories
 from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
+from ._records import validate_name
 from ._reporting import Emitter, resume_command
 from ._runner import Terminated, _Run
 

@@ -16,8 +16,9 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._atomic import lazy_path, sweep_temp_files
-from ._checkpoint import CheckpointStore, Marker, StepRecord, utc_now
+from ._checkpoint import CheckpointStore
 from ._context import Context, Step
+from ._records import Marker, StepRecord, utc_now
 from ._reporting import Emitter, resume_command, send_alert
 from ._scope import LazyDeadLetters, StepScope, current_scope
 
