@@ -41,9 +41,12 @@ def run_python(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60,
+    drop: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python args...`` with this interpreter; capture text output."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("STALWART_", "SLACK_"))}
+    """Run ``python args...`` with this interpreter; capture text output. Variables starting
+    with ``STALWART_``, ``SLACK_`` or one of ``drop`` are not passed on."""
+    gone = ("STALWART_", "SLACK_", *drop)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(gone)}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, *args],

@@ -8,14 +8,12 @@ import that sneaks back onto the run path fails here rather than only in ``make 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_python
 from stalwart._cli import build_parser, run_cli
 
 PIPELINE = """
@@ -56,15 +54,7 @@ def modules_of_a_run(tmp_path: Path) -> set[str]:
     without coverage, whose own imports (pathlib, hashlib...) would hide stalwart's."""
     script = tmp_path / "startup_pipeline.py"
     script.write_text(PIPELINE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE", "STALWART_"))}
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "state"), "--run-id", "r1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python([str(script), str(tmp_path / "state"), "--run-id", "r1"], drop=("COVERAGE",))
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))
 

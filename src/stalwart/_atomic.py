@@ -268,6 +268,17 @@ def _abandon(tmp: str, fd: int | None, handle: IO[Any] | None) -> None:
                 os.close(fd)
 
 
+def _abandon_and_raise(
+    exc: BaseException, tmp: str, fd: int | None, handle: IO[Any] | None, path: str
+) -> NoReturn:
+    """Remove the temp file and close what is open, then re-raise ``exc`` (an ``OSError``
+    saying which destination it was about)."""
+    _abandon(tmp, fd, handle)
+    if isinstance(exc, OSError):
+        _raise_named(exc, path)
+    raise exc
+
+
 def _naming(exc: OSError, path: str) -> OSError:
     """The same kind of OSError (same errno), saying which destination it was about."""
     if exc.errno is None or (exc.filename is not None and path in str(exc.filename)):
@@ -327,11 +338,8 @@ def _atomic_write(
         handle.close()  # flushes what is buffered into the temp file
         os.fsync(fd)
         os.replace(tmp, path)
-    except BaseException as exc:
-        _abandon(tmp, fd, handle)
-        if isinstance(exc, OSError):
-            _raise_named(exc, path)
-        raise
+    except BaseException as exc:  # noqa: BLE001 - re-raised, after the cleanup
+        _abandon_and_raise(exc, tmp, fd, handle, path)
     os.close(fd)
     _sync_parent(path)
 
@@ -372,11 +380,8 @@ def replace_bytes(
             open_fd = None
             os.close(fd)
         os.replace(tmp, target)
-    except BaseException as exc:
-        _abandon(tmp, open_fd, None)
-        if isinstance(exc, OSError):
-            _raise_named(exc, target)
-        raise
+    except BaseException as exc:  # noqa: BLE001 - re-raised, after the cleanup
+        _abandon_and_raise(exc, tmp, open_fd, None, target)
     if open_fd is not None:
         os.close(open_fd)
     if durable:
