@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stalwart
-from stalwart import Alert, LogAlerter, SlackWebhook, UsageError
-from stalwart._alerts import send_all, slack_payload
-from stalwart._cli import run_cli
+from stalwart import Alert, SlackWebhook, UsageError
+from stalwart._alerts import LogAlerter, send_all, slack_payload
+from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply
 
@@ -233,8 +233,10 @@ def test_from_env(caplog: pytest.LogCaptureFixture) -> None:
         SlackWebhook.from_env({"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/a/b/c"}),
         SlackWebhook,
     )
-    assert SlackWebhook.from_env({"SLACK_WEBHOOK_URL": "xoxb-not-a-url-secret"}) is None
-    assert "not an http(s) URL" in caplog.text
+    for malformed in ("xoxb-not-a-url-secret", "https://"):
+        with pytest.raises(UsageError, match="not an http\\(s\\) URL") as info:
+            SlackWebhook.from_env({"SLACK_WEBHOOK_URL": malformed})
+        assert "xoxb-not-a-url-secret" not in str(info.value)
     assert "xoxb-not-a-url-secret" not in caplog.text
 
 

@@ -12,7 +12,7 @@ import stalwart
 from stalwart import Alert, RunLockedError, UsageError
 from stalwart._alerts import slack_payload
 from stalwart._checkpoint import RunLock
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart.testing import RecordingAlerter
 
 
@@ -34,15 +34,21 @@ def test_a_marker_that_cannot_be_cleared_alerts_before_any_step(root: Path) -> N
     marker.unlink()
     marker.mkdir()  # `--force` must unlink it: EISDIR, for root too
 
-    with pytest.raises(IsADirectoryError) as info:
+    run = pipeline.start(run_id="r1", force=True)
+    assert run.failure is not None
+    assert isinstance(run.failure.error, IsADirectoryError)
+    assert run.failure.step == ""
+    assert run.failure.alert_sent
+    with pytest.raises(IsADirectoryError):  # what run() raises for it
         pipeline.run(run_id="r1", force=True)
+    recorder.alerts.pop()
 
     [alert] = recorder.alerts
     assert (alert.pipeline, alert.run_id, alert.step) == ("early", "r1", "")
     assert alert.error_type == "IsADirectoryError"
     assert alert.title == "stalwart: early failed before its first step (run r1)"
     assert "--run-id r1" in alert.resume_command
-    assert any("failed before its first step" in note for note in info.value.__notes__)
+    assert "--run-id r1" in run.failure.resume_command
 
 
 def test_a_state_root_that_cannot_be_made_alerts(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from stalwart._pipeline import today
+from stalwart._time import today
 
 SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
 STALWART = Path(sys.executable).parent / "stalwart"  # the console script of this venv
@@ -128,13 +128,16 @@ def test_failing_step_prints_one_paragraph_without_traceback(env: Env) -> None:
     first, error, hint = paragraph.splitlines()
     assert paragraph.endswith("\n")
     assert first.startswith(
-        f"stalwart: step transform of orders (run r1) failed; resume with: stalwart run {SCRIPT}"
+        "stalwart: step transform of orders (run r1) failed; resume with: "
+        f"cd {env.tmp_path} && stalwart run {SCRIPT}"
     )
     assert first.endswith(" --run-id r1.")
     assert error == "  ValueError: boom in transform"
     assert hint == "  Finished steps keep their checkpoints. Add --verbose for the traceback."
     # The resume command it prints works, and resumes at the failed step.
-    resume = first.split("resume with: stalwart ", 1)[1].rstrip(".").split()
+    directory, command = first.split("resume with: cd ", 1)[1].rstrip(".").split(" && ")
+    assert directory == str(env.tmp_path)
+    resume = command.removeprefix("stalwart ").split()
     resumed = env.stalwart(*resume, "--log-format", "text")
     assert resumed.returncode == 0, resumed.stderr
     assert "step fetch already done, skipping" in resumed.stderr

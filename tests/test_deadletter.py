@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 import stalwart
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._deadletter import DeadLetterStore, decode_body
-from stalwart._events import DeadLettered
+from stalwart.instrumentation._events import DeadLettered
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, no_wait
 
 TOKEN = "s3cr3t-bearer-token-value"

@@ -21,7 +21,7 @@ import stalwart
 from conftest import run_python
 from stalwart._atomic import is_temp_name, sweep_temp_files
 from stalwart._checkpoint import CheckpointStore
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart.testing import RecordingAlerter
 
 SCRIPTS = Path(__file__).parent / "scripts"

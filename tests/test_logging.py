@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._logging import (
     ContextAdapter,
     ContextFilter,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy, UsageError
-from stalwart._cli import run_cli
-from stalwart._events import (
+from stalwart.cli._main import run_cli
+from stalwart.instrumentation._events import (
     DeadLettered,
     RetryScheduled,
     RunFinished,
@@ -20,12 +20,12 @@ from stalwart._events import (
     StepStarted,
     StepSucceeded,
 )
-from stalwart._metrics import (
+from stalwart.instrumentation._core import (
     observations,
-    sinks_from_env,
 )
-from stalwart._prometheus import PrometheusTextfile, Pushgateway
-from stalwart._statsd import StatsD
+from stalwart.instrumentation._prometheus import PrometheusTextfile, Pushgateway
+from stalwart.instrumentation._statsd import StatsD
+from stalwart.instrumentation import sinks_from_env
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
 

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
-from stalwart._prometheus import PrometheusTextfile, Pushgateway
+from stalwart.instrumentation._prometheus import PrometheusTextfile, Pushgateway
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
 INSTALL = "apt-get install prometheus prometheus-pushgateway"

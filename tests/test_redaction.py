@@ -18,7 +18,7 @@ import pytest
 import stalwart
 from conftest import run_python
 from stalwart import HttpClient, HttpStatusError, RetryPolicy
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart._redact import (
     MASK,

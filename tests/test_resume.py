@@ -17,7 +17,7 @@ import stalwart
 from conftest import run_python
 from stalwart._atomic import is_temp_name
 from stalwart._checkpoint import CheckpointStore
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 
 SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
 STEPS = ["fetch", "transform", "upload"]

@@ -21,7 +21,7 @@ import stalwart
 from stalwart import HttpStatusError, Permanent, RetryPolicy, Transient, UsageError, is_transient
 from stalwart._clock import WaitRecorder
 from stalwart._errors import ResponseFormatError
-from stalwart._events import RetryScheduled
+from stalwart.instrumentation._events import RetryScheduled
 from stalwart._retry import RetryStats, acall_with_retries, call_with_retries
 from stalwart.testing import MemoryMetrics, RecordingAlerter, no_wait
 

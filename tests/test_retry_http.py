@@ -24,7 +24,7 @@ from stalwart import (
     ResponseFormatError,
     RetryPolicy,
 )
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart._http import parse_retry_after
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply

@@ -13,7 +13,7 @@ import pytest
 
 import stalwart
 from conftest import run_python
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._deadletter import DeadLetterStore
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, no_wait
 
@@ -30,7 +30,7 @@ def only(ctx):
 def test_status_module_name_works_from_the_module_directory(tmp_path: Path) -> None:
     (tmp_path / "mypipe.py").write_text(PIPE.format(root=str(tmp_path / "state")))
     stalwart_cli = str(Path(sys.executable).with_name("stalwart"))
-    ran = run_python(["-c", "import sys; from stalwart._cli import console_main; "
+    ran = run_python(["-c", "import sys; from stalwart.cli._main import console_main; "
                       "sys.argv[0] = 'stalwart'; console_main()",
                       "run", "mypipe:pipeline", "--run-id", "r1"], cwd=tmp_path)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -195,7 +195,7 @@ def test_two_runs_of_one_pipeline_in_threads_share_the_default_client(root: Path
             thread.join(timeout=60)
         assert errors == []
         assert server.count("GET", "/x") == 2
-        assert pipeline._http is None  # the last run to end closed it
+        assert pipeline._http._client is None  # the last run to end closed it
 
 
 def test_the_auth_scheme_word_is_not_masked_the_token_is(root: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import stalwart
 from conftest import run_python
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._errors import UsageError
 
 SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
@@ -76,9 +76,9 @@ def test_bad_run_id_in_the_api(root: Path) -> None:
 def test_default_run_id_is_todays_utc_date(root: Path) -> None:
     pipeline = stalwart.Pipeline("orders", root=root)
     pipeline.step(name="only")(lambda ctx: ctx.write_text("x", ctx.run_id))
-    before = stalwart._pipeline.today()
+    before = stalwart._time.today()
     result = pipeline.run()
-    assert result.run_id in (before, stalwart._pipeline.today())
+    assert result.run_id in (before, stalwart._time.today())
     assert len(result.run_id) == 10
     assert result.run_id[4] == result.run_id[7] == "-"
     assert (pipeline.run_dir(result.run_id) / "x").read_text() == result.run_id

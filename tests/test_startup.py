@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from stalwart._cli import build_parser, run_cli
+from stalwart.cli._main import run_cli
+from stalwart.cli._parser import build_parser
 
 PIPELINE = """
 import atexit, json, sys
@@ -40,11 +41,12 @@ NEVER_ON_THE_RUN_PATH = {
     "shlex",  # the resume hint, only when a step fails
     "stalwart._alerts",
     "stalwart._deadletter",
-    "stalwart._events",  # only with a metrics sink
-    "stalwart._metrics",
+    "stalwart.instrumentation._events",  # only with a metrics sink
+    "stalwart.instrumentation._core",
     "stalwart._result",  # the CLI returns no RunResult
     "stalwart._retry",
-    "stalwart._status",
+    "stalwart.cli._status",
+    "stalwart.cli._load",  # only `stalwart run file.py`
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
@@ -61,7 +63,7 @@ def modules_of_a_run(tmp_path: Path) -> set[str]:
 
 def test_a_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     first = modules_of_a_run(tmp_path)
-    assert {"stalwart._runner", "stalwart._cli", "pythonjsonlogger"} <= first  # it did run
+    assert {"stalwart._runner", "stalwart.cli._main", "pythonjsonlogger"} <= first  # it did run
     assert not first & NEVER_ON_THE_RUN_PATH
     assert "hashlib" in first  # it hashed the three outputs for their markers
 

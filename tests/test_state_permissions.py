@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import stalwart
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 
 
 def make(root: Path) -> stalwart.Pipeline:

@@ -10,8 +10,9 @@ import pytest
 
 import stalwart
 from stalwart._checkpoint import RunLock, StepRecord
-from stalwart._cli import run_cli
-from stalwart._status import collect, lock_holder
+from stalwart.cli._main import run_cli
+from stalwart._lock import lock_holder
+from stalwart.cli._status import collect
 
 
 def make(root: Path, *, fail: bool = False) -> stalwart.Pipeline:

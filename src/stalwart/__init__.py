@@ -2,10 +2,10 @@
 
 Checkpoints (restart skips finished steps), atomic writes (never a half-written file),
 retries with backoff (survive a flaky API), alerts (Slack, when it really fails), dead
-letters (keep what could not be delivered) and metrics (Prometheus, StatsD).
+letters (keep what could not be delivered) and metrics (``stalwart.instrumentation``).
 
 Names are loaded on first use (PEP 562), so ``import stalwart`` costs next to nothing and a
-script pays only for the parts it touches.
+script pays only for the parts it touches. The layers behind them: docs/design.md.
 """
 
 from __future__ import annotations
@@ -14,143 +14,79 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._alerts import Alert, Alerter, LogAlerter, SlackWebhook
-    from ._atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
-    from ._checkpoint import CheckpointStore
-    from ._context import Context
-    from ._deadletter import DeadLetterStore
-    from ._errors import (
-        DeadLetterError,
-        HttpError,
-        HttpStatusError,
-        Permanent,
-        ResponseFormatError,
-        RunLockedError,
-        StalwartError,
-        Transient,
-        UsageError,
-    )
-    from ._events import (
-        DeadLettered,
-        MetricsSink,
-        RetryScheduled,
-        RunFinished,
-        RunStarted,
-        StepFailed,
-        StepInterrupted,
-        StepSkipped,
-        StepStarted,
-        StepSucceeded,
-    )
-    from ._http import HttpClient, Response
-    from ._metrics import sinks_from_env
-    from ._pipeline import Pipeline
-    from ._prometheus import PrometheusTextfile, Pushgateway
-    from ._records import Marker
-    from ._result import RunResult
-    from ._retry import RetryPolicy, is_transient, retry
-    from ._statsd import StatsD
+    from ._alerts import Alert as Alert
+    from ._alerts import Alerter as Alerter
+    from ._alerts import SlackWebhook as SlackWebhook
+    from ._atomic import atomic_write as atomic_write
+    from ._atomic import atomic_write_bytes as atomic_write_bytes
+    from ._atomic import atomic_write_json as atomic_write_json
+    from ._atomic import atomic_write_text as atomic_write_text
+    from ._checkpoint import CheckpointStore as CheckpointStore
+    from ._classify import is_transient as is_transient
+    from ._context import Context as Context
+    from ._deadletter import DeadLetterStore as DeadLetterStore
+    from ._errors import DeadLetterError as DeadLetterError
+    from ._errors import HttpError as HttpError
+    from ._errors import HttpStatusError as HttpStatusError
+    from ._errors import Permanent as Permanent
+    from ._errors import ResponseFormatError as ResponseFormatError
+    from ._errors import RunLockedError as RunLockedError
+    from ._errors import StalwartError as StalwartError
+    from ._errors import Transient as Transient
+    from ._errors import UsageError as UsageError
+    from ._http import HttpClient as HttpClient
+    from ._http import Response as Response
+    from ._policy import RetryPolicy as RetryPolicy
+    from ._records import Marker as Marker
+    from ._result import RunResult as RunResult
+    from ._retry import retry as retry
+    from .cli._app import Pipeline as Pipeline
 
-_WHERE = {
+#: Public name -> the private module that defines it (the one table of what is exported;
+#: the block above says the same to type checkers, and a test keeps the two equal).
+_EXPORTS = {
     "Alert": "_alerts",
     "Alerter": "_alerts",
-    "LogAlerter": "_alerts",
+    "CheckpointStore": "_checkpoint",
+    "Context": "_context",
+    "DeadLetterError": "_errors",
+    "DeadLetterStore": "_deadletter",
+    "HttpClient": "_http",
+    "HttpError": "_errors",
+    "HttpStatusError": "_errors",
+    "Marker": "_records",
+    "Permanent": "_errors",
+    "Pipeline": "cli._app",
+    "Response": "_http",
+    "ResponseFormatError": "_errors",
+    "RetryPolicy": "_policy",
+    "RunLockedError": "_errors",
+    "RunResult": "_result",
     "SlackWebhook": "_alerts",
+    "StalwartError": "_errors",
+    "Transient": "_errors",
+    "UsageError": "_errors",
     "atomic_write": "_atomic",
     "atomic_write_bytes": "_atomic",
     "atomic_write_json": "_atomic",
     "atomic_write_text": "_atomic",
-    "CheckpointStore": "_checkpoint",
-    "Marker": "_records",
-    "DeadLetterStore": "_deadletter",
-    "DeadLetterError": "_errors",
-    "HttpError": "_errors",
-    "HttpStatusError": "_errors",
-    "Permanent": "_errors",
-    "ResponseFormatError": "_errors",
-    "RunLockedError": "_errors",
-    "StalwartError": "_errors",
-    "Transient": "_errors",
-    "UsageError": "_errors",
-    "MetricsSink": "_events",
-    "DeadLettered": "_events",
-    "RetryScheduled": "_events",
-    "RunFinished": "_events",
-    "RunStarted": "_events",
-    "StepFailed": "_events",
-    "StepInterrupted": "_events",
-    "StepSkipped": "_events",
-    "StepStarted": "_events",
-    "StepSucceeded": "_events",
-    "PrometheusTextfile": "_prometheus",
-    "Pushgateway": "_prometheus",
-    "StatsD": "_statsd",
-    "sinks_from_env": "_metrics",
-    "HttpClient": "_http",
-    "Response": "_http",
-    "Context": "_context",
-    "Pipeline": "_pipeline",
-    "RunResult": "_result",
-    "RetryPolicy": "_retry",
-    "is_transient": "_retry",
+    "is_transient": "_classify",
     "retry": "_retry",
 }
 
-__all__ = [
-    "Alert",
-    "Alerter",
-    "CheckpointStore",
-    "Context",
-    "DeadLetterError",
-    "DeadLetterStore",
-    "DeadLettered",
-    "HttpClient",
-    "HttpError",
-    "HttpStatusError",
-    "LogAlerter",
-    "Marker",
-    "MetricsSink",
-    "Permanent",
-    "Pipeline",
-    "PrometheusTextfile",
-    "Pushgateway",
-    "Response",
-    "ResponseFormatError",
-    "RetryPolicy",
-    "RetryScheduled",
-    "RunFinished",
-    "RunLockedError",
-    "RunResult",
-    "RunStarted",
-    "SlackWebhook",
-    "StalwartError",
-    "StatsD",
-    "StepFailed",
-    "StepInterrupted",
-    "StepSkipped",
-    "StepStarted",
-    "StepSucceeded",
-    "Transient",
-    "UsageError",
-    "__version__",
-    "atomic_write",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "is_transient",
-    "retry",
-    "sinks_from_env",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])  # noqa: PLE0605 - built from the table
+
+_NAMESPACES = frozenset({"testing", "instrumentation", "cli"})
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
+    module = _EXPORTS.get(name)
     if module is not None:
         value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         globals()[name] = value  # later look-ups are plain attribute reads
         return value
-    if name == "testing":  # `import stalwart; stalwart.testing.no_wait()`
-        return importlib.import_module(f"{__name__}.testing")
+    if name in _NAMESPACES:  # `import stalwart; stalwart.testing.no_wait()`
+        return importlib.import_module(f"{__name__}.{name}")
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415 - ~100 ms: only when asked
 

@@ -16,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._classify import httpx_cause, is_transient
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
+from ._policy import RetryPolicy
 from ._redact import install_httpx_log_redaction, register_secret, scrub_registered
-from ._retry import RetryPolicy, call_with_retries
+from ._retry import call_with_retries
 
 if TYPE_CHECKING:
     import httpx
@@ -97,7 +99,7 @@ def default_host() -> str:
 class Alerter(Protocol):
     """Anything with ``send(alert)``. It should not raise; if it does, the runner logs it."""
 
-    def send(self, alert: Alert) -> None: ...
+    def send(self, alert: Alert) -> bool | None: ...
 
 
 class LogAlerter:
@@ -214,22 +216,25 @@ class SlackWebhook:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SlackWebhook | None:
-        """A ``SlackWebhook`` for ``$SLACK_WEBHOOK_URL``, or ``None`` if it is unset, empty or
-        not an http(s) URL (then an error is logged, without the value: it fails no run)."""
+        """A ``SlackWebhook`` for ``$SLACK_WEBHOOK_URL``, or ``None`` if it is unset or empty.
+        A value that is not an http(s) URL raises ``UsageError`` (exit 2 before any step
+        runs, like every other malformed setting), without repeating the value: a secret."""
         url = (environ if environ is not None else os.environ).get("SLACK_WEBHOOK_URL", "")
         url = url.strip()
         if not url:
             return None
-        if not url.startswith(("https://", "http://")):
-            log.error("SLACK_WEBHOOK_URL is set but is not an http(s) URL: Slack alerts are off")
-            return None
+        if not url.startswith(("https://", "http://")) or not url.partition("://")[2].strip("/"):
+            raise UsageError(
+                "SLACK_WEBHOOK_URL is set but is not an http(s) URL (value withheld: it is a "
+                "secret); set it to the webhook's https://hooks.slack.com/... URL or unset it"
+            )
         return cls(url)
 
     def __repr__(self) -> str:
         return "SlackWebhook(url='***')"
 
-    def send(self, alert: Alert) -> None:
-        """Post ``alert``; log (never raise) if it cannot be delivered."""
+    def send(self, alert: Alert) -> bool:
+        """Post ``alert``; log (never raise) if it cannot be delivered. True if delivered."""
         where = f"{alert.pipeline}/{alert.step or '-'} (run {alert.run_id})"
         try:
             self._post(slack_payload(alert))
@@ -244,8 +249,9 @@ class SlackWebhook:
                 exc_info=not isinstance(exc, HttpError),
                 extra={"alert_delivered": False},
             )
-        else:
-            log.info("Slack alert sent for %s", where, extra={"alert_delivered": True})
+            return False
+        log.info("Slack alert sent for %s", where, extra={"alert_delivered": True})
+        return True
 
     def _post(self, payload: dict[str, Any]) -> None:
         import httpx  # noqa: PLC0415 - loaded only when an alert is actually sent
@@ -257,7 +263,7 @@ class SlackWebhook:
                 lambda: self._attempt(client, body),
                 self.policy,
                 operation=f"POST {_SHOWN}",
-                classify=lambda exc: isinstance(exc, HttpError) and exc.transient,
+                classify=is_transient,
                 retry_after=lambda exc: getattr(exc, "retry_after", None),
                 describe=str,
                 logger=log,
@@ -271,14 +277,11 @@ class SlackWebhook:
                 self._url, content=body, headers={"Content-Type": "application/json"}
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            transient = isinstance(
-                exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
-            )
             raise HttpError(
                 f"{type(exc).__name__} talking to the Slack webhook",
                 method="POST",
                 url=_SHOWN,
-                transient=transient,
+                cause=httpx_cause(exc),
             ) from None
         if response.status_code == 200 and response.text.strip() == "ok":
             return
@@ -293,10 +296,14 @@ class SlackWebhook:
         )
 
 
-def send_all(alerters: Sequence[Any], alert: Alert) -> None:
-    """Send ``alert`` through every alerter; an alerter that raises is logged, never raised."""
+def send_all(alerters: Sequence[Alerter], alert: Alert) -> bool:
+    """Send ``alert`` through every alerter; an alerter that raises is logged, never raised.
+    True if every alerter delivered it (an alerter returning ``None`` counts as delivered)."""
+    delivered = True
     for alerter in alerters:
         try:
-            alerter.send(alert)
+            delivered = alerter.send(alert) is not False and delivered
         except Exception:
             log.exception("alerter %r failed; carrying on", alerter)
+            delivered = False
+    return delivered

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import json
 import logging
@@ -31,6 +30,8 @@ import re
 import stat
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, overload
+
+from ._lock import try_flock
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -213,7 +214,7 @@ def atomic_write(
 def _lock_temp(fd: int) -> None:
     """Mark the temp file as live for ``sweep_temp_files`` (the OS drops the lock if we die)."""
     with contextlib.suppress(OSError):  # no flock on this filesystem: sweeps cannot tell
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try_flock(fd)  # a new file: nobody else can hold it
 
 
 def _create_temp(path: str, new_mode: int = 0o666, *, shared: bool = True) -> tuple[str, int]:
@@ -439,11 +440,10 @@ def _remove_if_abandoned(path: str) -> bool:
         return False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if not try_flock(fd):
                 return False  # a live writer: not debris
-            # no flock on this filesystem: it cannot be told apart, treat it as debris
+        except OSError:
+            pass  # no flock on this filesystem: it cannot be told apart, treat it as debris
         opened = os.fstat(fd)
         if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
             return False

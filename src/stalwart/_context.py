@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._http import StepHttp
-    from ._pipeline import Pipeline
-    from ._retry import RetryPolicy
+    from ._policy import RetryPolicy
+    from ._services import RunServices
 
 __all__ = ["Context", "Step", "StepFunction", "real_directories"]
 
@@ -85,14 +85,14 @@ class Context:
     def __init__(
         self,
         *,
-        pipeline: Pipeline,
+        services: RunServices,
         run_id: str,
         step: Step,
         run_dir: str,
         scope: StepScope,
         runs: int,
     ) -> None:
-        self._pipeline = pipeline
+        self._services = services
         self._step = step
         self._scope = scope
         self._outputs: dict[str, OutputRecord] = {}
@@ -102,7 +102,7 @@ class Context:
         self.attempt = runs
         self.log = ContextAdapter(
             logging.getLogger(f"stalwart.step.{step.name}"),
-            {"pipeline": pipeline.name, "run_id": run_id, "step": step.name, "attempt": runs},
+            {"pipeline": services.pipeline, "run_id": run_id, "step": step.name, "attempt": runs},
         )
 
     @property
@@ -116,7 +116,7 @@ class Context:
 
     @property
     def pipeline(self) -> str:
-        return self._pipeline.name
+        return self._services.pipeline
 
     @property
     def outputs(self) -> tuple[OutputRecord, ...]:
@@ -128,7 +128,7 @@ class Context:
         if self._http is None:
             from ._http import StepHttp  # noqa: PLC0415 - httpx only when a step uses HTTP
 
-            self._http = StepHttp(self._pipeline.http, self._scope)
+            self._http = StepHttp(self._services.http.get(), self._scope)
         return self._http
 
     def path(self, name: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import json
@@ -24,23 +23,24 @@ import logging
 import os
 import re
 import secrets
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import json_dumps, replace_bytes
 from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
-from ._events import DeadLettered, Event
-from ._records import utc_now
+from ._lock import locked_file
 from ._redact import is_secret_header, redact_url
+from ._time import utc_now, utc_text
 
 if TYPE_CHECKING:
     import httpx
 
     from ._http import HttpClient, Response
+    from ._scope import EventSink
 
 __all__ = ["DeadLetterStore", "EnvelopeSummary", "StepDeadLetters"]
 
@@ -55,9 +55,14 @@ _DROP_HEADERS = frozenset(
 _MAX_ENVELOPE = 256 * 1024 * 1024
 
 
-def new_id(now: datetime | None = None) -> str:
-    moment = now or datetime.now(UTC)
-    return moment.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
+def new_id(now: float | None = None) -> str:
+    """``20261128T031500123456Z-1a2b3c4d``: the UTC time of creation (so ids sort by age),
+    then 32 random bits."""
+    stamp = utc_text(time.time() if now is None else now)
+    return stamp.translate(_COMPACT) + "-" + secrets.token_hex(4)
+
+
+_COMPACT = str.maketrans("", "", "-:.")
 
 
 def validate_id(envelope_id: object) -> str:
@@ -178,12 +183,8 @@ class DeadLetterStore:
     def _locked(self) -> Iterator[None]:
         """Serialise replays and discards (another process replaying the same id waits)."""
         self._ensure_directory()
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked_file(self.directory / ".lock"):
             yield
-        finally:
-            os.close(fd)
 
     # -- envelopes ---------------------------------------------------------------------------
 
@@ -279,6 +280,15 @@ class DeadLetterStore:
                 discarded_by=_who(),
             )
             return envelope
+
+    def keep_request(self, **kwargs: Any) -> str:
+        """Keep a failed request (``HttpClient.request(..., dead_letter=store)`` outside a
+        pipeline): an envelope with no run and no step."""
+        return StepDeadLetters(self, run_id="", step="").keep_request(**kwargs)
+
+    def keep_payload(self, payload: object, *, reason: str) -> str:
+        """Keep ``payload`` (bytes, text or JSON-able) as a dead letter with no run or step."""
+        return StepDeadLetters(self, run_id="", step="").keep_payload(payload, reason=reason)
 
     def replay(self, envelope_id: str, client: HttpClient | None = None) -> Response:
         """Re-send a pending HTTP dead letter through ``client`` (its credentials, its retry
@@ -377,7 +387,7 @@ class StepDeadLetters:
     """Writes the dead letters of one running step (what ``dead_letter=True`` uses)."""
 
     def __init__(
-        self, store: DeadLetterStore, *, run_id: str, step: str, emit: Callable[[Event], None]
+        self, store: DeadLetterStore, *, run_id: str, step: str, emit: EventSink | None = None
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -409,15 +419,18 @@ class StepDeadLetters:
             envelope["reason"],
             extra={"dead_letter_id": envelope_id, "step": self.step, "run_id": self.run_id},
         )
-        self.emit(
-            DeadLettered(
-                pipeline=self.store.pipeline,
-                run_id=self.run_id,
-                step=self.step,
-                envelope_id=envelope_id,
-                reason=envelope["reason"],
+        if self.emit:
+            from .instrumentation._events import DeadLettered  # noqa: PLC0415 - sinks only
+
+            self.emit(
+                DeadLettered(
+                    pipeline=self.store.pipeline,
+                    run_id=self.run_id,
+                    step=self.step,
+                    envelope_id=envelope_id,
+                    reason=envelope["reason"],
+                )
             )
-        )
         return envelope_id
 
     def keep_request(
@@ -436,13 +449,10 @@ class StepDeadLetters:
         raw_url = str(request.url)
         shown = redact_url(raw_url)
         envelope = self._base("http", reason)
-        now = datetime.now(UTC)
         envelope.update(
             {
                 "attempts": attempts,
-                "first_failure_at": datetime.fromtimestamp(now.timestamp() - elapsed, UTC).strftime(
-                    "%Y-%m-%dT%H:%M:%S.%fZ"
-                ),
+                "first_failure_at": utc_text(time.time() - elapsed),
                 "last_failure_at": utc_now(),
                 "error": {
                     "type": type(error).__name__,
@@ -471,7 +481,7 @@ class StepDeadLetters:
         )
         return self._keep(envelope)
 
-    def keep_payload(self, payload: bytes | str | Any, *, reason: str) -> str:
+    def keep_payload(self, payload: object, *, reason: str) -> str:
         if isinstance(payload, bytes):
             body, content_type = payload, "application/octet-stream"
         elif isinstance(payload, str):

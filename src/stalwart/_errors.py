@@ -66,8 +66,18 @@ class RunLockedError(StalwartError, BlockingIOError):
         self.holder = holder
 
 
+#: What a failed HTTP exchange was, when no status came back: the request timed out, could
+#: not connect, the connection broke, or the server spoke broken HTTP. All four are transient.
+TRANSPORT_CAUSES = frozenset({"timeout", "connect", "network", "protocol"})
+
+
 class HttpError(StalwartError, OSError):
     """An HTTP call failed for good. ``url`` is redacted; ``attempts`` counts the tries.
+
+    ``cause``: ``"timeout"``, ``"connect"``, ``"network"`` or ``"protocol"`` for a transport
+    failure (all transient), ``""`` otherwise. ``not_sent``: the request never reached the
+    server (safe to repeat, even a POST). ``dead_letter_id``: the envelope that keeps the
+    request, if it was dead-lettered.
 
     An ``OSError``, like the standard library's ``urllib.error.HTTPError``; ``errno`` is None.
     Not a ``ConnectionError`` or ``TimeoutError``: whether it was transient is ``transient``.
@@ -80,13 +90,22 @@ class HttpError(StalwartError, OSError):
         method: str = "",
         url: str = "",
         attempts: int = 1,
-        transient: bool = False,
+        cause: str = "",
+        not_sent: bool = False,
+        dead_letter_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.method = method
         self.url = url
         self.attempts = attempts
-        self.transient = transient
+        self.cause = cause
+        self.not_sent = not_sent
+        self.dead_letter_id = dead_letter_id
+
+    @property
+    def transient(self) -> bool:
+        """Would the same request plausibly succeed later? (See ``is_transient``.)"""
+        return self.cause in TRANSPORT_CAUSES
 
 
 class HttpStatusError(HttpError):
@@ -102,17 +121,18 @@ class HttpStatusError(HttpError):
         body_excerpt: str = "",
         attempts: int = 1,
         retry_after: float | None = None,
+        dead_letter_id: str | None = None,
     ) -> None:
         super().__init__(
-            message,
-            method=method,
-            url=url,
-            attempts=attempts,
-            transient=status in TRANSIENT_STATUSES or status >= 500,
+            message, method=method, url=url, attempts=attempts, dead_letter_id=dead_letter_id
         )
         self.status = status
         self.body_excerpt = body_excerpt
         self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return transient_status(self.status)
 
 
 class ResponseFormatError(HttpError, ValueError):
@@ -133,3 +153,8 @@ class Permanent(StalwartError):
 
 #: Statuses that mean "try again later": timeouts, too early, too many requests, and 5xx.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def transient_status(status: int) -> bool:
+    """The one rule for HTTP statuses: 408, 425, 429 and every 5xx are worth retrying."""
+    return status in TRANSIENT_STATUSES or status >= 500

@@ -26,7 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._classify import httpx_cause, is_transient
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
+from ._policy import RetryPolicy
 from ._redact import (
     Scrubber,
     install_httpx_log_redaction,
@@ -34,8 +36,8 @@ from ._redact import (
     redact_url,
     secrets_in_url,
 )
-from ._retry import RetryPolicy, RetryStats, call_with_retries
-from ._scope import StepScope
+from ._retry import RetryStats, call_with_retries
+from ._scope import DeadLetterWriter, StepScope
 
 if TYPE_CHECKING:
     import httpx
@@ -176,7 +178,7 @@ class _Verbs:
         timeout: float | None = None,
         idempotency_key: str | None = None,
         retry: RetryPolicy | None = None,
-        dead_letter: Any = False,
+        dead_letter: DeadLetterWriter | bool = False,
     ) -> Response:
         """Send one request, retrying transient failures; raise ``HttpError`` if it fails.
 
@@ -219,7 +221,7 @@ class _Call:
     timeout: float | None
     idempotency_key: str | None
     policy: RetryPolicy | None
-    dead_letter: Any
+    dead_letter: DeadLetterWriter | bool
 
 
 class HttpClient(_Verbs):
@@ -372,9 +374,10 @@ class HttpClient(_Verbs):
             )
 
         def classify(exc: BaseException) -> bool:
-            if not isinstance(exc, HttpError) or not exc.transient:
+            # Transient, and safe to send again: repeatable, or it never reached the server.
+            if not isinstance(exc, HttpError) or not is_transient(exc):
                 return False
-            return repeatable or bool(exc.__dict__.get("not_sent", False))
+            return repeatable or exc.not_sent
 
         stats = RetryStats()
         effective = call.policy or (scope.retry_policy if scope else None) or self.retry
@@ -432,19 +435,14 @@ def _transport_error(
 
     # The request never reached the server: safe to repeat even a POST.
     not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-    transient = isinstance(
-        exc,
-        httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError,
-    )
     detail = scrub(str(exc)) or "no detail"
-    error = HttpError(
+    return HttpError(
         f"{method} {shown} failed: {type(exc).__name__}: {detail}",
         method=method,
         url=shown,
-        transient=transient,
+        cause=httpx_cause(exc),
+        not_sent=not_sent,
     )
-    error.__dict__["not_sent"] = not_sent
-    return error
 
 
 def _final_message(exc: HttpError, stats: RetryStats, policy: RetryPolicy, repeatable: bool) -> str:
@@ -465,7 +463,7 @@ def _final_message(exc: HttpError, stats: RetryStats, policy: RetryPolicy, repea
         )
     if stats.attempts > 1:
         return f"{message} [after {stats.attempts} attempts in {stats.elapsed:.1f} s]"
-    if exc.transient and not repeatable and not exc.__dict__.get("not_sent", False):
+    if exc.transient and not repeatable and not exc.not_sent:
         return (
             f"{message} [not retried: {exc.method} is not safe to repeat without an "
             f"Idempotency-Key]"
@@ -474,7 +472,7 @@ def _final_message(exc: HttpError, stats: RetryStats, policy: RetryPolicy, repea
 
 
 def _keep_dead_letter(
-    target: Any,
+    target: DeadLetterWriter | bool,
     scope: StepScope | None,
     *,
     request: httpx.Request,
@@ -482,18 +480,13 @@ def _keep_dead_letter(
     exc: HttpError,
     stats: RetryStats,
 ) -> None:
-    from ._deadletter import DeadLetterStore, StepDeadLetters  # noqa: PLC0415
-
     writer = scope.dead_letter if (target is True and scope is not None) else target
-    if isinstance(writer, DeadLetterStore):
-        writer = StepDeadLetters(writer, run_id="", step="", emit=lambda _event: None)
-    if writer is None or writer is True:
+    if writer is None or isinstance(writer, bool):
         log.warning("dead_letter=True outside a pipeline step needs a DeadLetterStore: not kept")
         return
-    envelope_id = writer.keep_request(
+    exc.dead_letter_id = writer.keep_request(
         request=request, body=body, error=exc, attempts=stats.attempts, elapsed=stats.elapsed
     )
-    exc.dead_letter_id = envelope_id  # type: ignore[attr-defined]
 
 
 class StepHttp(_Verbs):

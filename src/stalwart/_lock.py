@@ -1,7 +1,12 @@
-"""The run lock: one process at a time per run ID (``fcntl.flock`` on ``<run>/.lock``).
+"""Every ``fcntl.flock`` of stalwart, in one place: the run lock (one process at a time per
+run ID, on ``<run>/.lock``), the dead-letter and textfile locks, the temp-file liveness locks
+of atomic writes, and the peek of ``status`` at who holds a run.
 
-A second process exits 75 at once with a message naming the holder; the kernel drops the lock
-when the holder dies, however it dies, so there is never a stale lock to clean up.
+One set of errnos means "someone else holds it" (``CONTENDED``). The kernel drops a lock when
+its holder dies, however it dies, so there is never a stale lock to clean up. The holder
+protocol of a run lock: the holder writes one line (pid, host, since) into the lock file and
+empties it when it lets go, so an empty file means nobody, and a note left by a killed holder
+is told apart from a live one by trying the lock.
 """
 
 from __future__ import annotations
@@ -12,15 +17,70 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
-from ._records import utc_now
+from ._time import utc_now
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["RunLock"]
+__all__ = ["CONTENDED", "RunLock", "lock_holder", "locked_file", "try_flock"]
+
+#: The errnos of a non-blocking ``flock`` that found the lock held by someone else.
+CONTENDED = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+
+
+def try_flock(fd: int, *, shared: bool = False) -> bool:
+    """Take ``fd``'s lock without waiting: True if taken, False if someone else holds it.
+    Any other failure (no ``flock`` on this filesystem...) raises ``OSError``."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in CONTENDED:
+            return False
+        raise
+    return True
+
+
+def wait_flock(fd: int) -> None:
+    """Take ``fd``'s exclusive lock, waiting for the holder to let go."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def locked_file(path: str | os.PathLike[str], *, mode: int = 0o600) -> Iterator[int]:
+    """Hold an exclusive lock on the file at ``path`` (created with ``mode``, never through a
+    symlink) for the ``with`` block, waiting for it if need be; yields the descriptor. Closing
+    it, or dying, releases the lock; the file itself is never deleted."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        wait_flock(fd)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def lock_holder(run_dir: str | os.PathLike[str]) -> str | None:
+    """Who holds the run's lock right now (``None`` if nobody). Creates nothing.
+
+    Reads the holder's note; an empty note means nobody (the lock is not even touched then);
+    a note left by a killed holder is told apart from a live one by a non-blocking shared
+    lock, held for microseconds (``RunLock.acquire`` retries briefly when it meets one)."""
+    path = os.path.join(run_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if not note:
+            return None
+        return None if try_flock(fd, shared=True) else note
+    finally:
+        os.close(fd)
+
 
 log = logging.getLogger("stalwart.checkpoint")
 
@@ -41,9 +101,9 @@ class RunLock:
 
     @property
     def path(self) -> Path:
-        from ._atomic import lazy_path  # noqa: PLC0415 - _atomic imports more than a lock needs
+        from pathlib import Path  # noqa: PLC0415 - a run itself needs no pathlib
 
-        return lazy_path(self._path)
+        return Path(self._path)
 
     def acquire(self) -> None:
         """Take the lock or raise ``RunLockedError`` at once (never waits)."""
@@ -51,24 +111,22 @@ class RunLock:
             raise RuntimeError(f"{self._path} is already locked by this RunLock")
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            self._take(fd)
-        except OSError as exc:
+            taken = self._take(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not taken:
             try:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
             finally:
                 os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
             raise RunLockedError(
                 f"this run is already being worked on by another process "
                 f"({holder or 'holder unknown'}); lock file {self._path}. Nothing was touched. "
                 f"Wait for it to finish, or stop it first.",
                 lock_path=self._path,
                 holder=holder,
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
+            )
 
         holder = f"pid {os.getpid()} on host {os.uname().nodename} since {utc_now()}\n"
         try:
@@ -82,20 +140,17 @@ class RunLock:
         self._fd = fd
 
     @staticmethod
-    def _take(fd: int) -> None:
-        """``LOCK_EX | LOCK_NB``. A busy lock with no holder note is most likely ``status``
-        peeking (a shared lock held for microseconds), not a run: try again a few times over
-        about 0.1 s before calling it busy."""
+    def _take(fd: int) -> bool:
+        """``try_flock``. A busy lock with no holder note is most likely ``status`` peeking (a
+        shared lock held for microseconds), not a run: try again a few times over about 0.1 s
+        before calling it busy."""
         for _ in range(_PEEK_RETRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or os.pread(fd, 1, 0):
-                    raise
-                time.sleep(0.02)
-            else:
-                return
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if try_flock(fd):
+                return True
+            if os.pread(fd, 1, 0):
+                return False
+            time.sleep(0.02)
+        return try_flock(fd)
 
     def release(self) -> None:
         if self._fd is not None:

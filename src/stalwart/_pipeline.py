@@ -1,52 +1,43 @@
 """``Pipeline``: a named sequence of steps with checkpoints under a state root.
 
-Declaring steps, the state directories, the collaborators (HTTP client, alerters, metric
-sinks), and the operations: ``run`` (see ``_runner``), ``reset``, ``main`` (see ``_cli``).
+Declaring steps, the state directories, the configuration of the run's services (HTTP
+client, alerters, metric sinks), and the operations: ``run`` (see ``_runner``) and ``reset``.
+The command line (``main``) is a layer above: ``stalwart.cli`` adds it to the public
+``stalwart.Pipeline``; nothing here imports it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._atomic import lazy_path
 from ._checkpoint import CheckpointStore
-from ._context import Context, Step, StepFunction, real_directories
+from ._context import Step, StepFunction, real_directories
 from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
 from ._records import validate_name
-from ._reporting import Emitter, resume_command
-from ._runner import Terminated, _Run
+from ._runner import Run
+from ._services import Emitter, RunServices, SharedHttp
+from ._time import today
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ._alerts import Alerter
+    from ._deadletter import DeadLetterStore
     from ._http import HttpClient
+    from ._policy import RetryPolicy
     from ._result import RunResult
-    from ._retry import RetryPolicy
+    from .instrumentation._events import MetricsSink
 
-__all__ = [
-    "Context",
-    "Pipeline",
-    "Step",
-    "Terminated",
-    "real_directories",
-    "resume_command",
-    "today",
-]
+__all__ = ["Pipeline"]
 
 F = TypeVar("F", bound=StepFunction)
 
 _METRICS_VARIABLES = ("STALWART_PUSHGATEWAY", "STALWART_STATSD", "STALWART_PROM_TEXTFILE")
-
-
-def today() -> str:
-    """Today's UTC date, the default run ID: ``2026-11-28``."""
-    return time.strftime("%Y-%m-%d", time.gmtime())
 
 
 class Pipeline:
@@ -64,19 +55,17 @@ class Pipeline:
         *,
         root: str | os.PathLike[str] | None = None,
         http: HttpClient | None = None,
-        alerters: Sequence[Any] | None = None,
-        metrics: Sequence[Any] | None = None,
+        alerters: Sequence[Alerter] | None = None,
+        metrics: Sequence[MetricsSink] | None = None,
     ) -> None:
         self.name = validate_name(name, "pipeline name")
         chosen = root if root is not None else (os.environ.get("STALWART_ROOT") or "stalwart-data")
         self._root = os.path.abspath(os.fspath(chosen))
-        self._http = http
-        self._own_http = http is None
-        self._guard = threading.Lock()
-        self._active_runs = 0
-        self._alerters = None if alerters is None else list(alerters)
+        self._http = SharedHttp(http)
+        self._alerters = None if alerters is None else tuple(alerters)
         self._metrics = None if metrics is None else list(metrics)
         self.steps: list[Step] = []
+        self._step_names: set[str] = set()
         self.source: str | None = None
         """``file.py:name`` when the ``stalwart`` command loaded it (for resume hints)."""
 
@@ -105,9 +94,10 @@ class Pipeline:
 
         def register(function: StepFunction) -> StepFunction:
             step_name = validate_name(name or function.__name__, "step name")
-            if step_name in self.step_names:
+            if step_name in self._step_names:
                 raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
             self.steps.append(Step(step_name, function, retry))
+            self._step_names.add(step_name)
             return function
 
         return register(fn) if fn is not None else register
@@ -125,29 +115,28 @@ class Pipeline:
 
     @property
     def http(self) -> HttpClient:
-        with self._guard:
-            if self._http is None:
-                from ._http import HttpClient  # noqa: PLC0415 - httpx only when HTTP is used
+        """The ``HttpClient`` behind ``ctx.http`` (and ``deadletter replay``)."""
+        return self._http.get()
 
-                self._http = HttpClient()
-            return self._http
+    def configured_alerters(self) -> tuple[Alerter, ...]:
+        """The alerters given to the pipeline, or by default a ``SlackWebhook`` if
+        ``SLACK_WEBHOOK_URL`` is set (``UsageError`` if it is malformed). The log alerter is
+        always used as well."""
+        if self._alerters is not None:
+            return self._alerters
+        if not os.environ.get("SLACK_WEBHOOK_URL", "").strip():
+            return ()  # the common case imports nothing
+        from ._alerts import SlackWebhook  # noqa: PLC0415
 
-    @property
-    def alerters(self) -> list[Any]:
-        from ._alerts import LogAlerter, SlackWebhook  # noqa: PLC0415 - only when failing
+        slack = SlackWebhook.from_env()
+        return (slack,) if slack else ()
 
-        configured = self._alerters
-        if configured is None:
-            slack = SlackWebhook.from_env()
-            configured = [slack] if slack else []
-        return [LogAlerter(), *configured]
-
-    def metric_sinks(self) -> list[Any]:
+    def metric_sinks(self) -> list[MetricsSink]:
         if self._metrics is not None:
             return list(self._metrics)
         if not any(os.environ.get(name) for name in _METRICS_VARIABLES):
             return []  # the common case costs no import
-        from ._metrics import sinks_from_env  # noqa: PLC0415
+        from .instrumentation._env import sinks_from_env  # noqa: PLC0415
 
         return sinks_from_env()
 
@@ -169,7 +158,7 @@ class Pipeline:
         return CheckpointStore(self._run_dir(today() if run_id is None else run_id))
 
     @property
-    def deadletters(self) -> Any:
+    def deadletters(self) -> DeadLetterStore:
         from ._deadletter import DeadLetterStore  # noqa: PLC0415
 
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
@@ -190,62 +179,66 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def run(
-        self,
-        *,
-        run_id: str | None = None,
-        force: bool = False,
-        from_step: str | None = None,
-        resume_command: str | None = None,
+        self, *, run_id: str | None = None, force: bool = False, from_step: str | None = None
     ) -> RunResult:
         """Run the pipeline; return a ``RunResult``, or raise the failing step's exception
         (after alerting). ``force`` clears every marker of the run first; ``from_step``
         clears the markers of that step and of every step after it.
 
-        Raises ``UsageError`` (bad run ID or step name, bad metrics setting) and
-        ``RunLockedError`` (another process holds the run) before touching anything.
+        Raises ``UsageError`` (bad run ID or step name, bad setting) and ``RunLockedError``
+        (another process holds the run) before touching anything.
         """
-        return self._run(
-            run_id=run_id, force=force, from_step=from_step, resume_command=resume_command
-        ).result()
+        run = self.start(run_id=run_id, force=force, from_step=from_step)
+        if run.failure is not None:
+            raise run.failure.error
+        return run.result()
 
-    def _run(
+    def services(self, *, resume_hint: str | None = None) -> RunServices:
+        """The services of a run, built now: settings are read and checked here (a malformed
+        ``SLACK_WEBHOOK_URL`` or metrics variable is a ``UsageError``, before any step)."""
+        return RunServices(
+            pipeline=self.name,
+            root=self._root,
+            http=self._http,
+            alerters=self.configured_alerters(),
+            emit=Emitter(self.metric_sinks()),
+            resume_hint=resume_hint or self.source,
+        )
+
+    def start(
         self,
         *,
-        run_id: str | None,
+        run_id: str | None = None,
         force: bool = False,
         from_step: str | None = None,
-        resume_command: str | None = None,
-    ) -> _Run:
-        """``run`` minus the ``RunResult`` (the CLI needs none, nor the pathlib it holds)."""
+        resume_hint: str | None = None,
+    ) -> Run:
+        """Run the pipeline and return the finished ``Run``: its ``failure`` says how it
+        failed (the command line renders it; ``run()`` raises it). Usage errors and a locked
+        run raise, before anything is touched; an interrupt propagates."""
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
         if not self.steps:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
-        sinks = self.metric_sinks()
-        run_dir = self._run_dir(run_id)
-        run = _Run(self, run_id, run_dir, Emitter(sinks), resume_command)
-        lock = RunLock(os.path.join(run_dir, ".lock"))
+        services = self.services(resume_hint=resume_hint)
+        run = Run(services, tuple(self.steps), run_id)
+        lock = RunLock(os.path.join(run.run_dir, ".lock"))
         started = time.monotonic()
         try:
             self._prepare_state(run_id)
             lock.acquire()
         except (UsageError, RunLockedError):
             raise  # a setting to fix (exit 2) or another process on this run (exit 75)
-        except Exception as exc:  # an unwritable or broken state directory: alerted
+        except Exception as exc:  # noqa: BLE001 - an unwritable state directory: alerted
             run.failed_before_steps(exc, time.monotonic() - started)
-            raise
-        with self._guard:
-            self._active_runs += 1
+            return run
+        self._http.enter()
         try:
             run.execute(force=force, from_step=from_step)
             return run
         finally:
-            with self._guard:  # the default client is closed by the last run that ends
-                self._active_runs -= 1
-                if self._own_http and self._http is not None and not self._active_runs:
-                    self._http.close()
-                    self._http = None
+            self._http.leave()
             lock.release()
 
     def _check_step(self, name: str) -> None:
@@ -271,10 +264,3 @@ class Pipeline:
             if step is None:
                 return store.clear_all()
             return store.clear(self.step_names[self.step_names.index(step) :])
-
-    def main(self, argv: Sequence[str] | None = None) -> NoReturn:
-        """The command line: ``[run] [--run-id ID] [--force] [--step NAME]``, ``status``,
-        ``reset``, ``deadletter ...``. Exits with 0, 1, 2, 75, 130 or 143."""
-        from ._cli import run_cli  # noqa: PLC0415
-
-        sys.exit(run_cli(list(sys.argv[1:] if argv is None else argv), pipeline=self))

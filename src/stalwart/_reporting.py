@@ -1,73 +1,49 @@
-"""What a run tells the outside world: metric events to the sinks, and alerts that say how
-to resume the run and replay what was kept. Nothing here runs on a run that succeeds without
-metric sinks, beyond building an ``Emitter`` that is empty.
-"""
+"""What a failed run tells people: alerts that say how to resume the run and replay what
+was kept. Nothing here runs on a run that succeeds."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._events import Event
-    from ._pipeline import Pipeline
+    from ._services import RunServices
 
-__all__ = ["Emitter", "replay_command", "resume_command", "send_alert"]
+__all__ = ["replay_command", "resume_command", "send_alert"]
 
 log = logging.getLogger("stalwart.run")
 
 
-def resume_command(pipeline: Pipeline, run_id: str) -> str:
-    """The command that resumes this run, for alerts and the failure paragraph."""
+def resume_command(services: RunServices, run_id: str) -> str:
+    """The command that resumes this run, for alerts and the failure paragraph. It starts
+    with ``cd`` to the directory the run was started from, so it works pasted anywhere (a
+    cron job's ``$HOME`` included): a relative state root or file name means the same."""
     import shlex  # noqa: PLC0415 - only when a step fails
 
+    here = f"cd {shlex.quote(os.getcwd())} && "
     script = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if pipeline.source is None and script.endswith(".py"):
-        return f"python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
-    target = pipeline.source or f"<file>.py:{pipeline.name}"
-    return f"stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
+    if services.resume_hint is None and script.endswith(".py"):
+        return f"{here}python {shlex.quote(script)} --run-id {shlex.quote(run_id)}"
+    target = services.resume_hint or f"<file>.py:{services.pipeline}"
+    return f"{here}stalwart run {shlex.quote(target)} --run-id {shlex.quote(run_id)}"
 
 
 def replay_command(resume: str, envelope_id: str) -> str:
-    """``python x.py --run-id R`` -> ``python x.py deadletter replay ID``;
-    ``stalwart run T --run-id R`` -> ``stalwart deadletter replay T ID``."""
+    """``[cd D && ]python x.py --run-id R`` -> ``[cd D && ]python x.py deadletter replay ID``;
+    ``[cd D && ]stalwart run T --run-id R`` -> ``[cd D && ]stalwart deadletter replay T ID``."""
     base = resume.split(" --run-id", 1)[0]
-    if base.startswith("stalwart run "):
-        return f"stalwart deadletter replay {base.removeprefix('stalwart run ')} {envelope_id}"
+    here, sep, command = base.rpartition(" && ")
+    prefix = here + sep
+    if command.startswith("stalwart run "):
+        target = command.removeprefix("stalwart run ")
+        return f"{prefix}stalwart deadletter replay {target} {envelope_id}"
     return f"{base} deadletter replay {envelope_id}"
 
 
-class Emitter:
-    """Dispatches events to the metric sinks; a sink that raises is logged once, then ignored
-    for the rest of the run."""
-
-    def __init__(self, sinks: list[Any]) -> None:
-        self._sinks = sinks
-        self._broken: set[int] = set()
-
-    def __bool__(self) -> bool:
-        """False without sinks: then no event is even built (nor ``_events`` imported)."""
-        return bool(self._sinks)
-
-    def __call__(self, event: Event) -> None:
-        for index, sink in enumerate(self._sinks):
-            if index in self._broken:
-                continue
-            try:
-                sink.handle(event)
-            except Exception:
-                self._broken.add(index)
-                log.warning(
-                    "metrics sink %r failed on %s; ignoring it for the rest of this run",
-                    sink,
-                    type(event).__name__,
-                    exc_info=True,
-                )
-
-
 def send_alert(
-    pipeline: Pipeline,
+    services: RunServices,
     run_id: str,
     exc: BaseException,
     error: str,
@@ -77,14 +53,15 @@ def send_alert(
     duration: float,
     resume: str,
     dead_letter_id: str | None,
-) -> None:
+) -> bool:
     """Build the ``Alert`` for ``exc`` (``error``: its message, secrets scrubbed) and send it
-    through every alerter of ``pipeline``; ``step`` is empty for a run that failed before its
-    first step. Never raises for a failing alerter (``send_all`` logs it)."""
-    from ._alerts import Alert, default_host, send_all  # noqa: PLC0415 - only when failing
+    through the log alerter and every configured alerter; ``step`` is empty for a run that
+    failed before its first step. Never raises for a failing alerter (``send_all`` logs it);
+    returns whether every alerter delivered it."""
+    from ._alerts import Alert, LogAlerter, default_host, send_all  # noqa: PLC0415 - failing
 
     alert = Alert(
-        pipeline=pipeline.name,
+        pipeline=services.pipeline,
         run_id=run_id,
         step=step,
         error_type=type(exc).__name__,
@@ -96,4 +73,4 @@ def send_alert(
         dead_letter_id=dead_letter_id,
         replay_command=replay_command(resume, dead_letter_id) if dead_letter_id else "",
     )
-    send_all(pipeline.alerters, alert)
+    return send_all([LogAlerter(), *services.alerters], alert)

@@ -10,127 +10,74 @@ attempts never multiply when a retried function calls a retried HTTP client.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
 import math
 import random
-import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _clock
-from ._errors import HttpError, Permanent, Transient, UsageError
-from ._events import RetryScheduled
+from ._classify import is_transient, retry_reason
+from ._errors import Permanent, UsageError
+from ._policy import RetryPolicy
 from ._scope import StepScope, current_scope
 
 if TYPE_CHECKING:
     import tenacity
 
-__all__ = ["RetryPolicy", "RetryStats", "call_with_retries", "is_transient", "retry"]
+__all__ = [
+    "RetryPolicy",
+    "RetryStats",
+    "call_with_retries",
+    "gave_up_after",
+    "is_transient",
+    "retry",
+]
 
 log = logging.getLogger("stalwart.retry")
-
-#: Set on an exception a retry loop gave up on: how many attempts it made (the alert says).
-ATTEMPTS_ATTRIBUTE = "_stalwart_attempts"
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_GAVE_UP = "_stalwart_gave_up"
-"""Attribute set on an exception a retry loop gave up on: outer loops must not retry it."""
 
+class _GaveUp:
+    """The exceptions a retry loop gave up on, with how many attempts it made: an outer loop
+    must not retry them again, and a step's failure says how many attempts were made.
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """How often and how long to retry a transient failure.
-
-    The wait before retry *n* (1-based) is drawn uniformly from
-    ``[b * (1 - jitter), b]`` with ``b = min(maximum, initial * multiplier ** (n - 1))``:
-    ``jitter=1.0`` is "full jitter" (AWS architecture blog), which spreads a herd of clients
-    that all failed at once. A ``Retry-After`` longer than that draw replaces it. The defaults:
-
-    - ``attempts=5``: enough to ride out a deploy or a brief brown-out; more just hammers.
-    - ``initial=0.5``, ``multiplier=2.0``: waits of at most 0.5, 1, 2, 4 s.
-    - ``maximum=30.0``: no single backoff wait is longer (a Retry-After may be).
-    - ``jitter=1.0``: full jitter.
-    - ``deadline=120.0``: from the first attempt to the start of the last one, never more
-      than 2 minutes; a wait that would cross it (a long Retry-After) is not slept and not
-      cut short: the call fails at once, saying so.
+    Exceptions cannot be weakly referenced and must not carry attributes stuck on them, so
+    the ledger holds the last few strongly, by identity; it is bounded, so it never grows.
     """
 
-    attempts: int = 5
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 1.0
-    deadline: float = 120.0
+    _SIZE = 64
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not (
-            isinstance(self.attempts, int)
-            and not isinstance(self.attempts, bool)
-            and self.attempts >= 1
-        ):
-            problems.append(f"attempts must be an integer >= 1, not {self.attempts!r}")
-        for name in ("initial", "maximum", "deadline"):
-            value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
-                problems.append(f"{name} must be a finite number of seconds >= 0, not {value!r}")
-        if not (_is_number(self.multiplier) and 1 <= self.multiplier < math.inf):
-            problems.append(f"multiplier must be a finite number >= 1, not {self.multiplier!r}")
-        if not (_is_number(self.jitter) and 0 <= self.jitter <= 1):
-            problems.append(f"jitter must be between 0 and 1, not {self.jitter!r}")
-        if problems:
-            raise UsageError("RetryPolicy: " + "; ".join(problems))
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[BaseException, int]] = {}
 
-    def backoff(self, retry_number: int) -> float:
-        """The longest wait before retry ``retry_number`` (1-based), before jitter."""
-        exponent = max(0, retry_number - 1)
-        try:
-            raw = self.initial * self.multiplier**exponent
-        except OverflowError:
-            raw = math.inf
-        return float(min(self.maximum, raw))
+    def add(self, exc: BaseException, attempts: int) -> None:
+        with self._lock:
+            self._seen.pop(id(exc), None)
+            self._seen[id(exc)] = (exc, attempts)
+            while len(self._seen) > self._SIZE:
+                del self._seen[next(iter(self._seen))]
 
-    def wait(self, retry_number: int, rng: random.Random | None = None) -> float:
-        """A jittered wait before retry ``retry_number`` (1-based)."""
-        ceiling = self.backoff(retry_number)
-        floor = ceiling * (1.0 - self.jitter)
-        return min(ceiling, (rng or random).uniform(floor, ceiling))
+    def attempts(self, exc: BaseException) -> int | None:
+        with self._lock:
+            found = self._seen.get(id(exc))
+        return found[1] if found is not None and found[0] is exc else None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_gave_up = _GaveUp()
 
 
-#: Exception types that mean "the network hiccupped": retried. httpx's are checked lazily.
-_TRANSIENT_BUILTINS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Would trying again plausibly succeed?
-
-    Transient: ``Transient``; timeouts and connection errors (built-in and httpx); HTTP 408,
-    425, 429 and 5xx. Everything else is permanent: ``Permanent``, ``ValueError``, other 4xx,
-    programming errors, and ``KeyboardInterrupt``/``SystemExit`` (never retried).
-    """
-    if isinstance(exc, Permanent) or not isinstance(exc, Exception):
-        return False
-    if isinstance(exc, (Transient, *_TRANSIENT_BUILTINS)):
-        return True
-    if isinstance(exc, HttpError):
-        return exc.transient
-    httpx = sys.modules.get("httpx")  # only consult httpx if the program already imported it
-    if httpx is None:
-        return False
-    if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        return status in (408, 425, 429) or status >= 500
-    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+def gave_up_after(exc: BaseException) -> int | None:
+    """How many attempts a retry loop made before giving up on ``exc`` (``None`` if no retry
+    loop gave up on it)."""
+    return _gave_up.attempts(exc)
 
 
 def _retry_after_attribute(exc: BaseException) -> float | None:
@@ -161,19 +108,6 @@ class RetryStats:
     """The Retry-After the last failure asked for, if any."""
     next_wait: float = 0.0
     """The last wait planned (the backoff draw, or a longer Retry-After)."""
-
-
-def _reason_label(exc: BaseException) -> str:
-    """A bounded label for metrics: ``status_503``, ``timeout``, ``connect``, ``transient``."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and status:
-        return f"status_{status}"
-    text = f"{type(exc).__name__} {exc}".lower()
-    if "timeout" in text or "timed out" in text:
-        return "timeout"
-    if "connect" in text or "reset" in text:
-        return "connect"
-    return "transient"
 
 
 class _Loop:
@@ -211,7 +145,7 @@ class _Loop:
         """Transient by the classifier, not ``Permanent``, not given up on by an inner loop."""
         if not isinstance(exc, Exception) or isinstance(exc, Permanent):
             return False
-        return not getattr(exc, _GAVE_UP, False) and self.classify(exc)
+        return _gave_up.attempts(exc) is None and self.classify(exc)
 
     def begin(self) -> None:
         self.stats.attempts += 1
@@ -244,9 +178,7 @@ class _Loop:
         if self.stats.stop_reason == "deadline" or (
             self.stats.stop_reason == "attempts" and self.stats.attempts > 1
         ):
-            with contextlib.suppress(AttributeError, TypeError):
-                setattr(exc, _GAVE_UP, True)
-                setattr(exc, ATTEMPTS_ATTRIBUTE, self.stats.attempts)  # for the alert
+            _gave_up.add(exc, self.stats.attempts)
 
     # -- tenacity hooks ----------------------------------------------------------------------
 
@@ -303,7 +235,7 @@ class _Loop:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.upcoming_sleep
         self.stats.waits += wait
-        reason = _reason_label(exc) if exc is not None else "transient"
+        reason = retry_reason(exc) if exc is not None else "transient"
         self.logger.warning(
             "%s%s -> %s (attempt %d/%d), retrying in %.1f s",
             self._prefix(),
@@ -323,18 +255,21 @@ class _Loop:
         scope = self.scope
         if scope is not None:
             scope.count_retry()
-            scope.emit(
-                RetryScheduled(
-                    pipeline=scope.pipeline,
-                    run_id=scope.run_id,
-                    step=scope.step,
-                    operation=self.operation,
-                    reason=reason,
-                    attempt=state.attempt_number,
-                    attempts=self.policy.attempts,
-                    wait_s=wait,
+            if scope.emit:  # no sinks: no event built, nor the records imported
+                from .instrumentation._events import RetryScheduled  # noqa: PLC0415
+
+                scope.emit(
+                    RetryScheduled(
+                        pipeline=scope.pipeline,
+                        run_id=scope.run_id,
+                        step=scope.step,
+                        operation=self.operation,
+                        reason=reason,
+                        attempt=state.attempt_number,
+                        attempts=self.policy.attempts,
+                        wait_s=wait,
+                    )
                 )
-            )
 
     def _options(self) -> dict[str, Any]:
         import tenacity  # noqa: PLC0415 - loaded on the first failure, not at import

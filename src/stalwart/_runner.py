@@ -3,105 +3,160 @@
 For each step: read the marker (skip if it is valid and its outputs are intact), record the
 start, call the step, and only after it returned - its outputs already durable, since every
 ``ctx`` write is atomic - write its marker atomically. A crash anywhere before the marker
-means the step runs again next time. A step that raises an ``Exception`` is recorded, alerted
-and re-raised; an interrupt is recorded and re-raised, never alerted.
+means the step runs again next time. A step that raises an ``Exception`` is recorded and
+alerted, and the run ends with a ``Failure`` (a typed record the caller renders or raises);
+an interrupt is recorded and re-raised, never alerted.
+
+The runner gets everything it talks to from one ``RunServices`` record; it never sees the
+``Pipeline`` that built it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore
 from ._context import Context, Step
-from ._records import Marker, StepRecord, utc_now
-from ._reporting import Emitter, resume_command, send_alert
-from ._scope import LazyDeadLetters, StepScope, current_scope
-
-
-class _LazyModule:
-    """A module imported on first attribute access (the event records cost ~10 ms to
-    import; a run without metric sinks never needs them)."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        import importlib  # noqa: PLC0415
-
-        return getattr(importlib.import_module(self._name), attribute)
-
+from ._errors import HttpError
+from ._records import Marker, StepRecord
+from ._reporting import resume_command, send_alert
+from ._scope import StepScope, current_scope
+from ._time import utc_now
 
 if TYPE_CHECKING:
-    from . import _events as events
-    from ._pipeline import Pipeline
+    from ._deadletter import StepDeadLetters
     from ._result import RunResult
-else:
-    events = _LazyModule("stalwart._events")
+    from ._services import RunServices
 
-__all__ = ["Terminated"]
+__all__ = ["Failure", "Run", "Terminated"]
 
 log = logging.getLogger("stalwart.run")
+
+
+def _events() -> ModuleType:
+    """The event records, imported only when a metric sink listens (they cost ~10 ms)."""
+    from .instrumentation import _events  # noqa: PLC0415
+
+    return _events
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so a run stops the way Ctrl-C stops it."""
 
 
-class _Run:
+class Failure(NamedTuple):
+    """How a run failed: what the runner returns, and what the command line renders."""
+
+    step: str
+    """The failed step; empty if the run failed before its first step."""
+    error: BaseException
+    """The step's own exception (``Pipeline.run`` re-raises it)."""
+    message: str
+    """``str(error)`` with every known secret masked."""
+    attempts: int
+    """Tries of the failed operation (HTTP attempts, ``@retry`` attempts), at least 1."""
+    alert_sent: bool
+    """Every alerter delivered the alert."""
+    dead_letter_ids: tuple[str, ...]
+    """The envelopes this step kept before it failed, oldest first."""
+    resume_command: str
+    """The command that resumes the run."""
+
+    @property
+    def error_type(self) -> str:
+        return type(self.error).__name__
+
+
+class _StepDeadLetters:
+    """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use; it
+    remembers the ids it kept, for the step's ``Failure``."""
+
+    __slots__ = ("_emit", "_services", "_step", "_writer", "ids", "run_id")
+
+    def __init__(self, services: RunServices, run_id: str, step: str) -> None:
+        self._services = services
+        self.run_id = run_id
+        self._step = step
+        self._writer: StepDeadLetters | None = None
+        self.ids: list[str] = []
+
+    def _get(self) -> StepDeadLetters:
+        if self._writer is None:
+            from ._deadletter import DeadLetterStore, StepDeadLetters  # noqa: PLC0415
+
+            store = DeadLetterStore(self._services.deadletter_dir, pipeline=self._services.pipeline)
+            self._writer = StepDeadLetters(
+                store, run_id=self.run_id, step=self._step, emit=self._services.emit
+            )
+        return self._writer
+
+    def keep_request(self, **kwargs: Any) -> str:
+        envelope_id = self._get().keep_request(**kwargs)
+        self.ids.append(envelope_id)
+        return envelope_id
+
+    def keep_payload(self, payload: object, *, reason: str) -> str:
+        envelope_id = self._get().keep_payload(payload, reason=reason)
+        self.ids.append(envelope_id)
+        return envelope_id
+
+
+class Run:
     """One run of a pipeline, lock held: decides, runs and records each step."""
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        run_id: str,
-        run_dir: str,
-        emit: Emitter,
-        resume_command: str | None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.name = pipeline.name
+    def __init__(self, services: RunServices, steps: Sequence[Step], run_id: str) -> None:
+        self.services = services
+        self.steps = steps
+        self.name = services.pipeline
         self.run_id = run_id
-        self.run_dir = run_dir
-        self.emit = emit
-        self._resume = resume_command
-        self.store = CheckpointStore(run_dir)
+        self.run_dir = services.run_dir(run_id)
+        self.emit = services.emit
+        self._resume: str | None = None
+        self.store = CheckpointStore(self.run_dir)
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.duration_s = 0.0
+        self.failure: Failure | None = None
 
     @property
     def resume(self) -> str:
         if self._resume is None:
-            self._resume = resume_command(self.pipeline, self.run_id)
+            self._resume = resume_command(self.services, self.run_id)
         return self._resume
 
     def _context(self, step: str, **more: Any) -> dict[str, Any]:
         return {"pipeline": self.name, "run_id": self.run_id, "step": step, **more}
 
-    def execute(self, *, force: bool, from_step: str | None) -> None:
+    def execute(self, *, force: bool, from_step: str | None) -> Failure | None:
+        """Run every step that is not done, in order; return the ``Failure`` that ended the
+        run, or None. An interrupt (``KeyboardInterrupt``, ``Terminated``, ``SystemExit``)
+        propagates."""
         started = time.monotonic()
         outcome: Literal["success", "failure", "interrupted"] = "failure"
         try:
             try:
                 self._prepare(force, from_step)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failure, returned as a Failure
                 self.failed_before_steps(exc, time.monotonic() - started)
-                raise
-            for step in self.pipeline.steps:
-                self._visit(step)
+                return self.failure
+            for step in self.steps:
+                if not self._visit(step):
+                    return self.failure
             outcome = "success"
-        except KeyboardInterrupt:
+        except BaseException:
             outcome = "interrupted"
             raise
         finally:
             self.duration_s = time.monotonic() - started
             self.store.close()
             self._finish(outcome, self.duration_s)
+        return None
 
     def result(self) -> RunResult:
         from ._result import RunResult  # noqa: PLC0415 - see _result's docstring
@@ -115,7 +170,7 @@ class _Run:
             run_dir=lazy_path(self.run_dir),
         )
 
-    def failed_before_steps(self, exc: Exception, duration: float) -> None:
+    def failed_before_steps(self, exc: Exception, duration: float) -> Failure:
         """The run could not start its first step (state directory, lock, sweep, clearing
         markers): log it and alert, as for a failed step - a cron job must not fail silently."""
         from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
@@ -129,8 +184,8 @@ class _Run:
             error,
             extra={"pipeline": self.name, "run_id": self.run_id, "error": error[:500]},
         )
-        send_alert(
-            self.pipeline,
+        sent = send_alert(
+            self.services,
             self.run_id,
             exc,
             error,
@@ -140,19 +195,15 @@ class _Run:
             resume=self.resume,
             dead_letter_id=None,
         )
-        exc.add_note(
-            f"stalwart: run {self.run_id} of {self.name} failed before its first step; "
-            f"no step ran; resume with: {self.resume}"
-        )
+        self.failure = Failure("", exc, error, 1, sent, (), self.resume)
+        return self.failure
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
-        swept = sweep_temp_files(self.run_dir) + sweep_temp_files(
-            os.path.join(self.pipeline._state_dir, "deadletter")  # package-internal
-        )
+        swept = sweep_temp_files(self.run_dir) + sweep_temp_files(self.services.deadletter_dir)
         context = {"pipeline": self.name, "run_id": self.run_id}
         for leftover in swept:
             log.info("removed a temp file left by an interrupted run: %s", leftover, extra=context)
-        names = self.pipeline.step_names
+        names = [step.name for step in self.steps]
         if force:
             cleared = self.store.clear_all()
             log.info(
@@ -168,9 +219,12 @@ class _Run:
                 extra=context,
             )
         if self.emit:
-            self.emit(events.RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names)))
+            self.emit(
+                _events().RunStarted(pipeline=self.name, run_id=self.run_id, steps=tuple(names))
+            )
 
-    def _visit(self, step: Step) -> None:
+    def _visit(self, step: Step) -> bool:
+        """Skip ``step`` if it is done, else run it; False if it failed."""
         decision = self.store.check(step.name, run_id=self.run_id)
         context = self._context(step.name)
         if decision.done:
@@ -178,15 +232,17 @@ class _Run:
             self.skipped.append(step.name)
             if self.emit:
                 self.emit(
-                    events.StepSkipped(pipeline=self.name, run_id=self.run_id, step=step.name)
+                    _events().StepSkipped(pipeline=self.name, run_id=self.run_id, step=step.name)
                 )
-            return
+            return True
         if decision.corrupt:
             log.warning("step %s: %s; running it again", step.name, decision.reason, extra=context)
         elif decision.marker is not None:
             log.info("step %s will run again: %s", step.name, decision.reason, extra=context)
-        self._run_step(step)
+        if not self._run_step(step):
+            return False
         self.ran.append(step.name)
+        return True
 
     def _finish(
         self, outcome: Literal["success", "failure", "interrupted"], duration: float
@@ -194,7 +250,7 @@ class _Run:
         failed = int(outcome == "failure")
         if self.emit:
             self.emit(
-                events.RunFinished(
+                _events().RunFinished(
                     pipeline=self.name,
                     run_id=self.run_id,
                     outcome=outcome,
@@ -222,23 +278,25 @@ class _Run:
             },
         )
 
-    def _run_step(self, step: Step) -> None:
+    def _run_step(self, step: Step) -> bool:
+        """Run ``step`` and write its marker; False if it failed (``self.failure`` says how)."""
         previous = self.store.read_record(step.name)
         runs = previous.runs + 1
         started_at = utc_now()
         self.store.write_record(
             step.name, StepRecord(runs=runs, started=started_at, outcome="running")
         )
+        dead_letters = _StepDeadLetters(self.services, self.run_id, step.name)
         scope = StepScope(
             pipeline=self.name,
             run_id=self.run_id,
             step=step.name,
             emit=self.emit,
             retry_policy=step.retry,
-            dead_letter=LazyDeadLetters(self.pipeline, self.run_id, step.name, self.emit),
+            dead_letter=dead_letters,
         )
         ctx = Context(
-            pipeline=self.pipeline,
+            services=self.services,
             run_id=self.run_id,
             step=step,
             run_dir=self.run_dir,
@@ -248,7 +306,7 @@ class _Run:
         context = self._context(step.name, attempt=runs)
         if self.emit:
             self.emit(
-                events.StepStarted(
+                _events().StepStarted(
                     pipeline=self.name, run_id=self.run_id, step=step.name, runs=runs
                 )
             )
@@ -257,12 +315,21 @@ class _Run:
         token = current_scope.set(scope)
         try:
             step.fn(ctx)
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - fails the step: recorded, alerted, run ends
             current_scope.reset(token)
-            # An Exception fails the step (alert, exit 1); anything else - KeyboardInterrupt,
-            # SIGTERM's Terminated, SystemExit - interrupts it: no alert, no marker.
-            ended = self._failed if isinstance(exc, Exception) else self._interrupted
-            ended(
+            self._failed(
+                step,
+                exc=exc,
+                scope=scope,
+                dead_letters=dead_letters.ids,
+                duration=time.perf_counter() - t0,
+                runs=runs,
+                started_at=started_at,
+            )
+            return False
+        except BaseException as exc:  # an interrupt: recorded, never alerted, re-raised
+            current_scope.reset(token)
+            self._interrupted(
                 step,
                 exc=exc,
                 scope=scope,
@@ -289,15 +356,21 @@ class _Run:
                     outputs=ctx.outputs,
                 )
             )
-        except Exception as exc:  # a marker that cannot be written is a failed step
+        except Exception as exc:  # noqa: BLE001 - a marker that cannot be written: failed
             self._failed(
-                step, exc=exc, scope=scope, duration=duration, runs=runs, started_at=started_at
+                step,
+                exc=exc,
+                scope=scope,
+                dead_letters=dead_letters.ids,
+                duration=duration,
+                runs=runs,
+                started_at=started_at,
             )
-            raise
+            return False
         self._ended(step, scope, runs, started_at, "done", finished=finished)
         if self.emit:
             self.emit(
-                events.StepSucceeded(
+                _events().StepSucceeded(
                     pipeline=self.name,
                     run_id=self.run_id,
                     step=step.name,
@@ -312,6 +385,7 @@ class _Run:
             duration,
             extra={**context, "duration_s": round(duration, 6), "retries": scope.retries},
         )
+        return True
 
     def _ended(
         self,
@@ -366,7 +440,7 @@ class _Run:
         )
         if self.emit:
             self.emit(
-                events.StepInterrupted(
+                _events().StepInterrupted(
                     pipeline=self.name,
                     run_id=self.run_id,
                     step=step.name,
@@ -379,18 +453,21 @@ class _Run:
         self,
         step: Step,
         *,
-        exc: BaseException,
+        exc: Exception,
         scope: StepScope,
+        dead_letters: list[str],
         duration: float,
         runs: int,
         started_at: str,
     ) -> None:
         from ._redact import scrub_registered  # noqa: PLC0415 - only when a step fails
-        from ._retry import ATTEMPTS_ATTRIBUTE  # noqa: PLC0415
+        from ._retry import gave_up_after  # noqa: PLC0415
 
-        dead_letter_id = getattr(exc, "dead_letter_id", None)
+        kept = tuple(dead_letters)
+        dead_letter_id = exc.dead_letter_id if isinstance(exc, HttpError) else None
+        dead_letter_id = dead_letter_id or (kept[-1] if kept else None)
         error = scrub_registered(str(exc) or repr(exc))
-        attempts = getattr(exc, "attempts", None) or getattr(exc, ATTEMPTS_ATTRIBUTE, None) or 1
+        attempts = exc.attempts if isinstance(exc, HttpError) else gave_up_after(exc) or 1
         with contextlib.suppress(Exception):  # the step's error matters more than the record
             self._ended(
                 step,
@@ -412,7 +489,7 @@ class _Run:
         )
         if self.emit:
             self.emit(
-                events.StepFailed(
+                _events().StepFailed(
                     pipeline=self.name,
                     run_id=self.run_id,
                     step=step.name,
@@ -424,18 +501,15 @@ class _Run:
                     dead_letter_id=dead_letter_id,
                 )
             )
-        send_alert(
-            self.pipeline,
+        sent = send_alert(
+            self.services,
             self.run_id,
             exc,
             error,
             step=step.name,
-            attempts=int(attempts),
+            attempts=attempts,
             duration=duration,
             resume=self.resume,
             dead_letter_id=dead_letter_id,
         )
-        exc.add_note(
-            f"stalwart: step {step.name} of {self.name} (run {self.run_id}) failed; "
-            f"resume with: {self.resume}"
-        )
+        self.failure = Failure(step.name, exc, error, attempts, sent, kept, self.resume)

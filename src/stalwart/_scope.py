@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._events import Event
-    from ._pipeline import Pipeline
-    from ._retry import RetryPolicy
+    from ._policy import RetryPolicy
+    from .instrumentation._events import Event
 
-__all__ = ["LazyDeadLetters", "StepScope", "current_scope"]
+__all__ = ["DeadLetterWriter", "EventSink", "StepScope", "current_scope"]
+
+
+class EventSink(Protocol):
+    """Where a run's events go (the run's emitter): false when nobody listens, so that no
+    event is even built then."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class DeadLetterWriter(Protocol):
+    """Keeps what a step could not deliver (a ``DeadLetterStore``, or the runner's writer
+    bound to one step); returns the envelope's id."""
+
+    def keep_request(self, **kwargs: Any) -> str: ...
+
+    def keep_payload(self, payload: object, *, reason: str) -> str: ...
 
 
 class StepScope:
@@ -37,9 +53,9 @@ class StepScope:
         pipeline: str,
         run_id: str,
         step: str,
-        emit: Callable[[Event], None],
+        emit: EventSink,
         retry_policy: RetryPolicy | None = None,
-        dead_letter: Any = None,
+        dead_letter: DeadLetterWriter | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id
@@ -47,7 +63,7 @@ class StepScope:
         self.emit = emit
         self.retry_policy = retry_policy
         self.dead_letter = dead_letter
-        """Callable writing a dead-letter envelope for this step (set by the runner)."""
+        """Writes this step's dead-letter envelopes (set by the runner)."""
         self.attempts = 0
         self.retries = 0
         self._lock = threading.Lock()
@@ -91,33 +107,3 @@ def derive_idempotency_key(  # noqa: PLR0917 - the key's inputs, in the document
 current_scope: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
     "stalwart_step_scope", default=None
 )
-
-
-class LazyDeadLetters:
-    """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use."""
-
-    __slots__ = ("_emit", "_pipeline", "_run_id", "_step", "_writer")
-
-    def __init__(
-        self, pipeline: Pipeline, run_id: str, step: str, emit: Callable[[Event], None]
-    ) -> None:
-        self._pipeline = pipeline
-        self._run_id = run_id
-        self._step = step
-        self._emit = emit
-        self._writer: Any = None
-
-    def _get(self) -> Any:
-        if self._writer is None:
-            from ._deadletter import StepDeadLetters  # noqa: PLC0415
-
-            self._writer = StepDeadLetters(
-                self._pipeline.deadletters, run_id=self._run_id, step=self._step, emit=self._emit
-            )
-        return self._writer
-
-    def keep_request(self, **kwargs: Any) -> str:
-        return str(self._get().keep_request(**kwargs))
-
-    def keep_payload(self, payload: object, *, reason: str) -> str:
-        return str(self._get().keep_payload(payload, reason=reason))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from ._alerts import Alert
 from ._clock import WaitRecorder, install, uninstall
 from ._flaky import FlakyServer, Reply, Request
-from ._metrics import MemoryMetrics
+from .instrumentation._core import MemoryMetrics
 
 __all__ = [
     "FlakyServer",

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import stalwart
 from stalwart import HttpClient, RetryPolicy
 from stalwart._checkpoint import Marker
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._errors import HttpError, ResponseFormatError, UsageError
 from stalwart.testing import FlakyServer, Reply
 

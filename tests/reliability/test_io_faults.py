@@ -35,8 +35,8 @@ import pytest
 import stalwart
 from stalwart._atomic import FileDigest, is_temp_name
 from stalwart._checkpoint import CheckpointStore, Marker
-from stalwart._cli import run_cli
-from stalwart._status import collect
+from stalwart.cli._main import run_cli
+from stalwart.cli._status import collect
 from stalwart.testing import RecordingAlerter
 
 KINDS = ("open", "write", "fsync", "replace")

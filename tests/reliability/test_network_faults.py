@@ -20,7 +20,7 @@ import pytest
 
 import stalwart
 from stalwart import HttpClient, RetryPolicy, SlackWebhook
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart._errors import HttpError
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, WaitRecorder
 

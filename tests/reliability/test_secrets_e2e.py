@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import stalwart
-from stalwart._cli import run_cli
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
 
 BEARER = "sk-live-Bearer7Q2ZtV9xKm4"

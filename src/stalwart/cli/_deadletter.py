@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from datetime import UTC, datetime
+import time
 from typing import TYPE_CHECKING, TextIO
 
-from ._errors import DeadLetterError, HttpError
+from .._errors import DeadLetterError, HttpError
+from .._time import parse_utc
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 __all__ = ["deadletter_command"]
 
 
-def _age(created_at: str, now: datetime | None = None) -> str:
-    try:
-        then = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
+def _age(created_at: str, now: float | None = None) -> str:
+    then = parse_utc(created_at)
+    if then is None:
         return "?"
-    seconds = max(0.0, ((now or datetime.now(UTC)) - then).total_seconds())
+    seconds = max(0.0, (time.time() if now is None else now) - then)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

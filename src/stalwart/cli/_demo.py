@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._pipeline import Context, Pipeline, Step
+from .._context import Context, Step
+from .._pipeline import Pipeline
 
 __all__ = ["find_example", "run_demo"]
 
@@ -37,10 +38,10 @@ ORDERS = [
 
 def find_example() -> Path:
     """The reference pipeline: the copy shipped in the wheel, else the source tree's."""
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # src/stalwart (this is src/stalwart/cli)
     for candidate in (
-        here / "_examples" / "daily_report.py",
-        here.parents[1] / "examples" / "daily_report.py",
+        package / "_examples" / "daily_report.py",
+        package.parents[1] / "examples" / "daily_report.py",
     ):
         if candidate.is_file():
             return candidate
@@ -79,9 +80,11 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from ._cli import load_pipeline, run_cli  # noqa: PLC0415
-    from .testing import FlakyServer, Reply  # noqa: PLC0415
+def run_demo(args: argparse.Namespace, run_cli: Callable[..., int]) -> int:
+    """The demo; ``run_cli`` is the command line it drives (handed down: the demo is a
+    command of the command line, and does not import it back)."""
+    from ..testing import FlakyServer, Reply  # noqa: PLC0415
+    from ._load import load_pipeline  # noqa: PLC0415
 
     root = args.root or tempfile.mkdtemp(prefix="stalwart-demo-")
     real_webhook = os.environ.get("SLACK_WEBHOOK_URL", "")

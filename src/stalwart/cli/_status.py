@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import CheckpointStore
+from .._checkpoint import CheckpointStore
+from .._lock import lock_holder
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 __all__ = ["StepStatus", "collect", "print_status", "status_json"]
 
@@ -35,32 +33,6 @@ class StepStatus:
     error: str = ""
     dead_letter_id: str = ""
     note: str = ""
-
-
-def lock_holder(run_dir: os.PathLike[str] | str) -> str | None:
-    """Who holds the run's lock right now (``None`` if nobody). Creates nothing.
-
-    A holder writes a note into the lock file and empties it on release, so an empty note
-    means nobody (the lock is not even touched then); a note left by a killed holder is told
-    apart from a live one by a non-blocking shared lock, held for microseconds."""
-    path = os.path.join(run_dir, ".lock")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-        if not note:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                return note
-            raise
-        return None
-    finally:
-        os.close(fd)
 
 
 def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:

@@ -8,12 +8,12 @@ import socket
 import threading
 from typing import Any
 
-from ._errors import UsageError
+from .._errors import UsageError
+from ._core import METRICS, Observation, observations
 from ._events import (
     Event,
     RunFinished,
 )
-from ._metrics import METRICS, Observation, observations
 
 __all__ = ["StatsD"]
 
@@ -112,7 +112,7 @@ class StatsD:
         log.warning("%s; the run goes on (said once per run)", message, exc_info=True)
 
 
-def _statsd_from_setting(value: str) -> StatsD:
+def statsd_from_setting(value: str) -> StatsD:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise UsageError("expected host:port, e.g. localhost:8125 or [::1]:8125")

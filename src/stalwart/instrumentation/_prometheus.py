@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ._atomic import atomic_write_bytes
-from ._errors import UsageError
+from .._atomic import atomic_write_bytes
+from .._errors import UsageError
+from .._redact import redact_url
+from ._core import METRICS, Observation, State, observations
 from ._events import (
     Event,
     RunFinished,
 )
-from ._metrics import METRICS, Observation, State, observations
-from ._redact import redact_url
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -277,7 +277,7 @@ class Pushgateway:
         return basic_auth_handler(url, method, timeout, headers, data, user, password)
 
 
-def _shown_gateway(url: str) -> str:
+def shown_gateway(url: str) -> str:
     """``redact_url``, plus any ``user:password@`` that a malformed URL (no scheme, one slash)
     still carries where ``urlsplit`` sees no user-info."""
     return re.sub(r"[^\s/@]+@", "***@", redact_url(url))
@@ -293,12 +293,12 @@ def _split_gateway_url(url: str) -> tuple[str, tuple[str, str] | None]:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"the Pushgateway URL {_shown_gateway(str(url))!r} is not an http:// or https:// URL "
+            f"the Pushgateway URL {shown_gateway(str(url))!r} is not an http:// or https:// URL "
             f"with a host and a numeric port, e.g. http://pushgateway:9091"
         )
     if parts.query or parts.fragment:
         raise UsageError(
-            f"the Pushgateway URL {_shown_gateway(url)!r} must have no query string or fragment"
+            f"the Pushgateway URL {shown_gateway(url)!r} must have no query string or fragment"
         )
     netloc = parts.netloc.rsplit("@", 1)[-1]
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -1,7 +1,8 @@
-"""Metrics sinks: what a run did, for Prometheus (textfile, Pushgateway), StatsD or a test.
+"""What a run did, as metrics: the five metrics, the observations each event makes of them,
+and ``MemoryMetrics`` (a sink for tests). The Prometheus and StatsD sinks build on this.
 
-A sink is a ``MetricsSink`` (``handle(event)``, see ``_events``). Every event becomes zero or
-more observations of five metrics (names and meanings: ``METRICS`` and docs/observability.md):
+A sink is a ``MetricsSink`` (``handle(event)``). Every event becomes zero or more
+observations of five metrics (names and meanings: ``METRICS`` and docs/observability.md):
 
 - ``stalwart_retries_total{pipeline,step,reason}``: +1 per ``RetryScheduled``;
 - ``stalwart_step_runs_total{pipeline,step,outcome}``: +1 per step success, failure, skip or
@@ -19,13 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from ._errors import UsageError
 from ._events import (
     DeadLettered,
     Event,
@@ -37,15 +36,11 @@ from ._events import (
     StepSucceeded,
 )
 
-if TYPE_CHECKING:
-    from ._events import MetricsSink
-
 __all__ = [
     "METRICS",
     "MemoryMetrics",
     "Observation",
     "observations",
-    "sinks_from_env",
 ]
 
 log = logging.getLogger("stalwart.metrics")
@@ -213,43 +208,3 @@ class MemoryMetrics:
 
     def _sum(self, name: str, **match: str | None) -> float:
         return math.fsum(self._values(name, **match))
-
-
-def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[MetricsSink]:
-    """The sinks named by ``STALWART_PROM_TEXTFILE`` (a ``*.prom`` path in an existing
-    directory), ``STALWART_PUSHGATEWAY`` (an http(s) URL) and ``STALWART_STATSD``
-    (``host:port``); empty or unset variables name none. A malformed value raises
-    ``UsageError`` naming the variable, before any step runs."""
-    from ._prometheus import PrometheusTextfile, Pushgateway, _shown_gateway  # noqa: PLC0415
-    from ._statsd import _statsd_from_setting  # noqa: PLC0415
-
-    env = os.environ if environ is None else environ
-    builders: list[tuple[str, Callable[[str], MetricsSink]]] = [
-        ("STALWART_PROM_TEXTFILE", PrometheusTextfile),
-        ("STALWART_PUSHGATEWAY", Pushgateway),
-        ("STALWART_STATSD", _statsd_from_setting),
-    ]
-    sinks: list[MetricsSink] = []
-    for variable, build in builders:
-        value = env.get(variable, "").strip()
-        if not value:
-            continue
-        try:
-            sinks.append(build(value))
-        except UsageError as exc:
-            shown = _shown_gateway(value) if variable == "STALWART_PUSHGATEWAY" else value
-            raise UsageError(f"{variable}={shown!r}: {exc}") from None
-    return sinks
-
-
-def __getattr__(name: str) -> Any:
-    # The sinks live in their own modules, imported only when used.
-    if name in ("PrometheusTextfile", "Pushgateway"):
-        from . import _prometheus  # noqa: PLC0415
-
-        return getattr(_prometheus, name)
-    if name == "StatsD":
-        from . import _statsd  # noqa: PLC0415
-
-        return _statsd.StatsD
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,213 @@
+"""The command line shared by ``pipeline.main()`` and the ``stalwart`` console script.
+
+``run`` is the default sub-command, so ``python my_pipeline.py --force`` works. Library
+errors become exit codes and one readable paragraph on stderr:
+
+    0 success · 1 a step failed (or a replay was refused) · 2 usage error
+    75 run locked by another process · 130 interrupted (SIGINT) · 143 terminated (SIGTERM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .._errors import RunLockedError, UsageError
+from .._logging import TextFormatter, configure
+from .._pipeline import Pipeline
+from .._runner import Failure, Terminated
+from .._time import today
+from ._parser import build_parser, with_default_command
+
+if TYPE_CHECKING:
+    from .._runner import Run
+
+__all__ = ["console_main", "run_cli"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def console_main() -> None:
+    """Entry point of the ``stalwart`` console script."""
+    sys.exit(run_cli(sys.argv[1:], pipeline=None))
+
+
+def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None = None) -> int:
+    """Parse ``argv``, do it, return the exit code (never raises for library errors)."""
+    err = stderr or sys.stderr
+    standalone = pipeline is None
+    prog = "stalwart" if standalone else os.path.basename(sys.argv[0] or "pipeline")
+    words = with_default_command(argv)
+    parser = build_parser(prog, standalone=standalone, command=words[0])
+    try:
+        args = parser.parse_args(words)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if args.command == "demo":
+        from ._demo import run_demo  # noqa: PLC0415 - the demo's server, only for the demo
+
+        return run_demo(args, run_cli)
+    verbose = bool(getattr(args, "verbose", False))
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    handler = configure(args.log_format, verbose=verbose, stream=err)
+    # httpx logs every request at INFO; our retry and failure lines already say what matters.
+    chatty = logging.getLogger("httpx")
+    chatty_level = chatty.level
+    if not verbose:
+        chatty.setLevel(logging.WARNING)
+    say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
+    try:
+        return _run_command(args, pipeline, err=err, say=say, verbose=verbose)
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+        chatty.setLevel(chatty_level)
+
+
+def _run_command(
+    args: argparse.Namespace,
+    pipeline: Pipeline | None,
+    *,
+    err: TextIO,
+    say: _Say,
+    verbose: bool,
+) -> int:
+    """Load the pipeline, do the command, turn what it raised into an exit code."""
+    try:
+        with _sigterm_as_interrupt():
+            if pipeline is None:
+                from ._load import load_pipeline  # noqa: PLC0415 - `stalwart run file.py` only
+
+                pipeline = load_pipeline(args.target)
+            if args.command == "run":
+                run = pipeline.start(run_id=args.run_id, force=args.force, from_step=args.step)
+                if run.failure is None:
+                    return EXIT_OK
+                return _failed(run, run.failure, say, err, verbose=verbose)
+            return _dispatch(args, pipeline, err)
+    except BrokenPipeError:  # `status | head`: the reader left; nothing to say
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return EXIT_OK
+    except UsageError as exc:
+        return say(EXIT_USAGE, f"error: {exc}")
+    except RunLockedError as exc:
+        return say(EXIT_LOCKED, str(exc))
+    except Terminated:
+        return say(EXIT_TERMINATED, "terminated (SIGTERM); the unfinished step was not marked done")
+    except KeyboardInterrupt:
+        return say(EXIT_INTERRUPTED, "interrupted; the unfinished step was not marked done")
+    except Exception as exc:  # noqa: BLE001 - status, reset, deadletter: exit 1 + what broke
+        if verbose:
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exception(exc, file=err)
+        from .._redact import scrub_registered  # noqa: PLC0415 - only when failing
+
+        error = f"{type(exc).__name__}: {scrub_registered(str(exc))}"
+        return say(EXIT_FAILED, f"{args.command} failed: {error}", error=error)
+
+
+def _failed(run: Run, failure: Failure, say: _Say, err: TextIO, *, verbose: bool) -> int:
+    """Exit 1 and the paragraph that says what failed and how to resume."""
+    if verbose:
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exception(failure.error, file=err)
+    return say(
+        EXIT_FAILED,
+        explain_failure(failure, run_id=run.run_id, pipeline=run.name, verbose=verbose),
+        error=f"{failure.error_type}: {failure.message}",
+    )
+
+
+def explain_failure(failure: Failure, *, run_id: str, pipeline: str, verbose: bool) -> str:
+    """The paragraph a person reads when a run failed."""
+    if failure.step:
+        where = f"step {failure.step} of {pipeline} (run {run_id}) failed"
+    else:
+        where = f"run {run_id} of {pipeline} failed before its first step; no step ran"
+    lines = [
+        f"{where}; resume with: {failure.resume_command}.",
+        f"  {failure.error_type}: {failure.message}",
+    ]
+    if failure.step:
+        lines.append("  Finished steps keep their checkpoints.")
+    if not failure.alert_sent:
+        lines.append("  The alert could not be delivered to every alerter (see the log).")
+    if not verbose:
+        lines[-1] += " Add --verbose for the traceback."
+    return "\n".join(lines)
+
+
+class _Say:
+    """The last word of a command on stderr: a paragraph for people, or - under
+    ``--log-format json`` - one more JSON record, so log shippers see only JSON lines."""
+
+    def __init__(self, prog: str, err: TextIO, *, as_json: bool) -> None:
+        self.prog = prog
+        self.err = err
+        self.as_json = as_json
+
+    def __call__(self, code: int, message: str, *, error: str = "") -> int:
+        if self.as_json:
+            extra: dict[str, object] = {"exit_code": code}
+            if error:
+                extra["error"] = error
+            logging.getLogger("stalwart.cli").error(" ".join(message.split()), extra=extra)
+        else:
+            print(f"{self.prog}: {message}", file=self.err)
+        return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` (a KeyboardInterrupt) while the command runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
+    run_id = args.run_id if args.run_id is not None else today()
+    if args.command == "status":
+        from ._status import print_status, status_json  # noqa: PLC0415
+
+        if args.json:
+            print(status_json(pipeline, run_id))
+        else:
+            print_status(pipeline, run_id)
+        return EXIT_OK
+    if args.command == "reset":
+        cleared = pipeline.reset(run_id=run_id, step=args.step)
+        print(
+            f"cleared {len(cleared)} marker(s) of run {run_id}"
+            + (f": {', '.join(cleared)}" if cleared else "")
+        )
+        return EXIT_OK
+    from ._deadletter import deadletter_command  # noqa: PLC0415
+
+    return deadletter_command(args, pipeline, err)

@@ -1,0 +1,158 @@
+"""The command line's parsers: ``run`` is the default sub-command, so ``python my_pipeline.py
+--force`` works; a command line builds only its own sub-command's parser."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["COMMANDS", "build_parser", "with_default_command"]
+
+COMMANDS = ("run", "status", "reset", "deadletter", "demo")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, reading the terminal width only when it prints help or usage.
+
+    argparse builds a formatter for every ``add_argument`` (to check the metavar), and the
+    stock one imports ``shutil`` - with ``zlib``, ``bz2`` and ``lzma`` - for the width: about
+    5 ms of every start, for text that a run never prints.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or 80)
+        self._fit_terminal = width is None
+        self._help_position_asked = max_help_position
+
+    def format_help(self) -> str:
+        if self._fit_terminal:
+            import shutil  # noqa: PLC0415 - see the class docstring
+
+            self._width = shutil.get_terminal_size().columns - 2
+            self._max_help_position = min(
+                self._help_position_asked, max(self._width - 20, self._indent_increment * 2)
+            )
+            self._fit_terminal = False
+        return super().format_help()
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` with ``_HelpFormatter`` (sub-command parsers inherit the class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _common(standalone: bool) -> _Parser:
+    parent = _Parser(add_help=False)
+    if standalone:
+        parent.add_argument(
+            "target",
+            metavar="PIPELINE",
+            help="path/to/file.py[:name] or package.module[:name]",
+        )
+    parent.add_argument("--run-id", metavar="ID", help="the run (default: today's UTC date)")
+    parent.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="log format on stderr (default: text on a terminal, json otherwise)",
+    )
+    parent.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    return parent
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, resolved only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        parser.exit(message=f"stalwart {version('stalwart')}\n")
+
+
+def build_parser(
+    prog: str, *, standalone: bool, command: str | None = None
+) -> argparse.ArgumentParser:
+    """The command line. With ``command`` (the first word of a command line), only that
+    sub-command's parser is built: parsing ``run ...`` needs none of the others, and a run
+    then builds 3 parsers instead of 13."""
+    common = _common(standalone)
+    parser = _Parser(
+        prog=prog,
+        description="Run a stalwart pipeline: checkpoints, atomic writes, retries, alerts.",
+    )
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
+    # `prog` given, or argparse formats a usage line (and reads the terminal width) for it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog=prog)
+    builders = {
+        "run": _add_run,
+        "status": _add_status,
+        "reset": _add_reset,
+        "deadletter": _add_deadletter,
+    }
+    if standalone:
+        builders["demo"] = _add_demo
+    for name, add in builders.items():
+        if command not in builders or name == command:
+            add(sub, common)
+    return parser
+
+
+_Commands = argparse._SubParsersAction  # typeshed's name for what add_subparsers() returns
+
+
+def _add_run(sub: _Commands[_Parser], common: _Parser) -> None:
+    run = sub.add_parser("run", parents=[common], help="run the pipeline (default)")
+    how = run.add_mutually_exclusive_group()
+    how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
+    how.add_argument("--step", metavar="NAME", help="re-run NAME and every step after it")
+
+
+def _add_status(sub: _Commands[_Parser], common: _Parser) -> None:
+    status = sub.add_parser("status", parents=[common], help="show each step of a run")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_reset(sub: _Commands[_Parser], common: _Parser) -> None:
+    reset = sub.add_parser("reset", parents=[common], help="clear markers without running")
+    reset.add_argument("--step", metavar="NAME", help="clear NAME and every step after it")
+
+
+def _add_demo(sub: _Commands[_Parser], common: _Parser) -> None:
+    demo = sub.add_parser("demo", help="run the reference pipeline against a flaky server")
+    demo.add_argument("--fail", metavar="STEP", help="make STEP raise (shows the alert)")
+    demo.add_argument("--interrupt", metavar="STEP", help="Ctrl-C inside STEP (no alert)")
+    demo.add_argument("--root", metavar="DIR", help="state directory (default: a temp dir)")
+    demo.add_argument("--log-format", choices=("json", "text"), default="text")
+    demo.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_deadletter(sub: _Commands[_Parser], common: _Parser) -> None:
+    dead = sub.add_parser("deadletter", help="list, show, replay or discard dead letters")
+    dead_sub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dl_list = dead_sub.add_parser("list", parents=[common], help="a table of dead letters")
+    dl_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dead_sub.add_parser("show", parents=[common], help="everything in one envelope").add_argument(
+        "id", metavar="ID"
+    )
+    replay = dead_sub.add_parser("replay", parents=[common], help="re-send a dead letter")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", metavar="ID", nargs="?")
+    which.add_argument("--all", action="store_true", help="every pending dead letter")
+    dead_sub.add_parser("discard", parents=[common], help="mark one as discarded").add_argument(
+        "id", metavar="ID"
+    )
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``argv`` with ``run`` in front when it names no sub-command."""
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        return ["run", *argv]
+    return argv

@@ -1,0 +1,126 @@
+"""The package's shape, computed from its code: imports go one way (no cycle, counting
+imports inside functions and under ``TYPE_CHECKING``), and the library never imports its
+command line. A change that brings a cycle back fails here, naming it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import stalwart
+
+PACKAGE = Path(stalwart.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every ``stalwart`` module that ``path`` imports, wherever the import statement is."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("stalwart")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            if not target.startswith("stalwart"):
+                continue
+            submodules = {f"{target}.{alias.name}" for alias in node.names} & known
+            found |= submodules or {target}  # `from . import _x` imports _x
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        name: {t for t in imports_of(path, set(modules)) if t in modules and t != name}
+        for name, path in modules.items()
+    }
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(edges[node]):
+            if state.get(target) == 1:
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_is_read_from_the_code() -> None:
+    edges = graph()
+    assert "stalwart._atomic" in edges["stalwart._checkpoint"]  # a module-level import
+    assert "stalwart._deadletter" in edges["stalwart._runner"]  # one inside a function
+    assert "stalwart.instrumentation._events" in edges["stalwart._runner"]  # `from . import _x`
+
+
+def test_there_is_no_import_cycle() -> None:
+    assert find_cycle(graph()) is None
+
+
+def test_a_cycle_would_be_found() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_library_never_imports_the_command_line() -> None:
+    edges = graph()
+    library = {m for m in edges if not m.startswith("stalwart.cli") and m != "stalwart"}
+    library -= {"stalwart.__main__"}
+    offenders = {m: sorted(t for t in edges[m] if t.startswith("stalwart.cli")) for m in library}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_below_the_pipeline_nothing_knows_the_pipeline() -> None:
+    """``Pipeline`` hands the runner a ``RunServices`` record; nothing reaches back."""
+    edges = graph()
+    users = {m for m, targets in edges.items() if "stalwart._pipeline" in targets}
+    assert users <= {
+        "stalwart.cli._app",
+        "stalwart.cli._main",
+        "stalwart.cli._load",
+        "stalwart.cli._status",
+        "stalwart.cli._deadletter",
+        "stalwart.cli._demo",
+    }
+
+
+def test_disk_and_http_layers_know_nothing_of_runs() -> None:
+    edges = graph()
+    run_layer = {
+        "stalwart._runner",
+        "stalwart._context",
+        "stalwart._services",
+        "stalwart._reporting",
+    }
+    for module in (
+        "stalwart._atomic",
+        "stalwart._checkpoint",
+        "stalwart._lock",
+        "stalwart._http",
+        "stalwart._retry",
+        "stalwart._deadletter",
+    ):
+        assert not edges[module] & run_layer, module
