@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import stalwart
 from stalwart import Alert, SlackWebhook, UsageError
 from stalwart._alerts import LogAlerter, send_all, slack_payload
-from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply
 
 HOOK = "/services/T0001/B0001/hooksecret0001"

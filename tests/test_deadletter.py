@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import stalwart
-from stalwart.cli._main import run_cli
 from stalwart._deadletter import DeadLetterStore, decode_body
+from stalwart.cli._main import run_cli
 from stalwart.instrumentation._events import DeadLettered
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, no_wait
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart.cli._demo import find_example
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
 
 

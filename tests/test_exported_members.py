@@ -13,8 +13,8 @@ from types import ModuleType
 import pytest
 
 import stalwart
-import stalwart.instrumentation as instrumentation
 import stalwart.testing
+from stalwart import instrumentation
 from stalwart.instrumentation._prometheus import PrometheusTextfile
 from stalwart.instrumentation._statsd import StatsD
 

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
-from stalwart.cli._main import run_cli
 from stalwart._logging import (
     ContextAdapter,
     ContextFilter,
@@ -24,6 +23,7 @@ from stalwart._logging import (
     rfc3339,
 )
 from stalwart._scope import StepScope, current_scope
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply, WaitRecorder
 
 RFC3339_UTC = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")

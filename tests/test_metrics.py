@@ -11,6 +11,10 @@ import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy, UsageError
 from stalwart.cli._main import run_cli
+from stalwart.instrumentation import sinks_from_env
+from stalwart.instrumentation._core import (
+    observations,
+)
 from stalwart.instrumentation._events import (
     DeadLettered,
     RetryScheduled,
@@ -20,12 +24,8 @@ from stalwart.instrumentation._events import (
     StepStarted,
     StepSucceeded,
 )
-from stalwart.instrumentation._core import (
-    observations,
-)
 from stalwart.instrumentation._prometheus import PrometheusTextfile, Pushgateway
 from stalwart.instrumentation._statsd import StatsD
-from stalwart.instrumentation import sinks_from_env
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
 

@@ -18,7 +18,6 @@ import pytest
 import stalwart
 from conftest import run_python
 from stalwart import HttpClient, HttpStatusError, RetryPolicy
-from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart._redact import (
     MASK,
@@ -31,6 +30,7 @@ from stalwart._redact import (
     scrub_registered,
     secrets_in_url,
 )
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
 
 BEARER = "brr-5Kq0x9LmT2"

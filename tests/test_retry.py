@@ -21,8 +21,8 @@ import stalwart
 from stalwart import HttpStatusError, Permanent, RetryPolicy, Transient, UsageError, is_transient
 from stalwart._clock import WaitRecorder
 from stalwart._errors import ResponseFormatError
-from stalwart.instrumentation._events import RetryScheduled
 from stalwart._retry import RetryStats, acall_with_retries, call_with_retries
+from stalwart.instrumentation._events import RetryScheduled
 from stalwart.testing import MemoryMetrics, RecordingAlerter, no_wait
 
 FAST = RetryPolicy(attempts=4, initial=0.5, maximum=4.0, deadline=60.0)

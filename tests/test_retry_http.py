@@ -24,9 +24,9 @@ from stalwart import (
     ResponseFormatError,
     RetryPolicy,
 )
-from stalwart.cli._main import run_cli
 from stalwart._clock import WaitRecorder
 from stalwart._http import parse_retry_after
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply
 
 POLICY = RetryPolicy(attempts=5, initial=0.5, maximum=8.0, deadline=60.0)

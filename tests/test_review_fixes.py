@@ -13,8 +13,8 @@ import pytest
 
 import stalwart
 from conftest import run_python
-from stalwart.cli._main import run_cli
 from stalwart._deadletter import DeadLetterStore
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, no_wait
 
 PIPE = """

@@ -10,8 +10,8 @@ import pytest
 
 import stalwart
 from conftest import run_python
-from stalwart.cli._main import run_cli
 from stalwart._errors import UsageError
+from stalwart.cli._main import run_cli
 
 SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
 BAD_RUN_IDS = ["../x", "a/b", "", "/", "r" * 200, ".hidden", "..", "x y", "-r"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
-from stalwart.instrumentation._events import RetryScheduled, RunFinished, StepSkipped, StepSucceeded
 from stalwart.instrumentation._core import observations
+from stalwart.instrumentation._events import RetryScheduled, RunFinished, StepSkipped, StepSucceeded
 from stalwart.instrumentation._statsd import StatsD
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 

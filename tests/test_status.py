@@ -10,8 +10,8 @@ import pytest
 
 import stalwart
 from stalwart._checkpoint import RunLock, StepRecord
-from stalwart.cli._main import run_cli
 from stalwart._lock import lock_holder
+from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
 
 

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 import stalwart
 from stalwart import HttpClient, RetryPolicy
 from stalwart._checkpoint import Marker
-from stalwart.cli._main import run_cli
 from stalwart._errors import HttpError, ResponseFormatError, UsageError
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
 
 EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

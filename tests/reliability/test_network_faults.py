@@ -20,8 +20,8 @@ import pytest
 
 import stalwart
 from stalwart import HttpClient, RetryPolicy, SlackWebhook
-from stalwart.cli._main import run_cli
 from stalwart._errors import HttpError
+from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, WaitRecorder
 
 BODY = b'{"orders": [' + b",".join(b'{"id": %d}' % i for i in range(200)) + b"]}"
