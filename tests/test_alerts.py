@@ -260,7 +260,7 @@ def test_log_alerter_and_send_all(caplog: pytest.LogCaptureFixture) -> None:
 # -- the runner: alert on failure, exit 1, original error wins ---------------------------------
 
 
-def _failing_pipeline(root: Path, alerters: list[object] | None) -> stalwart.Pipeline:
+def _failing_pipeline(root: Path, alerters: list[stalwart.Alerter] | None) -> stalwart.Pipeline:
     pipeline = stalwart.Pipeline("t", root=root, alerters=alerters, metrics=[])
 
     @pipeline.step()
@@ -326,7 +326,9 @@ def test_default_alerters_come_from_the_environment(
 # -- interrupts never alert --------------------------------------------------------------------
 
 
-def _interrupted_pipeline(root: Path, interrupt: str, alerters: list[object]) -> stalwart.Pipeline:
+def _interrupted_pipeline(
+    root: Path, interrupt: str, alerters: list[stalwart.Alerter]
+) -> stalwart.Pipeline:
     pipeline = stalwart.Pipeline("t", root=root, alerters=alerters, metrics=[])
 
     @pipeline.step()

@@ -391,6 +391,7 @@ def test_client_outside_a_pipeline_dead_letters_into_a_store(root: Path) -> None
         server.route("PUT", "/x", Reply(status=409, body="conflict"))
         with pytest.raises(stalwart.HttpStatusError) as caught:
             client.put(server.url("/x"), content=b"payload", dead_letter=store)
-    envelope_id = caught.value.dead_letter_id  # type: ignore[attr-defined]
+    envelope_id = caught.value.dead_letter_id
+    assert envelope_id is not None
     assert store.load(envelope_id)["request"]["method"] == "PUT"
     assert os.stat(root / "outside").st_mode & 0o777 == 0o700

@@ -23,6 +23,7 @@ from stalwart._logging import (
     rfc3339,
 )
 from stalwart._scope import StepScope, current_scope
+from stalwart._services import Emitter
 from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply, WaitRecorder
 
@@ -215,7 +216,7 @@ def test_other_loggers_get_the_running_steps_context() -> None:
     logger = logging.getLogger("some.library")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    scope = StepScope(pipeline="daily", run_id="r1", step="fetch", emit=lambda event: None)
+    scope = StepScope(pipeline="daily", run_id="r1", step="fetch", emit=Emitter([]))
     token = current_scope.set(scope)
     try:
         logger.info("inside")

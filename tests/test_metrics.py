@@ -11,7 +11,7 @@ import pytest
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy, UsageError
 from stalwart.cli._main import run_cli
-from stalwart.instrumentation import sinks_from_env
+from stalwart.instrumentation import MetricsSink, sinks_from_env
 from stalwart.instrumentation._core import (
     observations,
 )
@@ -38,7 +38,7 @@ def http() -> Iterator[HttpClient]:
 def flaky_pipeline(
     root: Path,
     server: FlakyServer,
-    metrics: list[object],
+    metrics: list[MetricsSink],
     http: HttpClient,
     *,
     fail_report: bool = False,

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stalwart import Context, HttpClient, Pipeline, RetryPolicy
+from stalwart.instrumentation import MetricsSink
 from stalwart.instrumentation._prometheus import PrometheusTextfile, Pushgateway
 from stalwart.testing import FlakyServer, MemoryMetrics, Reply, WaitRecorder
 
@@ -76,7 +77,7 @@ def http() -> Iterator[HttpClient]:
 
 
 def pipeline_with(
-    root: Path, sinks: list[object], http: HttpClient, url: str, *, name: str = "daily"
+    root: Path, sinks: list[MetricsSink], http: HttpClient, url: str, *, name: str = "daily"
 ) -> tuple[Pipeline, dict[str, bool]]:
     """fetch: GET ``url`` (retried); report: raises while ``switches["fail"]``."""
     switches = {"fail": False}

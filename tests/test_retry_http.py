@@ -515,7 +515,7 @@ def test_dead_letter_outside_a_step(
     store = DeadLetterStore(tmp_path / "dl", pipeline="adhoc")
     with pytest.raises(HttpStatusError) as caught:
         client.put(server.url("/sink"), content=b"payload", dead_letter=store)
-    assert [s.id for s in store.list()] == [caught.value.dead_letter_id]  # type: ignore[attr-defined]
+    assert [s.id for s in store.list()] == [caught.value.dead_letter_id]
 
     with pytest.raises(HttpStatusError):
         client.put(server.url("/sink"), content=b"payload", dead_letter=True)
