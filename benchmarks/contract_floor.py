@@ -1,7 +1,7 @@
-"""The floor of DESIGN's contract, in plain Python: the least a script must do to keep it.
+"""The floor of the documented contract, in plain Python: the least a script must do to keep it.
 
 ``plain_floor.py`` is the floor of the disk: durable writes and two ``stat`` calls, with
-nothing imported but ``os`` and ``sys``. The design contract (DESIGN.md: the public API) asks a
+nothing imported but ``os`` and ``sys``. The design contract (docs/design.md and the README: the public API) asks a
 pipeline for more than that, whoever implements it:
 
 - an argparse CLI: ``run [--run-id ID] [--force | --step NAME] [--log-format json|text]``;
@@ -105,7 +105,7 @@ def configure_logging(fmt: str | None) -> None:
 
 
 def _done(marker: str, state: str, scope: dict[str, object]) -> bool:
-    """DESIGN's skip rule: the marker parses and its outputs are there, at the recorded size."""
+    """The documented skip rule (docs/design.md): the marker parses and its outputs are there, at the recorded size."""
     try:
         with open(marker, "rb") as handle:
             outputs = [
@@ -130,7 +130,7 @@ def _done(marker: str, state: str, scope: dict[str, object]) -> bool:
 
 
 def run_chain(steps: int, state: str, args: argparse.Namespace) -> int:
-    """Run ``steps`` steps in ``state`` as DESIGN's runner would; returns how many ran."""
+    """Run ``steps`` steps in ``state`` as the documented runner would; returns how many ran."""
     run_started = time.time()
     markers = os.path.join(state, MARKERS)
     os.makedirs(markers, exist_ok=True)

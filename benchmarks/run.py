@@ -23,7 +23,7 @@ sample, the machine, the package versions) goes to ``benchmarks/results/bench.js
 6. whole process: a 3-step pipeline file run with ``pipeline.main()`` in a new process, vs a
    plain script doing the same durable writes; the re-run of a finished N-step run as a new
    process, vs the plain script re-running its finished chain. Info rows split the gap with
-   ``contract_floor.py``, the least plain Python must do to honour DESIGN's contract (argparse
+   ``contract_floor.py``, the least plain Python must do to honour the documented contract (argparse
    CLI, JSON logs through ``logging`` and python-json-logger, JSON markers with a sha256 per
    output): the contract floor vs the plain script (what the contract costs by itself), and
    stalwart vs the contract floor (what stalwart adds), cold and on the re-run.

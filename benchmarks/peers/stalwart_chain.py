@@ -1,4 +1,4 @@
-"""A chain of N stalwart steps, written against the public API in docs (DESIGN.md).
+"""A chain of N stalwart steps, written against the public API in docs (docs/design.md).
 
 Each step writes its small output with ``ctx.write_text`` (atomic and durable, recorded
 in the step's marker); steps run in declaration order and a re-run of a finished run

@@ -36,7 +36,7 @@ from stalwart.testing import FlakyServer, Reply
 
 EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# The rule of DESIGN.md, restated here so the library is not its own oracle.
+# The rule of docs/design.md, restated here so the library is not its own oracle.
 VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VALID_ID = r"\A\d{8}T\d{12}Z-[0-9a-f]{8}\Z"
 HOSTILE_NAMES = [
