@@ -28,7 +28,6 @@ from ._records import (
     normalize_output_name,
     parse_record,
     record_fields,
-    utc_now,
     validate_name,
 )
 
@@ -44,7 +43,6 @@ __all__ = [
     "SkipDecision",
     "StepRecord",
     "normalize_output_name",
-    "utc_now",
     "validate_name",
 ]
 

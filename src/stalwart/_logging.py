@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
 from ._scope import current_scope
+from ._time import utc_text
 
 __all__ = [
     "ContextAdapter",
@@ -75,9 +75,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 def rfc3339(created: float) -> str:
     """A record's time as UTC RFC 3339 with milliseconds: ``2026-11-28T03:00:00.123Z``."""
-    seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return utc_text(created, digits=3)
 
 
 class TextFormatter(logging.Formatter):

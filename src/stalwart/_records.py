@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,7 +26,6 @@ __all__ = [
     "normalize_output_name",
     "parse_record",
     "record_fields",
-    "utc_now",
     "validate_name",
 ]
 
@@ -45,14 +43,6 @@ def validate_name(value: object, what: str) -> str:
         f"invalid {what} {shown}: use 1 to 128 characters from A-Z a-z 0-9 . _ -, "
         f"starting with a letter or digit (it becomes a directory name, never a path)"
     )
-
-
-def utc_now() -> str:
-    """Now, as UTC RFC 3339 with microseconds: ``2026-11-28T03:00:00.123456Z``."""
-    now = time.time()
-    seconds = int(now)
-    micros = int((now - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
 @dataclass(frozen=True, slots=True)
