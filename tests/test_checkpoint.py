@@ -1,5 +1,5 @@
-"""CheckpointStore and RunLock: markers that parse or are corrupt (never a crash), records,
-clearing, and the lock's own rules."""
+"""CheckpointStore and RunLock: markers that parse or are corrupt (never a crash), what a
+run's marker records, records, clearing, and the lock's own rules."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import stalwart
 from stalwart import _checkpoint
 from stalwart._checkpoint import (
     CheckpointStore,
@@ -475,3 +476,21 @@ def test_lock_refuses_a_symlink(tmp_path: Path) -> None:
         RunLock(tmp_path / ".lock").acquire()
     assert info.value.errno == errno.ELOOP
     assert (tmp_path / "elsewhere").read_text() == "do not truncate me"
+
+
+def test_marker_says_duration_and_a_step_without_http_took_one_attempt(root: Path) -> None:
+    pipeline = stalwart.Pipeline("m", root=root, alerters=[])
+
+    @pipeline.step()
+    def plain(ctx: stalwart.Context) -> None:
+        ctx.write_text("a.txt", "a")
+
+    pipeline.run(run_id="r1")
+    data = json.loads((root / "m" / "runs" / "r1" / ".checkpoints" / "plain.done").read_text())
+    assert isinstance(data["duration"], float)
+    assert data["attempts"] == 1
+    assert data["retries"] == 0
+    assert data["runs"] == 1
+    assert sorted(p.name for p in (root / "m" / "runs" / "r1" / ".checkpoints").iterdir()) == [
+        "plain.done"
+    ]

@@ -395,3 +395,50 @@ def test_client_outside_a_pipeline_dead_letters_into_a_store(root: Path) -> None
     assert envelope_id is not None
     assert store.load(envelope_id)["request"]["method"] == "PUT"
     assert os.stat(root / "outside").st_mode & 0o777 == 0o700
+
+
+def test_dead_letter_store_show_default_pipeline_and_replay_without_a_client(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "daily" / "deadletter"
+    alerter = RecordingAlerter()
+    with FlakyServer() as server:
+        server.route("POST", "/x", Reply(status=400))
+        pipeline = stalwart.Pipeline("daily", root=tmp_path, alerters=[alerter])
+
+        @pipeline.step()
+        def up(ctx: stalwart.Context) -> None:
+            ctx.http.post(server.url("/x"), content=b"body", dead_letter=True)
+
+        with pytest.raises(stalwart.HttpStatusError):
+            pipeline.run(run_id="r1")
+        store = DeadLetterStore(directory)
+        assert store.pipeline == "daily"
+        envelope_id = alerter.last.dead_letter_id
+        assert envelope_id
+        assert store.show(envelope_id)["request"]["method"] == "POST"
+        server.route("POST", "/x", Reply(status=200))
+        assert store.replay(envelope_id).status_code == 200
+        assert server.requests_for("POST", "/x")[-1].body == b"body"
+
+
+def test_a_dead_letter_that_cannot_be_written_does_not_hide_the_http_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alerter = RecordingAlerter()
+    with FlakyServer() as server:
+        server.route("POST", "/x", Reply(status=400, body="schema mismatch"))
+        pipeline = stalwart.Pipeline("d", root=root, alerters=[alerter])
+
+        @pipeline.step()
+        def up(ctx: stalwart.Context) -> None:
+            ctx.http.post(server.url("/x"), content=b"body", dead_letter=True)
+
+        def full(*args: object, **kwargs: object) -> str:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("stalwart._deadletter.StepDeadLetters.keep_request", full)
+        with pytest.raises(stalwart.HttpStatusError) as caught:
+            pipeline.run(run_id="r1")
+    assert "schema mismatch" in alerter.last.error
+    assert any("dead letter was not kept" in n for n in caught.value.__notes__)

@@ -240,3 +240,13 @@ def test_a_calls_own_extra_wins_over_the_adapters_context(caplog: pytest.LogCapt
     one, two = caplog.records
     assert (one.step, one.attempt, one.rows) == ("fetch", 2, 5)  # type: ignore[attr-defined]
     assert two.attempt == 1  # type: ignore[attr-defined]
+
+
+def test_log_extra_none_is_accepted(root: Path) -> None:
+    pipeline = Pipeline("l", root=root, alerters=[])
+
+    @pipeline.step()
+    def talk(ctx: Context) -> None:
+        ctx.log.info("hello", extra=None)
+
+    assert pipeline.run(run_id="r1").ran == ("talk",)

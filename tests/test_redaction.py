@@ -271,3 +271,16 @@ def test_a_failing_pipeline_process_leaks_no_secret(tmp_path: Path, server: Flak
     (alert,) = server.requests_for("POST", f"/services/T0/B0/{HOOK_SECRET}")
     assert_clean(alert.body.decode(), "the Slack payload")
     assert "token=***" in alert.body.decode()
+
+
+def test_the_auth_scheme_word_is_not_masked_the_token_is(root: Path) -> None:
+    with (
+        FlakyServer() as server,
+        stalwart.HttpClient(headers={"Authorization": "Bearer tok-123456789"}) as client,
+    ):
+        server.route("GET", "/x", Reply(status=404, body="send a Bearer token; tok-123456789?"))
+        with pytest.raises(stalwart.HttpStatusError) as caught:
+            client.get(server.url("/x"))
+    message = str(caught.value)
+    assert "tok-123456789" not in message
+    assert "send a Bearer token; ***?" in message

@@ -536,3 +536,38 @@ def test_retry_log_inside_a_step_names_the_step(
     assert "fetch: GET http://api/orders -> Transient: flap (attempt 1/4), retrying in" in (
         caplog.text
     )
+
+
+def test_retry_takes_policy_as_a_keyword() -> None:
+    calls: list[int] = []
+
+    @stalwart.retry(policy=stalwart.RetryPolicy(attempts=3, initial=0.0, maximum=0.0))
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("blip")
+        return "ok"
+
+    with no_wait():
+        assert flaky() == "ok"
+    assert len(calls) == 3
+
+
+def test_alert_counts_the_attempts_of_a_retried_function(root: Path) -> None:
+    alerter = RecordingAlerter()
+    pipeline = stalwart.Pipeline("a", root=root, alerters=[alerter])
+
+    @stalwart.retry(stalwart.RetryPolicy(attempts=3))
+    def always_down() -> None:
+        raise TimeoutError("down")
+
+    @pipeline.step()
+    def fetch(ctx: stalwart.Context) -> None:
+        always_down()
+
+    with no_wait(), pytest.raises(TimeoutError):
+        pipeline.run(run_id="r1")
+    alert = alerter.last
+    assert alert.attempts == 3
+    assert alert.message == "down"
+    assert alert.duration == alert.duration_s

@@ -1,4 +1,5 @@
-"""State directories are private, and a symlink planted in the state root redirects nothing."""
+"""State directories are private, a symlink planted in the state root redirects nothing,
+and a state root that is not a directory is a usage error (exit 2)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,11 @@ def test_symlinked_output_file_is_replaced_not_followed(root: Path, tmp_path: Pa
     assert victim.read_text() == "precious"
     assert not (run_dir / "out.txt").is_symlink()
     assert (run_dir / "out.txt").read_text() == "hello"
+
+
+def test_a_root_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    pipeline = stalwart.Pipeline("f", root=not_a_dir, alerters=[])
+    pipeline.step(name="s")(lambda ctx: None)
+    assert run_cli(["run", "--run-id", "r1"], pipeline=pipeline) == 2

@@ -164,3 +164,8 @@ def test_the_worked_example_passes_as_written(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
+
+
+def test_stalwart_testing_is_reachable_as_an_attribute() -> None:
+    with stalwart.testing.no_wait() as waits:
+        assert waits.waits == []
