@@ -1,8 +1,8 @@
 """The floor of the documented contract, in plain Python: the least a script must do to keep it.
 
 ``plain_floor.py`` is the floor of the disk: durable writes and two ``stat`` calls, with
-nothing imported but ``os`` and ``sys``. The design contract (docs/design.md and the README: the public API) asks a
-pipeline for more than that, whoever implements it:
+nothing imported but ``os`` and ``sys``. The public contract (docs/design.md, the README)
+asks a pipeline for more than that, whoever implements it:
 
 - an argparse CLI: ``run [--run-id ID] [--force | --step NAME] [--log-format json|text]``;
 - logs through the standard ``logging`` module, one JSON object per line on stderr
@@ -105,7 +105,7 @@ def configure_logging(fmt: str | None) -> None:
 
 
 def _done(marker: str, state: str, scope: dict[str, object]) -> bool:
-    """The documented skip rule (docs/design.md): the marker parses and its outputs are there, at the recorded size."""
+    """The documented skip rule: the marker parses, its outputs are there at their size."""
     try:
         with open(marker, "rb") as handle:
             outputs = [

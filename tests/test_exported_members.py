@@ -46,7 +46,7 @@ def test_names_come_from_their_private_modules(namespace: ModuleType) -> None:
 def test_type_checkers_see_the_same_names(namespace: ModuleType) -> None:
     """The ``if TYPE_CHECKING:`` block (``from .x import Y as Y``) names what the table does."""
     source = Path(namespace.__file__ or "").read_text()
-    seen = set(re.findall(r"^    from \S+ import (\w+) as \1$", source, flags=re.MULTILINE))
+    seen = set(re.findall(r"^    from \.\S+ import (\w+) as \1$", source, flags=re.MULTILINE))
     assert seen == set(namespace._EXPORTS)
 
 

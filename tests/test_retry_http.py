@@ -341,7 +341,7 @@ def test_step_retry_policy_and_per_call_policy_override_the_client(
     server.route("GET", "/x", Reply(status=503))
     pipeline, _ = _pipeline(root, client)
 
-    @pipeline.step(retry=RetryPolicy(attempts=2))
+    @pipeline.step(http_retry=RetryPolicy(attempts=2))
     def fetch(ctx: stalwart.Context) -> None:
         with contextlib.suppress(HttpStatusError):
             ctx.http.get(server.url("/x"), retry=RetryPolicy(attempts=3))

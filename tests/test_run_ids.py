@@ -75,7 +75,11 @@ def test_bad_run_id_in_the_api(root: Path) -> None:
 
 def test_default_run_id_is_todays_utc_date(root: Path) -> None:
     pipeline = stalwart.Pipeline("orders", root=root)
-    pipeline.step(name="only")(lambda ctx: ctx.write_text("x", ctx.run_id))
+
+    @pipeline.step(name="only")
+    def only(ctx: stalwart.Context) -> None:
+        ctx.write_text("x", ctx.run_id)
+
     before = stalwart._time.today()
     result = pipeline.run()
     assert result.run_id in (before, stalwart._time.today())
@@ -119,7 +123,11 @@ def test_bad_output_names_are_errors(tmp_path: Path, name: str, how: str) -> Non
 
 def test_output_in_a_subdirectory_is_fine(root: Path) -> None:
     pipeline = stalwart.Pipeline("orders", root=root)
-    pipeline.step(name="nested")(lambda ctx: ctx.write_text("reports/2026/day.csv", "a,b\n"))
+
+    @pipeline.step(name="nested")
+    def nested(ctx: stalwart.Context) -> None:
+        ctx.write_text("reports/2026/day.csv", "a,b\n")
+
     pipeline.run(run_id="r1")
     store = pipeline.checkpoints("r1")
     marker = store.read_marker("nested")

@@ -14,6 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    # The namespaces, so that `import stalwart; stalwart.testing.no_wait()` is typed too.
+    from . import instrumentation as instrumentation
+    from . import testing as testing
     from ._alerts import Alert as Alert
     from ._alerts import Alerter as Alerter
     from ._alerts import SlackWebhook as SlackWebhook
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from ._errors import ResponseFormatError as ResponseFormatError
     from ._errors import RunLockedError as RunLockedError
     from ._errors import StalwartError as StalwartError
+    from ._errors import StepTimeout as StepTimeout
     from ._errors import Transient as Transient
     from ._errors import UsageError as UsageError
     from ._http import HttpClient as HttpClient
@@ -64,6 +68,7 @@ _EXPORTS = {
     "RunResult": "_result",
     "SlackWebhook": "_alerts",
     "StalwartError": "_errors",
+    "StepTimeout": "_errors",
     "Transient": "_errors",
     "UsageError": "_errors",
     "atomic_write": "_atomic",

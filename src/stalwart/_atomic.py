@@ -178,6 +178,7 @@ def atomic_write(
     mode: Literal["w", "wt"] = ...,
     *,
     encoding: str = ...,
+    newline: str | None = ...,
     digest: FileDigest | None = ...,
 ) -> contextlib.AbstractContextManager[IO[str]]: ...
 @overload
@@ -186,6 +187,7 @@ def atomic_write(
     mode: Literal["wb"],
     *,
     encoding: str = ...,
+    newline: str | None = ...,
     digest: FileDigest | None = ...,
 ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
 def atomic_write(
@@ -193,6 +195,7 @@ def atomic_write(
     mode: str = "w",
     *,
     encoding: str = "utf-8",
+    newline: str | None = "",
     digest: FileDigest | None = None,
 ) -> contextlib.AbstractContextManager[IO[Any]]:
     """Write ``path`` atomically; use as ``with atomic_write(path) as f: f.write(...)``.
@@ -206,9 +209,12 @@ def atomic_write(
     An existing ``path`` keeps its permission bits (a symlink at ``path`` is replaced by a
     regular file); a new file gets ``0o666 & ~umask`` like ``open()`` would. ``digest``, if
     given, receives the size and sha256 of the bytes written. Text is written without
-    newline translation. See the module docstring for what survives a crash.
+    newline translation (``newline=""``, what the csv module asks for); ``newline`` takes what
+    ``open()`` takes. See the module docstring for what survives a crash.
     """
-    return _atomic_write(_clean(path), _open_mode(mode), encoding, digest)
+    if newline not in (None, "", "\n", "\r", "\r\n"):
+        raise ValueError(f"illegal newline value: {newline!r}")
+    return _atomic_write(_clean(path), _open_mode(mode), encoding, digest, newline)
 
 
 def _lock_temp(fd: int) -> None:
@@ -302,14 +308,20 @@ def _sync_parent(path: str) -> None:
 
 
 def _open_handle(
-    fd: int, binary: bool, encoding: str, digest: FileDigest | None, path: str
+    fd: int,
+    binary: bool,
+    encoding: str,
+    digest: FileDigest | None,
+    path: str,
+    *,
+    newline: str | None,
 ) -> IO[Any]:
     raw = _DigestingRaw(fd, digest, path)
     buffered = io.BufferedWriter(raw, buffer_size=1 << 17)  # big writes go straight through
     if binary:
         return buffered
     try:
-        return io.TextIOWrapper(buffered, encoding=encoding, newline="")
+        return io.TextIOWrapper(buffered, encoding=encoding, newline=newline)
     except BaseException:  # an unknown encoding: do not leak the descriptor
         buffered.close()
         raise
@@ -317,7 +329,7 @@ def _open_handle(
 
 @contextlib.contextmanager
 def _atomic_write(
-    path: str, binary: bool, encoding: str, digest: FileDigest | None
+    path: str, binary: bool, encoding: str, digest: FileDigest | None, newline: str | None = ""
 ) -> Iterator[IO[Any]]:
     try:
         tmp, fd = _create_temp(path)
@@ -326,7 +338,7 @@ def _atomic_write(
     # The caller's file object writes through its own descriptor (closing it is allowed);
     # ``fd`` keeps the temp file locked until it is renamed, and is what gets fsynced.
     try:
-        handle = _open_handle(os.dup(fd), binary, encoding, digest, path)
+        handle = _open_handle(os.dup(fd), binary, encoding, digest, path, newline=newline)
     except BaseException:
         _abandon(tmp, fd, None)
         raise

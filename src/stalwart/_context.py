@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
 from ._errors import UsageError
 from ._logging import ContextAdapter
-from ._records import OutputRecord, normalize_output_name
+from ._records import InputRecord, OutputRecord, normalize_output_name
 from ._scope import StepScope
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ __all__ = ["Context", "Step", "StepFunction", "real_directories"]
 
 StepFunction = Callable[["Context"], object]
 
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
+
 
 class Step(NamedTuple):
     """A step of a pipeline (a ``NamedTuple``: cheaper to define at import than a dataclass)."""
@@ -38,6 +41,11 @@ class Step(NamedTuple):
     name: str
     fn: StepFunction
     retry: RetryPolicy | None = None
+    """Re-run the whole step after a transient error."""
+    timeout: float | None = None
+    """Seconds before the step is interrupted with ``StepTimeout``."""
+    http_retry: RetryPolicy | None = None
+    """The policy of the step's ``ctx.http`` calls (default: the client's)."""
 
 
 def real_directories(base: str, relative: str, *, mode: int = 0o700) -> None:
@@ -65,8 +73,13 @@ def real_directories(base: str, relative: str, *, mode: int = 0o700) -> None:
 
 def _output_name(name: object) -> str:
     """An output name relative to the run directory; never absolute, never climbing out,
-    never hidden (dot names are stalwart's: markers, lock, temp files)."""
+    never hidden (dot names are stalwart's: markers, lock, temp files), never a directory."""
     clean = normalize_output_name(name)
+    if isinstance(name, str) and name.endswith("/") and clean is not None:
+        raise UsageError(
+            f"invalid output name {name!r}: it names a directory; name the file in it "
+            f"({clean}/data.json)"
+        )
     if clean is None:
         raise UsageError(
             f"invalid output name {name!r}: use a relative path inside the run directory "
@@ -91,11 +104,17 @@ class Context:
         run_dir: str,
         scope: StepScope,
         runs: int,
+        params: Mapping[str, str] = _NO_PARAMS,
+        produced: Mapping[str, tuple[str, str]] = _NO_PARAMS,
     ) -> None:
         self._services = services
         self._step = step
         self._scope = scope
         self._outputs: dict[str, OutputRecord] = {}
+        self._inputs: dict[str, InputRecord] = {}
+        self._produced = produced
+        self.params: Mapping[str, str] = params
+        """The run's parameters (``--param KEY=VALUE``), read-only."""
         self._http: StepHttp | None = None
         self.run_id = run_id
         self._run_dir = run_dir
@@ -121,6 +140,17 @@ class Context:
     @property
     def outputs(self) -> tuple[OutputRecord, ...]:
         return tuple(self._outputs.values())
+
+    @property
+    def inputs(self) -> tuple[InputRecord, ...]:
+        """The earlier steps' outputs this step read, with the sha256 their step recorded."""
+        return tuple(self._inputs.values())
+
+    def _note_read(self, name: str) -> None:
+        clean = normalize_output_name(name)
+        found = self._produced.get(clean) if clean is not None else None
+        if clean is not None and found is not None and clean not in self._outputs:
+            self._inputs[clean] = InputRecord(name=clean, step=found[0], sha256=found[1])
 
     @property
     def http(self) -> StepHttp:
@@ -156,6 +186,11 @@ class Context:
 
     def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
         """Write the text ``data`` to output ``name`` atomically; returns its path."""
+        if not isinstance(data, str):
+            raise TypeError(
+                f"write_text({name!r}, ...) takes str, not {type(data).__name__}"
+                + ("; use ctx.write_bytes for bytes" if isinstance(data, bytes | bytearray) else "")
+            )
         return self.write_bytes(name, data.encode(encoding))
 
     def write_json(self, name: str, data: Any) -> Path:
@@ -165,32 +200,47 @@ class Context:
 
     @overload
     def atomic_write(
-        self, name: str, mode: Literal["w", "wt"] = ..., *, encoding: str = ...
+        self,
+        name: str,
+        mode: Literal["w", "wt"] = ...,
+        *,
+        encoding: str = ...,
+        newline: str | None = ...,
     ) -> contextlib.AbstractContextManager[IO[str]]: ...
     @overload
     def atomic_write(
-        self, name: str, mode: Literal["wb"], *, encoding: str = ...
+        self, name: str, mode: Literal["wb"], *, encoding: str = ..., newline: str | None = ...
     ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def atomic_write(
-        self, name: str, mode: str = "w", *, encoding: str = "utf-8"
+        self, name: str, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = ""
     ) -> contextlib.AbstractContextManager[IO[Any]]:
         """Stream output ``name`` to a temp file, renamed into place when the block ends
-        cleanly (discarded if it raises). For outputs too big to hold in memory."""
-        return self._stream(name, mode, encoding)
+        cleanly (discarded if it raises). For outputs too big to hold in memory. Text is
+        written without newline translation (``newline=""``, as the csv module wants)."""
+        return self._stream(name, mode, encoding, newline)
 
     @contextlib.contextmanager
-    def _stream(self, name: str, mode: str, encoding: str) -> Iterator[IO[Any]]:
+    def _stream(
+        self, name: str, mode: str, encoding: str, newline: str | None
+    ) -> Iterator[IO[Any]]:
         clean, target = self._target(name)
         digest = FileDigest()
-        with atomic_write(target, mode, encoding=encoding, digest=digest) as handle:  # type: ignore[call-overload]
+        with atomic_write(  # type: ignore[call-overload]
+            target, mode, encoding=encoding, newline=newline, digest=digest
+        ) as handle:
             yield handle
         self._record(clean, digest)
 
     def read_bytes(self, name: str) -> bytes:
-        return self.path(name).read_bytes()
+        """The bytes of output ``name``. Reading an earlier step's output records it as an
+        input of this step: if that output changes, this step runs again."""
+        data = self.path(name).read_bytes()
+        self._note_read(name)
+        return data
 
     def read_text(self, name: str, *, encoding: str = "utf-8") -> str:
-        return self.path(name).read_text(encoding=encoding)
+        """The text of output ``name`` (recorded as an input, like ``read_bytes``)."""
+        return self.read_bytes(name).decode(encoding)
 
     def read_json(self, name: str) -> Any:
         """Parse output ``name`` as JSON (``ValueError`` naming the file if it is not)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import contextlib
 import getpass
 import hashlib
@@ -25,7 +26,7 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +123,8 @@ class EnvelopeSummary:
     step: str
     reason: str
     state: str
-    """``pending``, ``replayed``, ``discarded`` or ``corrupt`` (unreadable file)."""
+    """``pending``, ``replayed``, ``discarded``, ``superseded`` (the step succeeded later in
+    that run) or ``corrupt`` (unreadable file)."""
 
 
 class DeadLetterStore:
@@ -227,8 +229,15 @@ class DeadLetterStore:
         """Everything in one envelope (what ``deadletter show ID`` prints)."""
         return self.load(envelope_id)
 
-    def list(self) -> list[EnvelopeSummary]:
-        """Every envelope, oldest first; unreadable ones are listed with state ``corrupt``."""
+    def list(self, *, run_id: str | None = None) -> list[EnvelopeSummary]:
+        """Every envelope (of ``run_id``, if given), oldest first; unreadable ones are
+        listed with state ``corrupt`` (whatever ``run_id`` asks for: they might be of it)."""
+        rows = self._summaries()
+        if run_id is None:
+            return rows
+        return [row for row in rows if row.run_id == run_id or row.state == "corrupt"]
+
+    def _summaries(self) -> builtins.list[EnvelopeSummary]:
         rows = []
         for envelope_id in self._list():
             try:
@@ -262,6 +271,32 @@ class DeadLetterStore:
         envelope["history"] = history
         self._write(envelope["id"], json_dumps(envelope).encode("utf-8"))
 
+    def supersede(
+        self, *, run_id: str, step: str, keep: Collection[str] = ()
+    ) -> builtins.list[str]:
+        """The step succeeded later in the same run: mark its pending envelopes of that run
+        (but those in ``keep``) ``superseded``: what they carried was delivered by the later
+        run. Returns their ids. ``replay --all`` skips them; ``replay ID`` needs ``force``."""
+        settled = []
+        for row in self._summaries():
+            if row.state != "pending" or row.run_id != run_id or row.step != step:
+                continue
+            if row.id in keep:
+                continue
+            with self._locked():
+                envelope = self.load(row.id)
+                if envelope.get("state") != "pending":
+                    continue
+                self._update(
+                    envelope,
+                    "superseded",
+                    f"step {step} succeeded in run {run_id}",
+                    state="superseded",
+                    superseded_at=utc_now(),
+                )
+            settled.append(row.id)
+        return settled
+
     def discard(self, envelope_id: str) -> dict[str, Any]:
         """Mark an envelope discarded (kept for audit, with who and when)."""
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
@@ -290,7 +325,9 @@ class DeadLetterStore:
         """Keep ``payload`` (bytes, text or JSON-able) as a dead letter with no run or step."""
         return StepDeadLetters(self, run_id="", step="").keep_payload(payload, reason=reason)
 
-    def replay(self, envelope_id: str, client: HttpClient | None = None) -> Response:
+    def replay(
+        self, envelope_id: str, client: HttpClient | None = None, *, force: bool = False
+    ) -> Response:
         """Re-send a pending HTTP dead letter through ``client`` (its credentials, its retry
         policy; a default ``HttpClient()`` if none is given) with the original body and
         Idempotency-Key. On success the envelope is marked ``replayed``; a second replay is
@@ -299,12 +336,18 @@ class DeadLetterStore:
             from ._http import HttpClient  # noqa: PLC0415
 
             with HttpClient() as own:
-                return self.replay(envelope_id, own)
+                return self.replay(envelope_id, own, force=force)
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked():
             envelope = self.load(envelope_id)
             state = envelope.get("state")
-            if state != "pending":
+            if state == "superseded" and not force:
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} is superseded: step {envelope.get('step')} "
+                    f"succeeded later in run {envelope.get('run_id')}, so what it carried was "
+                    f"most likely delivered. Replay it anyway with --force"
+                )
+            if state not in ("pending", "superseded"):
                 when = envelope.get("replayed_at") or envelope.get("discarded_at") or "earlier"
                 raise DeadLetterError(
                     f"dead letter {envelope_id} was already {state} ({when}); "

@@ -11,6 +11,7 @@
           |    +-- ResponseFormatError(ValueError)  the body is not what the step asked for
           +-- DeadLetterError          a dead letter cannot be read, replayed or discarded
           +-- Transient                raise it (or ``raise Transient(...) from exc``): retry me
+          |    +-- StepTimeout(TimeoutError)  a step ran longer than its ``timeout=``
           +-- Permanent                raise it: never retry me
 
 Each error keeps its context as attributes (``step``, ``run_id``, ``url``, ``status``...) and
@@ -29,6 +30,7 @@ __all__ = [
     "ResponseFormatError",
     "RunLockedError",
     "StalwartError",
+    "StepTimeout",
     "Transient",
     "UsageError",
 ]
@@ -145,6 +147,18 @@ class DeadLetterError(StalwartError):
 
 class Transient(StalwartError):
     """Raise (or ``raise Transient(...) from exc``) to have ``retry`` try again."""
+
+
+class StepTimeout(Transient, TimeoutError):
+    """A step ran longer than its ``timeout=`` and was interrupted. Transient, so the step's
+    ``retry=`` applies; ``step`` and ``timeout`` (seconds) say which and how long."""
+
+    retry_reason = "step_timeout"
+
+    def __init__(self, message: str = "", *, step: str = "", timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.step = step
+        self.timeout = timeout
 
 
 class Permanent(StalwartError):

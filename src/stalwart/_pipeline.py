@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._atomic import lazy_path
@@ -18,7 +18,7 @@ from ._checkpoint import CheckpointStore
 from ._context import Step, StepFunction, real_directories
 from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
-from ._records import validate_name
+from ._records import validate_name, validate_params
 from ._runner import Run
 from ._services import Emitter, RunServices, SharedHttp
 from ._time import today
@@ -78,7 +78,14 @@ class Pipeline:
     def step(self, fn: F, /) -> F: ...
     @overload
     def step(
-        self, fn: None = None, /, *, name: str | None = None, retry: RetryPolicy | None = None
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        http_retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]: ...
     def step(
         self,
@@ -87,16 +94,27 @@ class Pipeline:
         *,
         name: str | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        http_retry: RetryPolicy | None = None,
     ) -> Any:
         """Register a step (``@pipeline.step()`` or ``@pipeline.step``); steps run in the
-        order they are declared. ``retry`` overrides the client's policy for this step's
-        HTTP calls."""
+        order they are declared. A step is a function (or ``async def``) taking the
+        ``Context`` and returning None.
+
+        ``retry``: re-run the whole step after a transient error (``is_transient``), a fresh
+        ``Context`` each time (a failed attempt's outputs are not recorded). ``timeout``:
+        seconds after which the step is interrupted with ``StepTimeout`` (transient, so
+        ``retry`` applies). ``http_retry``: the policy of this step's ``ctx.http`` calls
+        (default: the client's).
+        """
+        _check_options(retry, timeout, http_retry)
 
         def register(function: StepFunction) -> StepFunction:
+            _check_step_function(function)
             step_name = validate_name(name or function.__name__, "step name")
             if step_name in self._step_names:
                 raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
-            self.steps.append(Step(step_name, function, retry))
+            self.steps.append(Step(step_name, function, retry, timeout, http_retry))
             self._step_names.add(step_name)
             return function
 
@@ -179,18 +197,27 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def run(
-        self, *, run_id: str | None = None, force: bool = False, from_step: str | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        force: bool = False,
+        from_step: str | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run the pipeline; return a ``RunResult``, or raise the failing step's exception
         (after alerting). ``force`` clears every marker of the run first; ``from_step``
-        clears the markers of that step and of every step after it.
+        clears the markers of that step and of every step after it. ``params``: the run's
+        parameters (``ctx.params``); a step that ran with other parameters runs again.
 
         Raises ``UsageError`` (bad run ID or step name, bad setting) and ``RunLockedError``
         (another process holds the run) before touching anything.
         """
-        run = self.start(run_id=run_id, force=force, from_step=from_step)
+        run = self.start(run_id=run_id, force=force, from_step=from_step, params=params)
         if run.failure is not None:
-            raise run.failure.error
+            error = run.failure.error
+            if isinstance(error, SystemExit) and not error.code:
+                raise SystemExit(1) from error  # sys.exit(0) in a step: the run did not finish
+            raise error
         return run.result()
 
     def services(self, *, resume_hint: str | None = None) -> RunServices:
@@ -211,6 +238,7 @@ class Pipeline:
         run_id: str | None = None,
         force: bool = False,
         from_step: str | None = None,
+        params: Mapping[str, str] | None = None,
         resume_hint: str | None = None,
     ) -> Run:
         """Run the pipeline and return the finished ``Run``: its ``failure`` says how it
@@ -221,8 +249,9 @@ class Pipeline:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
+        checked = validate_params(params)
         services = self.services(resume_hint=resume_hint)
-        run = Run(services, tuple(self.steps), run_id)
+        run = Run(services, tuple(self.steps), run_id, checked)
         lock = RunLock(os.path.join(run.run_dir, ".lock"))
         started = time.monotonic()
         try:
@@ -264,3 +293,45 @@ class Pipeline:
             if step is None:
                 return store.clear_all()
             return store.clear(self.step_names[self.step_names.index(step) :])
+
+
+# Code flags of generator functions (CPython's ``inspect.CO_GENERATOR`` and
+# ``CO_ASYNC_GENERATOR``; spelled here so that declaring a step does not import ``inspect``).
+_GENERATOR_FLAGS = 0x20 | 0x200
+
+
+def _check_step_function(function: object) -> None:
+    """Refuse, when it is declared, what cannot be a step: a class, a non-callable, a
+    generator function (its body would never run, yet the step would be marked done)."""
+    shown = getattr(function, "__qualname__", None) or repr(function)
+    if isinstance(function, type):
+        raise UsageError(
+            f"step {shown} is a class; a step is a function taking ctx (def {shown.lower()}"
+            f"(ctx): ...)"
+        )
+    if not callable(function):
+        raise UsageError(f"a step must be a function taking ctx, not {shown[:80]}")
+    code = getattr(function, "__code__", None)
+    if code is not None and code.co_flags & _GENERATOR_FLAGS:
+        raise UsageError(
+            f"step {shown} is a generator function (it yields): its body would not run. A "
+            f"step runs once and returns None; write what it produces with ctx.write_*"
+        )
+
+
+def _check_options(
+    retry: RetryPolicy | None, timeout: float | None, http_retry: RetryPolicy | None
+) -> None:
+    for option, value in (("retry", retry), ("http_retry", http_retry)):
+        if value is None:
+            continue
+        from ._policy import RetryPolicy  # noqa: PLC0415 - only steps with a policy need it
+
+        if not isinstance(value, RetryPolicy):
+            raise UsageError(f"step({option}=...) takes a RetryPolicy, not {value!r}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and 0 < timeout < float("inf")
+    ):
+        raise UsageError(f"step(timeout=...) takes seconds > 0, not {timeout!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from ._errors import UsageError
 __all__ = [
     "MARKER_FORMAT",
     "NAME_RE",
+    "InputRecord",
     "Marker",
     "OutputRecord",
     "SkipDecision",
@@ -27,11 +28,33 @@ __all__ = [
     "parse_record",
     "record_fields",
     "validate_name",
+    "validate_params",
 ]
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MARKER_FORMAT = 1
+
+
+PARAM_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
+
+
+def validate_params(params: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Run parameters as a read-only mapping: keys ``[A-Za-z_][A-Za-z0-9_.-]{0,63}``,
+    values strings (``UsageError`` otherwise)."""
+    if not params:
+        return MappingProxyType({})
+    checked: dict[str, str] = {}
+    for key, value in params.items():
+        if not isinstance(key, str) or not PARAM_KEY_RE.match(key):
+            raise UsageError(
+                f"invalid parameter name {key!r}: use letters, digits, _ . - (starting with a "
+                f"letter or _), at most 64 characters"
+            )
+        if not isinstance(value, str) or "\x00" in value:
+            raise UsageError(f"parameter {key}: its value must be text, not {value!r}"[:200])
+        checked[key] = value
+    return MappingProxyType(checked)
 
 
 def validate_name(value: object, what: str) -> str:
@@ -54,6 +77,16 @@ class OutputRecord:
     sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """An output a step read through ``ctx.read_*``: its name, the step that produced it and
+    the sha256 that step recorded. If the producer's output changes, the reader runs again."""
+
+    name: str
+    step: str
+    sha256: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Marker:
     """What a ``.done`` marker records about a completed step."""
@@ -71,11 +104,15 @@ class Marker:
     runs: int
     """How many times this step started for this run ID, across processes."""
     outputs: tuple[OutputRecord, ...] = ()
+    inputs: tuple[InputRecord, ...] = ()
+    """What the step read (``ctx.read_*``) of earlier steps' outputs."""
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The run parameters the step ran with (``--param``)."""
     format: int = MARKER_FORMAT
 
     def to_json(self) -> bytes:
         """One line of JSON (the C encoder: markers are written on every step)."""
-        data = {
+        data: dict[str, Any] = {
             "format": self.format,
             "pipeline": self.pipeline,
             "step": self.step,
@@ -88,6 +125,12 @@ class Marker:
             "runs": self.runs,
             "outputs": [{"name": o.name, "size": o.size, "sha256": o.sha256} for o in self.outputs],
         }
+        if self.inputs:
+            data["inputs"] = [
+                {"name": i.name, "step": i.step, "sha256": i.sha256} for i in self.inputs
+            ]
+        if self.params:
+            data["params"] = dict(self.params)
         return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
@@ -119,6 +162,10 @@ class Marker:
                 retries=_count(data, "retries"),
                 runs=_count(data, "runs"),
                 outputs=tuple(_output(o) for o in raw_outputs),
+                inputs=tuple(_input(i) for i in _typed(data, "inputs", list))
+                if "inputs" in data
+                else (),
+                params=_params(data["params"]) if "params" in data else MappingProxyType({}),
                 format=version,
             )
         except KeyError as exc:
@@ -153,6 +200,26 @@ def _output(item: object) -> OutputRecord:
     if not SHA256_RE.match(sha256):
         raise TypeError(f"output {name!r} has a malformed sha256")
     return OutputRecord(name=name, size=_count(item, "size"), sha256=sha256)
+
+
+def _input(item: object) -> InputRecord:
+    if not isinstance(item, dict):
+        raise TypeError("an input is not an object")
+    name = _typed(item, "name", str)
+    if not _is_output_name(name):
+        raise TypeError(f"input name {name[:80]!r} is not a path inside the run directory")
+    sha256 = _typed(item, "sha256", str)
+    if not SHA256_RE.match(sha256):
+        raise TypeError(f"input {name!r} has a malformed sha256")
+    return InputRecord(name=name, step=_typed(item, "step", str), sha256=sha256)
+
+
+def _params(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(
+        type(k) is str and type(v) is str for k, v in value.items()
+    ):
+        raise TypeError("'params' is not an object of strings")
+    return MappingProxyType(dict(value))
 
 
 def normalize_output_name(name: object) -> str | None:

@@ -126,7 +126,9 @@ class _Loop:
         rng: random.Random | None,
         start: float | None = None,
         scope: StepScope | None = None,
+        stacked: bool = False,
     ) -> None:
+        self.stacked = stacked
         self.policy = policy
         self.operation = operation
         self.classify = classify
@@ -145,7 +147,7 @@ class _Loop:
         """Transient by the classifier, not ``Permanent``, not given up on by an inner loop."""
         if not isinstance(exc, Exception) or isinstance(exc, Permanent):
             return False
-        return _gave_up.attempts(exc) is None and self.classify(exc)
+        return (self.stacked or _gave_up.attempts(exc) is None) and self.classify(exc)
 
     def begin(self) -> None:
         self.stats.attempts += 1
@@ -304,9 +306,11 @@ def call_with_retries(
     stats: RetryStats | None = None,
     logger: logging.Logger = log,
     rng: random.Random | None = None,
+    stacked: bool = False,
 ) -> T:
     """Call ``fn`` and retry it under ``policy`` while ``classify`` says the failure is
-    transient (``Permanent`` and exceptions an inner retry loop gave up on never are).
+    transient (``Permanent`` and exceptions an inner retry loop gave up on never are, unless
+    ``stacked``: a step's own ``retry=``, which the user asked for on top of the HTTP one).
     ``retry_after(exc)`` may ask for a longer wait, never a shorter one. Returns ``fn``'s
     result or raises its last exception unchanged; ``stats`` says what happened."""
     # Fast path: a call that succeeds first time pays for a clock read and a try, no more.
@@ -335,6 +339,7 @@ def call_with_retries(
         rng=rng,
         start=start,
         scope=scope,
+        stacked=stacked,
     )
     loop.stats.attempts = 1
     if not loop.first_failed(first):

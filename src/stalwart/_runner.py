@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Sequence
-from types import ModuleType
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore
 from ._context import Context, Step
 from ._errors import HttpError
-from ._records import Marker, StepRecord
+from ._invoke import call_step
+from ._records import Marker, SkipDecision, StepRecord
 from ._reporting import resume_command, send_alert
 from ._scope import StepScope, current_scope
 from ._time import utc_now
@@ -67,6 +69,8 @@ class Failure(NamedTuple):
     """The envelopes this step kept before it failed, oldest first."""
     resume_command: str
     """The command that resumes the run."""
+    exit_code: int = 1
+    """The process's exit code: 1, or the code of a ``sys.exit(code)`` inside the step."""
 
     @property
     def error_type(self) -> str:
@@ -110,8 +114,20 @@ class _StepDeadLetters:
 class Run:
     """One run of a pipeline, lock held: decides, runs and records each step."""
 
-    def __init__(self, services: RunServices, steps: Sequence[Step], run_id: str) -> None:
+    def __init__(
+        self,
+        services: RunServices,
+        steps: Sequence[Step],
+        run_id: str,
+        params: Mapping[str, str] = MappingProxyType({}),
+    ) -> None:
         self.services = services
+        self.params = params
+        self.produced: dict[str, tuple[str, str]] = {}
+        """Output name -> (the step that produced it, its sha256), for the steps visited so
+        far: what ``ctx.read_*`` records as a step's inputs."""
+        self.reran: set[str] = set()
+        """Steps that ran in this process (their outputs may have been produced again)."""
         self.steps = steps
         self.name = services.pipeline
         self.run_id = run_id
@@ -227,8 +243,20 @@ class Run:
         """Skip ``step`` if it is done, else run it; False if it failed."""
         decision = self.store.check(step.name, run_id=self.run_id)
         context = self._context(step.name)
-        if decision.done:
-            log.info("step %s already done, skipping", step.name, extra=context)
+        if decision.done and decision.marker is not None:
+            stale = self._stale(decision.marker)
+            if stale:
+                decision = SkipDecision(False, stale, decision.marker)
+        if decision.done and decision.marker is not None:
+            for output in decision.marker.outputs:
+                self.produced[output.name] = (step.name, output.sha256)
+            upstream = {i.step for i in decision.marker.inputs} & self.reran
+            log.info(
+                "step %s already done, skipping%s",
+                step.name,
+                " (inputs unchanged)" if upstream else "",
+                extra=context,
+            )
             self.skipped.append(step.name)
             if self.emit:
                 self.emit(
@@ -243,6 +271,49 @@ class Run:
             return False
         self.ran.append(step.name)
         return True
+
+    def _supersede(self, step: str, *, keep: set[str]) -> None:
+        """The step succeeded: the pending dead letters that its earlier, failed runs kept in
+        this run are settled (``superseded``), so ``replay --all`` does not send them again.
+        Those its successful attempt kept itself (``keep``: rejected rows...) stay pending."""
+        try:
+            names = os.listdir(self.services.deadletter_dir)
+        except OSError:
+            return
+        if not any(name.endswith(".json") for name in names):
+            return  # the common case: no dead letter at all, nothing imported
+        from ._deadletter import DeadLetterStore  # noqa: PLC0415
+
+        store = DeadLetterStore(self.services.deadletter_dir, pipeline=self.name)
+        try:
+            settled = store.supersede(run_id=self.run_id, step=step, keep=keep)
+        except Exception:  # a broken envelope must not fail a step that succeeded
+            log.warning("could not settle the dead letters of step %s", step, exc_info=True)
+            return
+        for envelope_id in settled:
+            log.info(
+                "dead letter %s is superseded: step %s succeeded in run %s",
+                envelope_id,
+                step,
+                self.run_id,
+                extra=self._context(step, dead_letter_id=envelope_id),
+            )
+
+    def _stale(self, marker: Marker) -> str:
+        """Why a step with a valid marker must run again ("" if it need not): the run's
+        parameters differ from the ones it ran with, or an output it read has changed."""
+        if dict(marker.params) != dict(self.params):
+            return (
+                f"the run's parameters changed ({_shown_params(marker.params)} -> "
+                f"{_shown_params(self.params)})"
+            )
+        for read in marker.inputs:
+            now = self.produced.get(read.name)
+            if now is None:
+                return f"its input {read.name} is no longer produced by step {read.step}"
+            if now[1] != read.sha256:
+                return f"its input {read.name} changed (produced again by step {now[0]})"
+        return ""
 
     def _finish(
         self, outcome: Literal["success", "failure", "interrupted"], duration: float
@@ -292,16 +363,8 @@ class Run:
             run_id=self.run_id,
             step=step.name,
             emit=self.emit,
-            retry_policy=step.retry,
+            retry_policy=step.http_retry,
             dead_letter=dead_letters,
-        )
-        ctx = Context(
-            services=self.services,
-            run_id=self.run_id,
-            step=step,
-            run_dir=self.run_dir,
-            scope=scope,
-            runs=runs,
         )
         context = self._context(step.name, attempt=runs)
         if self.emit:
@@ -311,11 +374,36 @@ class Run:
                 )
             )
         log.info("step %s started", step.name, extra=context)
+        self.reran.add(step.name)
         t0 = time.perf_counter()
+        contexts: list[Context] = []
+        kept_before = [0]  # how many dead letters earlier attempts kept
+
+        def attempt() -> None:
+            scope.new_attempt()  # the same requests get the same Idempotency-Keys again
+            kept_before[0] = len(dead_letters.ids)
+            ctx = Context(
+                services=self.services,
+                run_id=self.run_id,
+                step=step,
+                run_dir=self.run_dir,
+                scope=scope,
+                runs=runs,
+                params=self.params,
+                produced=self.produced,
+            )
+            contexts.append(ctx)  # only the last attempt's outputs are recorded
+            call_step(step.fn, ctx, step=step.name, timeout=step.timeout)
+
         token = current_scope.set(scope)
         try:
-            step.fn(ctx)
-        except Exception as exc:  # noqa: BLE001 - fails the step: recorded, alerted, run ends
+            if step.retry is None:
+                attempt()
+            else:
+                from ._retry import call_with_retries  # noqa: PLC0415 - only retried steps
+
+                call_with_retries(attempt, step.retry, operation=f"step {step.name}", stacked=True)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - fails the step: alerted
             current_scope.reset(token)
             self._failed(
                 step,
@@ -338,6 +426,7 @@ class Run:
                 started_at=started_at,
             )
             raise
+        ctx = contexts[-1]
         current_scope.reset(token)
         duration = time.perf_counter() - t0
         finished = utc_now()
@@ -354,6 +443,8 @@ class Run:
                     retries=scope.retries,
                     runs=runs,
                     outputs=ctx.outputs,
+                    inputs=ctx.inputs,
+                    params=self.params,
                 )
             )
         except Exception as exc:  # noqa: BLE001 - a marker that cannot be written: failed
@@ -368,6 +459,9 @@ class Run:
             )
             return False
         self._ended(step, scope, runs, started_at, "done", finished=finished)
+        for output in ctx.outputs:
+            self.produced[output.name] = (step.name, output.sha256)
+        self._supersede(step.name, keep=set(dead_letters.ids[kept_before[0] :]))
         if self.emit:
             self.emit(
                 _events().StepSucceeded(
@@ -453,7 +547,7 @@ class Run:
         self,
         step: Step,
         *,
-        exc: Exception,
+        exc: Exception | SystemExit,
         scope: StepScope,
         dead_letters: list[str],
         duration: float,
@@ -466,7 +560,15 @@ class Run:
         kept = tuple(dead_letters)
         dead_letter_id = exc.dead_letter_id if isinstance(exc, HttpError) else None
         dead_letter_id = dead_letter_id or (kept[-1] if kept else None)
-        error = scrub_registered(str(exc) or repr(exc))
+        exit_code = 1
+        if isinstance(exc, SystemExit):
+            exit_code = exc.code if isinstance(exc.code, int) and exc.code else 1
+            error = scrub_registered(
+                f"the step called sys.exit({'' if exc.code is None else repr(exc.code)}) "
+                f"before it finished: the run did not finish"
+            )
+        else:
+            error = scrub_registered(str(exc) or repr(exc))
         attempts = exc.attempts if isinstance(exc, HttpError) else gave_up_after(exc) or 1
         with contextlib.suppress(Exception):  # the step's error matters more than the record
             self._ended(
@@ -512,4 +614,10 @@ class Run:
             resume=self.resume,
             dead_letter_id=dead_letter_id,
         )
-        self.failure = Failure(step.name, exc, error, attempts, sent, kept, self.resume)
+        self.failure = Failure(
+            step.name, exc, error, attempts, sent, kept, self.resume, exit_code=exit_code
+        )
+
+
+def _shown_params(params: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "none"

@@ -69,6 +69,12 @@ class StepScope:
         self._lock = threading.Lock()
         self._key_counts: dict[tuple[str, str, str], int] = {}
 
+    def new_attempt(self) -> None:
+        """A retry of the whole step starts: its requests repeat the first attempt's effects,
+        so they get the same Idempotency-Keys again."""
+        with self._lock:
+            self._key_counts.clear()
+
     def count_attempt(self) -> None:
         with self._lock:
             self.attempts += 1

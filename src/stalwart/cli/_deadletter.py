@@ -31,23 +31,7 @@ def _age(created_at: str, now: float | None = None) -> str:
 def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
     store = pipeline.deadletters
     if args.action == "list":
-        rows = store.list()
-        if args.json:
-            listing = {"format": 1, "dead_letters": [dataclasses.asdict(r) for r in rows]}
-            print(json.dumps(listing, indent=2))
-            return 0
-        if not rows:
-            print(f"no dead letters for {pipeline.name} ({store.directory})")
-            return 0
-        print(
-            f"{'ID':<33} {'AGE':>5}  {'PIPELINE':<14} {'RUN':<12} {'STEP':<12} {'STATE':<9}  REASON"
-        )
-        for r in rows:
-            print(
-                f"{r.id:<33} {_age(r.created_at):>5}  {r.pipeline:<14} {r.run_id:<12} "
-                f"{r.step:<12} {r.state:<9}  {r.reason}"
-            )
-        return 0
+        return _list(args, pipeline)
     if args.action == "show":
         try:
             envelope = store.load(args.id)
@@ -64,11 +48,14 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
             return 1
         print(f"dead letter {args.id} discarded (kept for audit)")
         return 0
-    ids = [r.id for r in store.list() if r.state == "pending"] if args.all else [args.id]
+    if args.all:  # the pending ones: superseded letters were delivered another way
+        ids = [r.id for r in store.list(run_id=args.run_id) if r.state == "pending"]
+    else:
+        ids = [args.id]
     failed = 0
     for envelope_id in ids:
         try:
-            response = store.replay(envelope_id, pipeline.http)
+            response = store.replay(envelope_id, pipeline.http, force=args.force)
         except (DeadLetterError, HttpError) as exc:
             failed += 1
             print(f"deadletter replay {envelope_id}: {exc}", file=err)
@@ -77,3 +64,22 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
     if args.all:
         print(f"replayed {len(ids) - failed} of {len(ids)} pending dead letter(s)")
     return 1 if failed else 0
+
+
+def _list(args: argparse.Namespace, pipeline: Pipeline) -> int:
+    store = pipeline.deadletters
+    rows = store.list(run_id=args.run_id)
+    if args.json:
+        listing = {"format": 1, "dead_letters": [dataclasses.asdict(r) for r in rows]}
+        print(json.dumps(listing, indent=2))
+        return 0
+    if not rows:
+        print(f"no dead letters for {pipeline.name} ({store.directory})")
+        return 0
+    print(f"{'ID':<33} {'AGE':>5}  {'PIPELINE':<14} {'RUN':<12} {'STEP':<12} {'STATE':<10}  REASON")
+    for r in rows:
+        print(
+            f"{r.id:<33} {_age(r.created_at):>5}  {r.pipeline:<14} {r.run_id:<12} "
+            f"{r.step:<12} {r.state:<10}  {r.reason}"
+        )
+    return 0

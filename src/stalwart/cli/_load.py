@@ -30,8 +30,10 @@ def load_pipeline(target: str) -> Pipeline:
             sys.path.insert(0, os.getcwd())  # `stalwart status mypipe:pipeline` beside mypipe.py
         try:
             module = importlib.import_module(spec)
-        except ImportError as exc:
-            raise UsageError(f"cannot import pipeline module {spec!r}: {exc}") from None
+        except Exception as exc:
+            raise UsageError(
+                f"cannot import pipeline module {spec!r}: {type(exc).__name__}: {exc}"
+            ) from exc
     found, name = _find_pipeline(module, attribute, target)
     if found.source is None:
         found.source = f"{spec}:{name}"
@@ -52,7 +54,13 @@ def _import_file(path: Path) -> ModuleType:
     directory = str(path.resolve().parent)
     if directory not in sys.path:
         sys.path.insert(0, directory)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(
+            f"cannot import pipeline file {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     return module
 
 

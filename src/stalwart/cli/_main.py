@@ -24,7 +24,7 @@ from .._logging import TextFormatter, configure
 from .._pipeline import Pipeline
 from .._runner import Failure, Terminated
 from .._time import today
-from ._parser import build_parser, with_default_command
+from ._parser import build_parser, mistyped_command, with_default_command
 
 if TYPE_CHECKING:
     from .._runner import Run
@@ -49,7 +49,11 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
     err = stderr or sys.stderr
     standalone = pipeline is None
     prog = "stalwart" if standalone else os.path.basename(sys.argv[0] or "pipeline")
-    words = with_default_command(argv)
+    mistyped = mistyped_command(argv, standalone=standalone)
+    if mistyped is not None:
+        print(f"{prog}: error: {mistyped}", file=err)
+        return EXIT_USAGE
+    words = with_default_command(argv, standalone=standalone)
     parser = build_parser(prog, standalone=standalone, command=words[0])
     try:
         args = parser.parse_args(words)
@@ -93,7 +97,12 @@ def _run_command(
 
                 pipeline = load_pipeline(args.target)
             if args.command == "run":
-                run = pipeline.start(run_id=args.run_id, force=args.force, from_step=args.step)
+                run = pipeline.start(
+                    run_id=args.run_id,
+                    force=args.force,
+                    from_step=args.step,
+                    params=dict(args.param),
+                )
                 if run.failure is None:
                     return EXIT_OK
                 return _failed(run, run.failure, say, err, verbose=verbose)
@@ -127,14 +136,23 @@ def _failed(run: Run, failure: Failure, say: _Say, err: TextIO, *, verbose: bool
         import traceback  # noqa: PLC0415
 
         traceback.print_exception(failure.error, file=err)
-    return say(
+    say(
         EXIT_FAILED,
-        explain_failure(failure, run_id=run.run_id, pipeline=run.name, verbose=verbose),
+        explain_failure(
+            failure,
+            run_id=run.run_id,
+            pipeline=run.name,
+            verbose=verbose,
+            ran=bool(run.ran or run.skipped),
+        ),
         error=f"{failure.error_type}: {failure.message}",
     )
+    return failure.exit_code
 
 
-def explain_failure(failure: Failure, *, run_id: str, pipeline: str, verbose: bool) -> str:
+def explain_failure(
+    failure: Failure, *, run_id: str, pipeline: str, verbose: bool, ran: bool = True
+) -> str:
     """The paragraph a person reads when a run failed."""
     if failure.step:
         where = f"step {failure.step} of {pipeline} (run {run_id}) failed"
@@ -144,7 +162,14 @@ def explain_failure(failure: Failure, *, run_id: str, pipeline: str, verbose: bo
         f"{where}; resume with: {failure.resume_command}.",
         f"  {failure.error_type}: {failure.message}",
     ]
-    if failure.step:
+    from .._reporting import replay_command  # noqa: PLC0415 - only when failing
+
+    for envelope_id in failure.dead_letter_ids:
+        lines.append(
+            f"  Kept dead letter {envelope_id}; re-send it with: "
+            f"{replay_command(failure.resume_command, envelope_id)}"
+        )
+    if failure.step and ran:
         lines.append("  Finished steps keep their checkpoints.")
     if not failure.alert_sent:
         lines.append("  The alert could not be delivered to every alerter (see the log).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["COMMANDS", "build_parser", "with_default_command"]
+__all__ = ["COMMANDS", "build_parser", "mistyped_command", "with_default_command"]
 
 COMMANDS = ("run", "status", "reset", "deadletter", "demo")
 
@@ -74,7 +74,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         from importlib.metadata import version  # noqa: PLC0415
 
-        parser.exit(message=f"stalwart {version('stalwart')}\n")
+        print(f"stalwart {version('stalwart')}")  # to stdout, as --help is
+        parser.exit()
 
 
 def build_parser(
@@ -108,8 +109,32 @@ def build_parser(
 _Commands = argparse._SubParsersAction  # typeshed's name for what add_subparsers() returns
 
 
+def parse_param(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``; the value may be empty or hold ``=``."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _add_run(sub: _Commands[_Parser], common: _Parser) -> None:
-    run = sub.add_parser("run", parents=[common], help="run the pipeline (default)")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the pipeline (default)",
+        description="Run the pipeline: steps already done for this run ID are skipped.",
+        epilog="other commands: status, reset, deadletter (COMMAND --help for each)",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        metavar="KEY=VALUE",
+        action="append",
+        type=parse_param,
+        default=[],
+        help="a run parameter (ctx.params; repeatable); a step that ran with other "
+        "parameters runs again",
+    )
     how = run.add_mutually_exclusive_group()
     how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
     how.add_argument("--step", metavar="NAME", help="re-run NAME and every step after it")
@@ -146,13 +171,36 @@ def _add_deadletter(sub: _Commands[_Parser], common: _Parser) -> None:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("id", metavar="ID", nargs="?")
     which.add_argument("--all", action="store_true", help="every pending dead letter")
+    replay.add_argument("--force", action="store_true", help="replay even a superseded dead letter")
     dead_sub.add_parser("discard", parents=[common], help="mark one as discarded").add_argument(
         "id", metavar="ID"
     )
 
 
-def with_default_command(argv: list[str]) -> list[str]:
-    """``argv`` with ``run`` in front when it names no sub-command."""
+def with_default_command(argv: list[str], *, standalone: bool = True) -> list[str]:
+    """``argv`` with ``run`` in front when it names no sub-command. A pipeline's own
+    ``--help`` is the help of ``run`` (its options), which names the other commands."""
+    if not standalone and argv[:1] in (["-h"], ["--help"]):
+        return ["run", *argv]
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         return ["run", *argv]
     return argv
+
+
+def mistyped_command(argv: list[str], *, standalone: bool) -> str | None:
+    """If the first word looks like a mistyped sub-command, what to say (exit 2): "unknown
+    command 'stauts' (did you mean status?)". For ``stalwart``, a first word that is a
+    pipeline (a file, a module) is not a command at all."""
+    if not argv or argv[0].startswith("-") or argv[0] in COMMANDS:
+        return None
+    word = argv[0]
+    import difflib  # noqa: PLC0415 - only for a word that is not a command
+
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    if standalone:
+        import os  # noqa: PLC0415
+
+        if not close or os.path.exists(word.partition(":")[0]) or "." in word or ":" in word:
+            return None  # `stalwart pipeline.py ...`, `stalwart pkg.mod:name ...`: a run
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown command {word!r}{hint}; the commands are: {', '.join(COMMANDS[:4])}"

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["StepStatus", "collect", "print_status", "status_json"]
 
 STATUS_FORMAT = 1
+_OTHER_RUNS = 5  # runs named when the one asked for has not started
+_DETAIL_WIDTH = 60  # a longer list of outputs goes one per line
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +35,8 @@ class StepStatus:
     error: str = ""
     dead_letter_id: str = ""
     note: str = ""
+    params: dict[str, str] | None = None
+    """The run parameters the step ran with (done steps only)."""
 
 
 def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
@@ -54,6 +58,7 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
                     attempts=marker.attempts,
                     retries=marker.retries,
                     outputs=tuple(asdict(o) for o in marker.outputs),
+                    params=dict(marker.params),
                 )
             )
             continue
@@ -85,8 +90,15 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
     return rows
 
 
+def run_params(rows: list[StepStatus]) -> dict[str, str]:
+    """The parameters of the run, as its latest finished step recorded them."""
+    done = [row for row in rows if row.params is not None]
+    return dict(max(done, key=lambda row: row.finished).params or {}) if done else {}
+
+
 def status_json(pipeline: Pipeline, run_id: str) -> str:
     run_dir = pipeline.run_dir(run_id)
+    rows = collect(pipeline, run_id)
     return json.dumps(
         {
             "format": STATUS_FORMAT,
@@ -95,7 +107,8 @@ def status_json(pipeline: Pipeline, run_id: str) -> str:
             "run_dir": str(run_dir),
             "exists": run_dir.is_dir(),
             "locked_by": lock_holder(run_dir),
-            "steps": [asdict(row) for row in collect(pipeline, run_id)],
+            "params": run_params(rows),
+            "steps": [asdict(row) for row in rows],
         },
         indent=2,
     )
@@ -115,22 +128,32 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
     if not run_dir.is_dir():
         runs_dir = run_dir.parent
         others = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+        shown = others[-_OTHER_RUNS:]
+        cut = f" (the last {len(shown)} of {len(others)})" if len(others) > len(shown) else ""
         print(
             "  this run has not started yet"
-            + (f"; other runs: {', '.join(others[-5:])}" if others else "")
+            + (f"; other runs{cut}: {', '.join(shown)}" if others else "")
         )
     holder = lock_holder(run_dir)
     if holder:
         print(f"  running now: {holder}")
+    rows = collect(pipeline, run_id)
+    params = run_params(rows)
+    if params:
+        print("  params: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
     print(
         f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} "
         f"{'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
     )
-    for row in collect(pipeline, run_id):
+    for row in rows:
         took = f"{row.duration_s:.2f} s" if row.duration_s is not None else ""
         finished = row.finished[:19].replace("T", " ")
+        more: list[str] = []
         if row.state == "done":
-            detail = ", ".join(f"{o['name']} ({_size(int(o['size']))})" for o in row.outputs)
+            outputs = [f"{o['name']} ({_size(int(o['size']))})" for o in row.outputs]
+            detail = ", ".join(outputs)
+            if len(outputs) > 1 and len(detail) > _DETAIL_WIDTH:  # one per line, below
+                detail, more = f"{len(outputs)} outputs:", outputs
         else:
             detail = row.error or row.note
             if row.dead_letter_id:
@@ -139,3 +162,5 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
             f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "
             f"{row.attempts or '':>8} {row.retries if row.runs else '':>7}  {detail}"
         )
+        for line in more:
+            print(f"  {'':<16} {'':<11}   {line}")
