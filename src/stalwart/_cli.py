@@ -35,7 +35,7 @@ EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
-COMMANDS = ("run", "status", "reset", "deadletter", "demo")
+COMMANDS = ("run", "status", "reset", "deadletter", "demo", "chaos")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -126,6 +126,7 @@ def build_parser(
     }
     if standalone:
         builders["demo"] = _add_demo
+        builders["chaos"] = _add_chaos
     for name, add in builders.items():
         if command not in builders or name == command:
             add(sub, common)
@@ -159,6 +160,12 @@ def _add_demo(sub: _Commands[_Parser], common: _Parser) -> None:
     demo.add_argument("--root", metavar="DIR", help="state directory (default: a temp dir)")
     demo.add_argument("--log-format", choices=("json", "text"), default="text")
     demo.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_chaos(sub: _Commands[_Parser], common: _Parser) -> None:
+    from ._chaos_cli import add_chaos_parser  # noqa: PLC0415 - only `stalwart chaos` needs it
+
+    add_chaos_parser(sub)
 
 
 def _add_deadletter(sub: _Commands[_Parser], common: _Parser) -> None:
@@ -204,6 +211,10 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         from ._demo import run_demo  # noqa: PLC0415
 
         return run_demo(args)
+    if args.command == "chaos":
+        from ._chaos_cli import chaos_command  # noqa: PLC0415
+
+        return chaos_command(args)
     verbose = bool(getattr(args, "verbose", False))
     root_logger = logging.getLogger()
     level = root_logger.level

@@ -1,0 +1,364 @@
+"""`stalwart chaos`: SIGKILL a user's pipeline, resume it, and name what the kills broke.
+
+Every test drives real pipeline processes (the fault injector kills them at a file-system
+call, reproducibly for a seed) in scratch directories, against a real local HTTP server where
+HTTP matters. Kill counts stay small: each case costs two or three process starts.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stalwart._chaos import ChaosError, ChaosReport, run_chaos
+from stalwart._cli import run_cli
+from stalwart.testing import FlakyServer, Reply, chaos_check
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "daily_report.py"
+
+WELL_BEHAVED = """
+    import time
+    import stalwart
+
+    pipeline = stalwart.Pipeline("tidy")
+
+    @pipeline.step()
+    def make(ctx):
+        ctx.write_text("rows.csv", "".join(f"{i},{i * i}\\n" for i in range(100)))
+        ctx.write_text("stamp.txt", f"{time.time_ns()}")  # differs between clean runs
+
+    @pipeline.step()
+    def total(ctx):
+        rows = ctx.read_text("rows.csv").splitlines()
+        with ctx.atomic_write("total.json") as out:
+            out.write(f'{{"rows": {len(rows)}}}')
+"""
+
+APPENDS = """
+    import stalwart
+
+    pipeline = stalwart.Pipeline("appends")
+
+    @pipeline.step()
+    def make(ctx):
+        ctx.write_text("rows.csv", "".join(f"{i},{i * i}\\n" for i in range(20)))
+
+    @pipeline.step()
+    def collect(ctx):
+        with open(ctx.path("all.csv"), "a") as out:  # a resume appends the rows again
+            out.write(ctx.read_text("rows.csv"))
+"""
+
+CURSOR = """
+    from pathlib import Path
+    import stalwart
+
+    pipeline = stalwart.Pipeline("cursor")
+
+    @pipeline.step()
+    def work(ctx):
+        cursor = Path("cursor.txt")  # beside ctx, in the working directory
+        position = int(cursor.read_text()) if cursor.exists() else 0
+        done = []
+        while position < 100:
+            position += 25
+            cursor.write_text(str(position))  # updated before the batch is durable
+            done += range(position - 25, position)
+        ctx.write_text("done.csv", "".join(f"{i}\\n" for i in done))
+"""
+
+POSTS = """
+    import os
+    import httpx
+    import stalwart
+
+    SINK = os.environ["SINK"]
+    pipeline = stalwart.Pipeline("posts")
+
+    @pipeline.step()
+    def report(ctx):
+        ctx.write_text("report.csv", "id,amount\\n1,2.50\\n")
+
+    @pipeline.step()
+    def upload(ctx):
+        body = ctx.read_bytes("report.csv")
+        if os.environ["HOW"] == "plain":
+            httpx.post(SINK + "/reports", content=body)  # a plain client: no key
+        else:
+            ctx.http.client.post(SINK + "/reports", content=body)  # the step's key bypassed
+"""
+
+STAMPED_POST = """
+    import os
+    import time
+    import stalwart
+
+    pipeline = stalwart.Pipeline("stamped")
+
+    @pipeline.step()
+    def upload(ctx):
+        ctx.http.post(os.environ["SINK"] + "/events", json={"sent_at": time.time_ns()})
+"""
+
+TORN = """
+    import os
+    import stalwart
+
+    pipeline = stalwart.Pipeline("torn")
+
+    @pipeline.step()
+    def dump(ctx):
+        fd = os.open(ctx.path("big.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for i in range(8):
+            os.write(fd, bytes([65 + i]) * 4096)  # in place: a kill leaves part of it
+        os.close(fd)
+"""
+
+REWRITES_UPSTREAM = """
+    import stalwart
+
+    pipeline = stalwart.Pipeline("rewrites")
+
+    @pipeline.step()
+    def make(ctx):
+        ctx.write_text("rows.csv", "a\\nb\\n")
+
+    @pipeline.step()
+    def stamp(ctx):
+        with open(ctx.path("rows.csv"), "a") as out:  # changes make's recorded output
+            out.write("stamped\\n")
+        ctx.write_text("ok.txt", "ok")
+"""
+
+FAILS = """
+    import stalwart
+
+    pipeline = stalwart.Pipeline("fails")
+
+    @pipeline.step()
+    def boom(ctx):
+        raise ValueError("the input is bad")
+"""
+
+ABSOLUTE_ROOT = """
+    import stalwart
+
+    pipeline = stalwart.Pipeline("elsewhere", root={root!r})
+
+    @pipeline.step()
+    def make(ctx):
+        ctx.write_text("x.txt", "x")
+"""
+
+
+def pipeline_file(tmp_path: Path, source: str, name: str = "pipe.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return str(path)
+
+
+def kinds(report: ChaosReport) -> set[str]:
+    return {b.kind for case in report.cases for b in case.broke} | {h.kind for h in report.hazards}
+
+
+@pytest.fixture
+def sink() -> Iterator[FlakyServer]:
+    with FlakyServer() as server:
+        server.route("POST", "/reports", Reply(status=201))
+        server.route("POST", "/events", Reply(status=201))
+        yield server
+
+
+def test_plain_append_is_caught_as_duplicated_rows(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, APPENDS)
+    report = run_chaos(target, kills=3, seed=0, steps=["collect"], moments=0.0)
+    assert not report.ok
+    duplicated = [b for c in report.cases for b in c.broke if b.kind == "duplicated-rows"]
+    assert duplicated
+    assert duplicated[0].path.endswith("runs/chaos/all.csv")
+    assert duplicated[0].step == "collect"
+    assert "20 line(s) more than a clean run" in duplicated[0].detail
+    assert report.reproduce is not None
+    first = report.first_failure
+    assert first is not None
+    assert f"--seed 0 --kills {first.index + 1}" in report.reproduce
+    assert "--steps collect" in report.reproduce
+    text = report.render()
+    assert "a kill in step collect broke:" in text
+    assert "FAILED" in text
+
+
+def test_cursor_updated_before_the_work_is_caught(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, CURSOR)
+    report = run_chaos(target, kills=3, seed=0, moments=0.0)
+    assert not report.ok
+    broken = [b for c in report.cases for b in c.broke]
+    assert any(b.kind == "missing-rows" and b.path.endswith("done.csv") for b in broken)
+
+
+@pytest.mark.parametrize("how", ["plain", "bypass"])
+def test_post_without_idempotency_key_is_flagged_and_its_repeat_caught(
+    tmp_path: Path, sink: FlakyServer, how: str
+) -> None:
+    target = pipeline_file(tmp_path, POSTS)
+    env = {"SINK": sink.url("").rstrip("/"), "HOW": how}
+    report = run_chaos(target, kills=3, seed=0, steps=["upload"], env=env, moments=0.0)
+    assert not report.ok
+    assert [(h.kind, h.step) for h in report.hazards] == [("http-no-key", "upload")]
+    repeated = [b for c in report.cases for b in c.broke if b.kind == "http-repeated"]
+    assert repeated
+    assert repeated[0].path == f"POST {sink.url('/reports')}"
+    # The receiver really got a case's POST twice: more POSTs than runs that finished.
+    assert sink.count("POST", "/reports") > 2 + len(report.cases)
+    [effect] = [e for e in report.http if e.method == "POST"]
+    assert effect.clean_requests == 1
+    assert effect.by_key[0][0] is None
+
+
+def test_same_request_under_two_keys_is_caught(tmp_path: Path, sink: FlakyServer) -> None:
+    target = pipeline_file(tmp_path, STAMPED_POST)
+    env = {"SINK": sink.url("").rstrip("/")}
+    report = run_chaos(target, kills=2, seed=0, env=env, moments=0.0)
+    assert report.hazards == ()  # ctx.http gave every POST a key
+    assert "http-two-keys" in kinds(report)
+    keys = {r.headers["idempotency-key"] for r in sink.requests_for("POST", "/events")}
+    assert len(keys) > 2 + len(report.cases)  # a key per sending, never the same one
+
+
+def test_a_file_written_in_place_is_seen_half_written_after_a_kill(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, TORN)
+    report = run_chaos(target, kills=3, seed=0, moments=0.0)
+    partial = [b for c in report.cases for b in c.broke if b.kind == "partial-file"]
+    assert partial
+    assert partial[0].path.endswith("big.bin")
+    assert "right after a kill" in partial[0].detail
+
+
+def test_a_step_changing_an_upstream_output_shows_wrong_markers_and_extra_runs(
+    tmp_path: Path,
+) -> None:
+    target = pipeline_file(tmp_path, REWRITES_UPSTREAM)
+    report = run_chaos(target, kills=2, seed=0, steps=["stamp"], moments=0.0)
+    found = kinds(report)
+    assert "wrong-marker" in found
+    assert "extra-runs" in found
+
+
+def test_well_behaved_pipeline_survives_and_names_its_nondeterministic_file(
+    tmp_path: Path,
+) -> None:
+    target = pipeline_file(tmp_path, WELL_BEHAVED)
+    report = chaos_check(target, kills=4, seed=7)
+    assert report.ok
+    assert report.kills_landed >= 4
+    assert [s.step for s in report.steps if s.step != "(setup)"] == ["make", "total"]
+    assert all(s.kills_landed >= 1 for s in report.steps if s.step in ("make", "total"))
+    assert report.nondeterministic == ("root/tidy/runs/chaos/stamp.txt",)
+    assert report.reproduce is None
+    assert "every kill was survived" in report.render()
+
+
+def test_a_seed_replays_the_same_kills_and_findings(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, APPENDS)
+
+    def outline(seed: int) -> list[object]:
+        report = run_chaos(target, kills=3, seed=seed, moments=0.0)
+        return [(c.plan, c.kills, c.broke) for c in report.cases]
+
+    first = outline(11)
+    assert outline(11) == first
+    assert outline(12) != first
+
+
+def test_chaos_check_fails_the_test_with_the_report(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, APPENDS)
+    with pytest.raises(AssertionError, match="duplicated-rows") as caught:
+        chaos_check(target, kills=2, steps=["collect"])
+    assert "reproduce: stalwart chaos" in str(caught.value)
+
+
+def test_cli_passes_the_reference_pipeline(
+    sink: FlakyServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orders = [{"id": i, "customer": f"c{i % 7}", "amount": i * 1.5} for i in range(500)]
+    sink.route("GET", "/orders", Reply(json=orders))
+    monkeypatch.setenv("DAILY_REPORT_API", sink.url("").rstrip("/"))
+    monkeypatch.setenv("DAILY_REPORT_SINK", sink.url("").rstrip("/"))
+    code = run_cli(["chaos", str(EXAMPLE), "--kills", "4", "--seed", "1"], pipeline=None)
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "every kill was survived" in out
+    assert err.count("case ") == 4  # one line per case when stderr is not a terminal
+    posts = sink.requests_for("POST", "/reports")
+    assert len(posts) >= 6  # two clean runs and four cases
+    assert len({p.headers["idempotency-key"] for p in posts}) == 1  # one key: dedupable
+
+
+def test_cli_exits_1_with_the_reproducing_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = pipeline_file(tmp_path, APPENDS)
+    code = run_cli(["chaos", target, "--kills", "2", "--steps", "collect", "--json"], pipeline=None)
+    assert code == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["version"] == 1
+    assert data["ok"] is False
+    assert data["reproduce"].startswith("stalwart chaos ")
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--kills", "-1"], "--kills must be 0 or more"),
+        (["--steps", "nope"], "no step 'nope'"),
+        (["--param", "novalue"], "expected KEY=VALUE"),
+        (["--run-id", "../x"], "invalid run ID"),
+    ],
+)
+def test_cli_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], words: list[str], message: str
+) -> None:
+    target = pipeline_file(tmp_path, WELL_BEHAVED)
+    assert run_cli(["chaos", target, "--kills", "0", *words], pipeline=None) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_a_missing_pipeline_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["chaos", str(tmp_path / "nope.py")], pipeline=None) == 2
+    assert "no pipeline file" in capsys.readouterr().err
+
+
+def test_cli_params_reach_the_run_or_are_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = pipeline_file(tmp_path, WELL_BEHAVED)
+    code = run_cli(["chaos", target, "--kills", "0", "--param", "day=1"], pipeline=None)
+    err = capsys.readouterr().err
+    if code == 2:  # this `stalwart run` has no --param yet
+        assert "rejected --param" in err
+    else:
+        assert code == 0, err
+
+
+def test_cli_a_pipeline_that_fails_on_its_own_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = pipeline_file(tmp_path, FAILS)
+    assert run_cli(["chaos", target, "--kills", "1"], pipeline=None) == 1
+    err = capsys.readouterr().err
+    assert "did not succeed (exit 1)" in err
+    assert "the input is bad" in err
+
+
+def test_a_pipeline_with_its_own_absolute_root_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "real-state"
+    target = pipeline_file(tmp_path, ABSOLUTE_ROOT.format(root=str(elsewhere)))
+    with pytest.raises(ChaosError, match="absolute root="):
+        run_chaos(target, kills=1)
