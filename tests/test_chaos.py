@@ -7,6 +7,8 @@ HTTP matters. Kill counts stay small: each case costs two or three process start
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import textwrap
 from collections.abc import Iterator
@@ -14,7 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from stalwart._chaos import ChaosError, ChaosReport, run_chaos
+from stalwart._chaos import (
+    Breakage,
+    ChaosCase,
+    ChaosError,
+    ChaosReport,
+    Kill,
+    KillPlan,
+    _Chaos,
+    _classify,
+    _File,
+    _last_words,
+    _Reference,
+    run_chaos,
+)
+from stalwart._chaos_cli import _progress
 from stalwart._cli import run_cli
 from stalwart.testing import FlakyServer, Reply, chaos_check
 
@@ -135,6 +151,32 @@ REWRITES_UPSTREAM = """
         ctx.write_text("ok.txt", "ok")
 """
 
+RUNS_ONCE = """
+    from pathlib import Path
+    import stalwart
+
+    pipeline = stalwart.Pipeline("once")
+
+    @pipeline.step()
+    def claim(ctx):
+        flag = Path("claimed")
+        if flag.exists():
+            raise RuntimeError("already claimed by an earlier run")
+        flag.write_text("yes")
+        ctx.write_text("claim.txt", "mine")
+"""
+
+HANGS = """
+    import threading
+    import stalwart
+
+    pipeline = stalwart.Pipeline("hangs")
+
+    @pipeline.step()
+    def wait(ctx):
+        threading.Event().wait()
+"""
+
 FAILS = """
     import stalwart
 
@@ -215,6 +257,7 @@ def test_post_without_idempotency_key_is_flagged_and_its_repeat_caught(
     assert repeated[0].path == f"POST {sink.url('/reports')}"
     # The receiver really got a case's POST twice: more POSTs than runs that finished.
     assert sink.count("POST", "/reports") > 2 + len(report.cases)
+    assert "hazards (a clean run already does this)" in report.render()
     [effect] = [e for e in report.http if e.method == "POST"]
     assert effect.clean_requests == 1
     assert effect.by_key[0][0] is None
@@ -362,3 +405,172 @@ def test_a_pipeline_with_its_own_absolute_root_is_refused(tmp_path: Path) -> Non
     target = pipeline_file(tmp_path, ABSOLUTE_ROOT.format(root=str(elsewhere)))
     with pytest.raises(ChaosError, match="absolute root="):
         run_chaos(target, kills=1)
+
+
+def test_a_step_that_cannot_run_twice_is_caught(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, RUNS_ONCE)
+    report = run_chaos(target, kills=2, seed=0, moments=0.0)
+    [*_, last] = [b for c in report.cases for b in c.broke if b.kind == "did-not-finish"]
+    assert "a resume exited 1" in last.detail
+    assert "already claimed" in last.detail
+
+
+def test_kills_at_a_moment_are_planned_after_the_first_step_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_file(tmp_path, WELL_BEHAVED, name="tidy_pipe.py")
+    monkeypatch.chdir(tmp_path)  # a module target, imported from the working directory
+    report = run_chaos("tidy_pipe:pipeline", kills=4, seed=3, moments=1.0)
+    assert report.ok, report.render()
+    timed = [c.plan for c in report.cases if c.plan.step is None]
+    assert timed  # the first case per step is a file-system call; then moments
+    assert all(p.kill_after >= 0 for p in timed)
+    assert "s after the first step started" in timed[0].describe()
+
+
+def test_a_hanging_pipeline_is_refused_with_the_timeout(tmp_path: Path) -> None:
+    target = pipeline_file(tmp_path, HANGS)
+    with pytest.raises(ChaosError, match=r"still running after 1\.5 s"):
+        run_chaos(target, kills=1, timeout=1.5)
+
+
+def test_moments_out_of_range_is_a_usage_error() -> None:
+    with pytest.raises(ValueError, match="moments must be between 0 and 1"):
+        run_chaos("anything.py", moments=2.0)
+
+
+def test_classify_names_how_a_file_differs() -> None:
+    clean = b"a\nb\nc\n"
+    assert _classify(clean, b"a\nb")[0] == "partial-file"
+    assert _classify(clean, b"a\nb\nc\nb\n")[0] == "duplicated-rows"
+    assert _classify(clean, b"a\nc\n")[0] == "missing-rows"
+    kind, detail = _classify(clean, b"a\nX\nc\n")
+    assert kind == "differs"
+    assert "first difference at byte 2" in detail
+
+
+def test_last_words_reads_json_logs_and_plain_text() -> None:
+    log = '{"message": "step x failed", "error": "ValueError: bad"}\n\n'
+    assert _last_words(log) == "step x failed (ValueError: bad)"
+    assert _last_words("stalwart: error: no pipeline file\n") == "error: no pipeline file"
+    assert _last_words("") == ""
+
+
+def _engine(tmp_path: Path) -> _Chaos:
+    return _Chaos(
+        "p.py",
+        kills=0,
+        seed=0,
+        run_id="r",
+        params=["day=1"],
+        steps=["make"],
+        env=None,
+        python="python",
+        timeout=1.0,
+        moments=0.0,
+        scratch=tmp_path,
+    )
+
+
+def test_compare_finds_missing_extra_resized_files_and_debris(tmp_path: Path) -> None:
+    clean, case = tmp_path / "clean", tmp_path / "case"
+    for base in (clean, case):
+        (base / "out").mkdir(parents=True)
+    (clean / "out" / "kept.txt").write_text("kept")
+    (clean / "out" / "gone.txt").write_text("gone")
+    (case / "out" / "kept.txt").write_text("kept")
+    (case / "out" / "new.txt").write_text("new")
+    (case / "out" / ".kept.txt.0123abcd.tmp").write_text("half")
+    reference = _Reference(
+        base=clean,
+        files={"out/kept.txt": _File(4, _sha("kept")), "out/gone.txt": _File(4, _sha("gone"))},
+        sizes={"out/stamp.txt": 10, "out/when.txt": None},
+        unstable=set(),
+        steps=["make"],
+        ops={"make": 3},
+        elapsed=0.1,
+        http=[[], []],
+    )
+    (case / "out" / "stamp.txt").write_text("12345")
+    found = {(b.kind, b.path) for b in _engine(tmp_path).compare(case, reference, "make")}
+    assert found == {
+        ("missing-file", "out/gone.txt"),
+        ("missing-file", "out/when.txt"),
+        ("differs", "out/stamp.txt"),
+        ("extra-file", "out/new.txt"),
+        ("debris", "out/.kept.txt.0123abcd.tmp"),
+    }
+
+
+def test_markers_that_do_not_parse_or_name_missing_outputs_are_wrong(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "root" / "p" / "runs" / "r" / ".checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "make.done").write_text("{not json")
+    marker = {
+        "format": 1,
+        "pipeline": "p",
+        "step": "total",
+        "run_id": "r",
+        "started": "2026-01-01T00:00:00Z",
+        "finished": "2026-01-01T00:00:01Z",
+        "duration": 1.0,
+        "attempts": 1,
+        "retries": 0,
+        "runs": 1,
+        "outputs": [{"name": "gone.csv", "size": 3, "sha256": "0" * 64}],
+    }
+    (checkpoints / "total.done").write_text(json.dumps(marker))
+    kills = [Kill(step="make", at="os.write #1")]
+    found = _engine(tmp_path).check_markers(tmp_path, kills, ["make", "total"], "make")
+    assert [b.kind for b in found] == ["wrong-marker", "wrong-marker"]
+    assert "not valid JSON" in found[0].detail
+    assert "gone.csv (3 bytes) but the file on disk is missing" in found[1].detail
+
+
+def test_the_reproducing_command_carries_params_and_steps(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    reference = _Reference(
+        base=tmp_path,
+        files={},
+        sizes={},
+        unstable=set(),
+        steps=["make"],
+        ops={},
+        elapsed=0.0,
+        http=[[], []],
+    )
+    hazard = Breakage(kind="http-no-key", step="make", path="POST http://x/y")
+    report = engine.report(reference, [], [hazard])
+    assert report.reproduce == (
+        "stalwart chaos p.py --seed 0 --kills 0 --run-id r --param day=1 --steps make"
+    )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path: Path) -> None:
+    case = ChaosCase(
+        index=0,
+        plan=KillPlan(step="make", kill_at=1),
+        kills=(Kill(step="make", at="os.write #1"),),
+        processes=2,
+        broke=(Breakage(kind="debris", step="make", path="x.tmp"),),
+    )
+    terminal = _Terminal()
+    tick, close = _progress(terminal)
+    tick(case, 2)
+    close()
+    assert "1/2" in terminal.getvalue()
+    assert "broke=1" in terminal.getvalue()
+    plain = io.StringIO()
+    tick, close = _progress(plain)
+    tick(case, 2)
+    close()
+    assert plain.getvalue() == "case 1/2: make at os.write #1: BROKE: debris x.tmp\n"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

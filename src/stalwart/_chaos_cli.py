@@ -53,7 +53,7 @@ def _progress(err: TextIO) -> tuple[Callable[[ChaosCase, int], None], Callable[[
             bar: list[Any] = []
             failed: list[ChaosCase] = []
 
-            def tick(case: ChaosCase, total: int) -> None:  # pragma: no cover - needs a TTY
+            def tick(case: ChaosCase, total: int) -> None:
                 if not bar:
                     bar.append(tqdm(total=total, unit="case", file=err, desc="chaos"))
                 if not case.survived:
@@ -61,7 +61,7 @@ def _progress(err: TextIO) -> tuple[Callable[[ChaosCase, int], None], Callable[[
                 bar[0].set_postfix(broke=len(failed))
                 bar[0].update(1)
 
-            def close() -> None:  # pragma: no cover - needs a TTY
+            def close() -> None:
                 if bar:
                     bar[0].close()
 

@@ -83,7 +83,7 @@ class _Injector:
         finally:
             _os_close(fd)
 
-    def die(self, how: dict[str, Any]) -> None:
+    def die(self, how: dict[str, Any]) -> None:  # pragma: no cover - dies before coverage saves
         self.emit({"kill": {"step": self.step, **how}})
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -93,7 +93,7 @@ class _Injector:
             self.emit({"step": step})
             if self.started is None:
                 self.started = time.monotonic()
-            if self.kill_after > 0 and self.timer is None:
+            if self.kill_after > 0 and self.timer is None:  # pragma: no cover - it dies
                 self.timer = threading.Timer(
                     self.kill_after, self.die, args=({"after": self.kill_after},)
                 )
@@ -110,7 +110,7 @@ class _Injector:
                     (self.kill_step == "*" and total == self.kill_at)
                     or (self.kill_step == self.step and n == self.kill_at)
                 )
-                if hit:
+                if hit:  # pragma: no cover - the process dies here, before coverage saves
                     if name == "write" and len(args) == 2 and len(args[1]) > 1:
                         original(args[0], memoryview(args[1])[: len(args[1]) // 2])
                     self.die({"call": name, "n": n})
