@@ -825,11 +825,12 @@ def _kill_of(record: Mapping[str, object]) -> Kill:
 
 
 def _kills_explaining(step: str, kills: Sequence[Kill], order: Sequence[str]) -> int:
-    """Kills that can make ``step`` start again: those in it, and those in the tail of the
-    step before it (between its marker and ``step``'s start, where a resume re-counts it)."""
+    """Kills that can make ``step`` start again: those in it, and those between the marker
+    of the step before it and its start (counted in the step before, or - in a resume that
+    skipped the steps before it - in the set-up), where its start may already be recorded."""
     index = order.index(step) if step in order else -1
     before = order[index - 1] if index > 0 else SETUP
-    return sum(1 for kill in kills if kill.step in (step, before))
+    return sum(1 for kill in kills if kill.step in (step, before, SETUP))
 
 
 def _effects(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import io
 import json
 import os
@@ -36,7 +37,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 __all__ = ["PLAN_VARIABLE", "SETUP", "main"]
 
@@ -121,13 +123,15 @@ class _Injector:
     def http_sent(self, request: Any) -> None:
         import hashlib  # noqa: PLC0415
 
+        from ._redact import redact_url  # noqa: PLC0415 - no credential reaches the report
+
         body = request.content if hasattr(request, "_content") else b""
         self.emit(
             {
                 "http": {
                     "step": self.step,
                     "method": str(request.method),
-                    "url": f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}",
+                    "url": redact_url(str(request.url.copy_with(query=None, fragment=None))),
                     "key": request.headers.get("idempotency-key"),
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                 }
@@ -158,27 +162,66 @@ def install(plan: dict[str, Any]) -> _Injector:
 
     _scope.StepScope.__init__ = scope_init  # type: ignore[method-assign]
 
-    import httpx  # noqa: PLC0415 - the chaos child records every request httpx sends
+    def record_requests(httpx: Any) -> None:
+        original_send = httpx.Client.send
 
-    original_send = httpx.Client.send
+        def send(self: Any, request: Any, **kwargs: Any) -> Any:
+            injector.http_sent(request)
+            return original_send(self, request, **kwargs)
 
-    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        injector.http_sent(request)
-        return original_send(self, request, **kwargs)
+        httpx.Client.send = send
 
-    httpx.Client.send = send  # type: ignore[method-assign]
+    _when_imported("httpx", record_requests)
     atexit.register(injector.exited)
     return injector
 
 
-def _console() -> Callable[[], object]:
-    """The ``stalwart`` console script's function, found through the package's entry point
-    (so this module does not depend on where the command line lives)."""
-    from importlib.metadata import entry_points  # noqa: PLC0415
+class _PatchOnImport:
+    """A meta-path finder that patches module ``name`` right after it is first imported
+    (httpx costs ~0.1 s to import: a child whose pipeline makes no request does not pay)."""
 
-    for entry in entry_points(group="console_scripts", name="stalwart"):
-        found: Callable[[], object] = entry.load()
+    def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util  # noqa: PLC0415
+
+        spec = importlib.util.find_spec(fullname)
+        loader: Any = spec.loader if spec is not None else None
+        if loader is not None:
+            execute = loader.exec_module
+
+            def exec_module(module: ModuleType) -> None:
+                execute(module)
+                self.patch(module)
+
+            loader.exec_module = exec_module
+        return spec
+
+
+def _when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
+    if name in sys.modules:
+        patch(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _PatchOnImport(name, patch))
+
+
+def _console() -> Callable[[], object]:
+    """The ``stalwart`` console script's function: where it lives today, else wherever the
+    package's entry point says (so a move of the command line does not break chaos)."""
+    import importlib  # noqa: PLC0415
+
+    with contextlib.suppress(ImportError, AttributeError):
+        found: Callable[[], object] = importlib.import_module("stalwart._cli").console_main
         return found
+    from importlib.metadata import entry_points  # noqa: PLC0415 - ~35 ms, the fallback
+
+    for entry in entry_points(group="console_scripts", name="stalwart"):  # pragma: no cover
+        return cast("Callable[[], object]", entry.load())
     raise SystemExit("stalwart chaos: the `stalwart` console script is not installed")
 
 
