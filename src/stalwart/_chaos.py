@@ -138,6 +138,7 @@ class ChaosCase:
     """One case: a fresh scratch directory, a kill, resumes until the pipeline finished."""
 
     index: int
+    """0 for the first case (the report counts from 1)."""
     plan: KillPlan
     kills: tuple[Kill, ...]
     """Every SIGKILL that landed, the first one and those of killed resumes, in order."""
@@ -160,7 +161,9 @@ class ChaosCase:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepChaos:
-    """Per step: kills that landed in it, how many of their cases survived, what broke."""
+    """Per step: the kills that landed in it (first kills and killed resumes), how many of
+    them were survived (a case that broke counts against the step of its first kill), and
+    what the cases whose first kill landed in it broke."""
 
     step: str
     kills_landed: int
@@ -248,7 +251,7 @@ class ChaosReport:
         if first is not None:
             lines += [
                 "",
-                f"first failure: case {first.index} ({first.plan.describe()}; "
+                f"first failure: case {first.index + 1} ({first.plan.describe()}; "
                 f"{len(first.kills)} kill(s), {first.processes} process(es))",
             ]
             lines += [f"  {b}" for b in first.broke]
@@ -784,7 +787,7 @@ class _Chaos:
                 StepChaos(
                     step=step,
                     kills_landed=kills,
-                    survived=sum(1 for c in cases if c.survived for k in c.kills if k.step == step),
+                    survived=kills - sum(1 for c in landed if not c.survived),
                     broke=tuple(_unique(b for c in landed for b in c.broke)),
                 )
             )
