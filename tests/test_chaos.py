@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,7 +414,7 @@ def test_a_step_that_cannot_run_twice_is_caught(tmp_path: Path) -> None:
     target = pipeline_file(tmp_path, RUNS_ONCE)
     report = run_chaos(target, kills=2, seed=0, moments=0.0)
     [*_, last] = [b for c in report.cases for b in c.broke if b.kind == "did-not-finish"]
-    assert "a resume exited 1" in last.detail
+    assert "process 2 of the case exited 1" in last.detail
     assert "already claimed" in last.detail
 
 
@@ -567,11 +568,24 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path: Path) -> 
     close()
     assert "1/2" in terminal.getvalue()
     assert "broke=1" in terminal.getvalue()
+    expected = "case 1/2: make at os.write #1: BROKE: debris x.tmp\n"
     plain = io.StringIO()
     tick, close = _progress(plain)
     tick(case, 2)
     close()
-    assert plain.getvalue() == "case 1/2: make at os.write #1: BROKE: debris x.tmp\n"
+    assert plain.getvalue() == expected
+
+
+def test_progress_without_tqdm_is_one_line_per_case_even_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if the extra were not installed
+    case = ChaosCase(index=1, plan=KillPlan(kill_after=0.5), kills=(), processes=1, broke=())
+    terminal = _Terminal()
+    tick, close = _progress(terminal)
+    tick(case, 3)
+    close()
+    assert terminal.getvalue() == "case 2/3: no kill landed: survived\n"
 
 
 def _sha(text: str) -> str:

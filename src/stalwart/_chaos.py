@@ -450,6 +450,7 @@ class _Chaos:
         env = dict(self.env)
         env["STALWART_ROOT"] = str(case_dir / "root")
         env[PLAN_VARIABLE] = json.dumps({"trace": str(trace_path), **plan})
+        log.debug("chaos: %s=%s %s", PLAN_VARIABLE, env[PLAN_VARIABLE], shlex.join(self.command()))
         try:
             done = subprocess.run(
                 self.command(),
@@ -584,13 +585,12 @@ class _Chaos:
                 continue
             if outcome.code != 0:
                 step = kills[0].step if kills else SETUP
-                broke.append(
-                    Breakage(
-                        kind="did-not-finish",
-                        step=step,
-                        detail=f"a resume exited {outcome.code}: {outcome.message}",
-                    )
+                why = (
+                    outcome.message
+                    if outcome.code == -1
+                    else f"process {processes} of the case exited {outcome.code}: {outcome.message}"
                 )
+                broke.append(Breakage(kind="did-not-finish", step=step, detail=why))
             finished = outcome.code == 0
             break
         step = kills[0].step if kills else SETUP

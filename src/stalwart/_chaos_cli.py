@@ -21,12 +21,23 @@ __all__ = ["add_chaos_parser", "chaos_command"]
 def add_chaos_parser(sub: Any) -> None:
     """The ``chaos`` sub-command's options (``sub``: argparse's sub-parsers)."""
     chaos = sub.add_parser(
-        "chaos", help="crash-test a pipeline: SIGKILL it, resume it, compare with a clean run"
+        "chaos",
+        help="crash-test a pipeline: SIGKILL it, resume it, compare with a clean run",
+        description="Run PIPELINE twice cleanly in scratch roots, then N times killed with "
+        "SIGKILL (at a file-system call of a step, or at a moment) and resumed until it "
+        "finishes; compare every file with the clean run. Exit 0 when every kill was "
+        "survived, 1 otherwise, 2 for a usage error. See docs/chaos.md.",
     )
     chaos.add_argument(
         "target", metavar="PIPELINE", help="path/to/file.py[:name] or package.module[:name]"
     )
-    chaos.add_argument("--kills", type=int, default=20, metavar="N", help="cases (default 20)")
+    chaos.add_argument(
+        "--kills",
+        type=int,
+        default=20,
+        metavar="N",
+        help="cases, each killed once or more (default 20)",
+    )
     chaos.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     chaos.add_argument("--run-id", default="chaos", metavar="ID", help="run id (default chaos)")
     chaos.add_argument(
