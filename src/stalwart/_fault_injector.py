@@ -215,9 +215,10 @@ def _console() -> Callable[[], object]:
     package's entry point says (so a move of the command line does not break chaos)."""
     import importlib  # noqa: PLC0415
 
-    with contextlib.suppress(ImportError, AttributeError):
-        found: Callable[[], object] = importlib.import_module("stalwart._cli").console_main
-        return found
+    for where in ("stalwart._cli", "stalwart.cli._main"):  # before and after the cli package
+        with contextlib.suppress(ImportError, AttributeError):
+            found: Callable[[], object] = importlib.import_module(where).console_main
+            return found
     from importlib.metadata import entry_points  # noqa: PLC0415 - ~35 ms, the fallback
 
     for entry in entry_points(group="console_scripts", name="stalwart"):  # pragma: no cover
