@@ -6,18 +6,24 @@
   replies (status, headers, body, delay, connection reset...) and a log of requests.
 - ``RecordingAlerter``: keeps the alerts it receives, for assertions.
 - ``MemoryMetrics``: a metrics sink that counts events in memory.
+- ``chaos_check(target, kills=5, seed=0)``: crash-test a pipeline (``stalwart chaos``) and
+  fail the test with the report unless every kill was survived.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ._alerts import Alert
 from ._clock import WaitRecorder, install, uninstall
 from ._flaky import FlakyServer, Reply, Request
 from .instrumentation._core import MemoryMetrics
+
+if TYPE_CHECKING:
+    from ._chaos import ChaosReport
 
 __all__ = [
     "FlakyServer",
@@ -26,6 +32,7 @@ __all__ = [
     "Reply",
     "Request",
     "WaitRecorder",
+    "chaos_check",
     "no_wait",
 ]
 
@@ -79,3 +86,41 @@ class RecordingAlerter:
     def __len__(self) -> int:
         with self._lock:
             return len(self.alerts)
+
+
+def chaos_check(
+    target: str,
+    *,
+    kills: int = 5,
+    seed: int = 0,
+    run_id: str = "chaos",
+    params: Sequence[str] = (),
+    steps: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    moments: float = 0.0,
+) -> ChaosReport:
+    """Crash-test ``target`` as ``stalwart chaos`` does; return the report, or raise
+    ``AssertionError`` holding it when a kill broke something::
+
+        def test_my_pipeline_survives_kills():
+            chaos_check("pipelines/daily.py", kills=5, env={"API": server.url("")})
+
+    ``env`` adds variables for the pipeline's processes. ``moments`` (the share of kills at a
+    random moment rather than at a file-system call) is 0 by default, so that a seed always
+    replays the same kills: a test that passed once passes again.
+    """
+    from ._chaos import run_chaos  # noqa: PLC0415 - only tests that crash-test pay for it
+
+    report = run_chaos(
+        target,
+        kills=kills,
+        seed=seed,
+        run_id=run_id,
+        params=params,
+        steps=steps,
+        env=env,
+        moments=moments,
+    )
+    if not report.ok:
+        raise AssertionError(report.render())
+    return report

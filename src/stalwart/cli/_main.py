@@ -63,6 +63,10 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         from ._demo import run_demo  # noqa: PLC0415 - the demo's server, only for the demo
 
         return run_demo(args, run_cli)
+    if args.command == "chaos":
+        from ._chaos import chaos_command  # noqa: PLC0415
+
+        return chaos_command(args)
     verbose = bool(getattr(args, "verbose", False))
     root_logger = logging.getLogger()
     level = root_logger.level

@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["COMMANDS", "build_parser", "mistyped_command", "with_default_command"]
 
-COMMANDS = ("run", "status", "reset", "deadletter", "demo")
+COMMANDS = ("run", "status", "reset", "deadletter", "demo", "chaos")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -100,6 +100,7 @@ def build_parser(
     }
     if standalone:
         builders["demo"] = _add_demo
+        builders["chaos"] = _add_chaos
     for name, add in builders.items():
         if command not in builders or name == command:
             add(sub, common)
@@ -138,6 +139,12 @@ def _add_run(sub: _Commands[_Parser], common: _Parser) -> None:
     how = run.add_mutually_exclusive_group()
     how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
     how.add_argument("--step", metavar="NAME", help="re-run NAME and every step after it")
+
+
+def _add_chaos(sub: _Commands[_Parser], common: _Parser) -> None:
+    from ._chaos import add_chaos_parser  # noqa: PLC0415 - only `stalwart chaos` needs it
+
+    add_chaos_parser(sub)
 
 
 def _add_status(sub: _Commands[_Parser], common: _Parser) -> None:
