@@ -36,6 +36,9 @@ SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MARKER_FORMAT = 1
 
 
+#: The parameters of a run that has none (shared: read-only).
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
 PARAM_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 
 
@@ -43,7 +46,7 @@ def validate_params(params: Mapping[str, str] | None) -> Mapping[str, str]:
     """Run parameters as a read-only mapping: keys ``[A-Za-z_][A-Za-z0-9_.-]{0,63}``,
     values strings (``UsageError`` otherwise)."""
     if not params:
-        return MappingProxyType({})
+        return NO_PARAMS
     checked: dict[str, str] = {}
     for key, value in params.items():
         if not isinstance(key, str) or not PARAM_KEY_RE.match(key):
@@ -106,7 +109,7 @@ class Marker:
     outputs: tuple[OutputRecord, ...] = ()
     inputs: tuple[InputRecord, ...] = ()
     """What the step read (``ctx.read_*``) of earlier steps' outputs."""
-    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)
     """The run parameters the step ran with (``--param``)."""
     format: int = MARKER_FORMAT
 
@@ -165,7 +168,7 @@ class Marker:
                 inputs=tuple(_input(i) for i in _typed(data, "inputs", list))
                 if "inputs" in data
                 else (),
-                params=_params(data["params"]) if "params" in data else MappingProxyType({}),
+                params=_params(data["params"]) if "params" in data else NO_PARAMS,
                 format=version,
             )
         except KeyError as exc:

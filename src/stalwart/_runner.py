@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType, ModuleType
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ._atomic import lazy_path, sweep_temp_files
@@ -26,7 +26,7 @@ from ._checkpoint import CheckpointStore
 from ._context import Context, Step
 from ._errors import HttpError
 from ._invoke import call_step
-from ._records import Marker, SkipDecision, StepRecord
+from ._records import NO_PARAMS, Marker, SkipDecision, StepRecord
 from ._reporting import resume_command, send_alert
 from ._scope import StepScope, current_scope
 from ._time import utc_now
@@ -119,7 +119,7 @@ class Run:
         services: RunServices,
         steps: Sequence[Step],
         run_id: str,
-        params: Mapping[str, str] = MappingProxyType({}),
+        params: Mapping[str, str] = NO_PARAMS,
     ) -> None:
         self.services = services
         self.params = params
@@ -243,18 +243,19 @@ class Run:
         """Skip ``step`` if it is done, else run it; False if it failed."""
         decision = self.store.check(step.name, run_id=self.run_id)
         context = self._context(step.name)
-        if decision.done and decision.marker is not None:
-            stale = self._stale(decision.marker)
+        marker = decision.marker
+        if decision.done and marker is not None:
+            stale = self._stale(marker) if marker.inputs or marker.params or self.params else ""
             if stale:
-                decision = SkipDecision(False, stale, decision.marker)
-        if decision.done and decision.marker is not None:
-            for output in decision.marker.outputs:
+                decision = SkipDecision(False, stale, marker)
+        if decision.done and marker is not None:
+            for output in marker.outputs:
                 self.produced[output.name] = (step.name, output.sha256)
-            upstream = {i.step for i in decision.marker.inputs} & self.reran
+            rechecked = self.reran and any(i.step in self.reran for i in marker.inputs)
             log.info(
                 "step %s already done, skipping%s",
                 step.name,
-                " (inputs unchanged)" if upstream else "",
+                " (inputs unchanged)" if rechecked else "",
                 extra=context,
             )
             self.skipped.append(step.name)
@@ -302,7 +303,7 @@ class Run:
     def _stale(self, marker: Marker) -> str:
         """Why a step with a valid marker must run again ("" if it need not): the run's
         parameters differ from the ones it ran with, or an output it read has changed."""
-        if dict(marker.params) != dict(self.params):
+        if marker.params != self.params:
             return (
                 f"the run's parameters changed ({_shown_params(marker.params)} -> "
                 f"{_shown_params(self.params)})"
