@@ -193,27 +193,26 @@ def _count(data: dict[str, Any], key: str) -> int:
     return value
 
 
-def _output(item: object) -> OutputRecord:
+def _name_and_digest(item: object, what: str) -> tuple[str, str]:
+    """The ``name`` (an output name) and ``sha256`` of a recorded output or input."""
     if not isinstance(item, dict):
-        raise TypeError(f"an output is a {type(item).__name__}, not an object")
+        raise TypeError(f"an {what} is a {type(item).__name__}, not an object")
     name = _typed(item, "name", str)
     if not _is_output_name(name):
-        raise TypeError(f"output name {name[:80]!r} is not a path inside the run directory")
+        raise TypeError(f"{what} name {name[:80]!r} is not a path inside the run directory")
     sha256 = _typed(item, "sha256", str)
     if not SHA256_RE.match(sha256):
-        raise TypeError(f"output {name!r} has a malformed sha256")
+        raise TypeError(f"{what} {name!r} has a malformed sha256")
+    return name, sha256
+
+
+def _output(item: dict[str, Any]) -> OutputRecord:
+    name, sha256 = _name_and_digest(item, "output")
     return OutputRecord(name=name, size=_count(item, "size"), sha256=sha256)
 
 
-def _input(item: object) -> InputRecord:
-    if not isinstance(item, dict):
-        raise TypeError("an input is not an object")
-    name = _typed(item, "name", str)
-    if not _is_output_name(name):
-        raise TypeError(f"input name {name[:80]!r} is not a path inside the run directory")
-    sha256 = _typed(item, "sha256", str)
-    if not SHA256_RE.match(sha256):
-        raise TypeError(f"input {name!r} has a malformed sha256")
+def _input(item: dict[str, Any]) -> InputRecord:
+    name, sha256 = _name_and_digest(item, "input")
     return InputRecord(name=name, step=_typed(item, "step", str), sha256=sha256)
 
 
