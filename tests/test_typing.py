@@ -41,6 +41,7 @@ def forgets_the_name(ctx: stalwart.Context) -> None:
         out.write("text into a binary file")  # E: call-overload
     with ctx.atomic_write("out.txt") as text:
         text.write(b"bytes into a text file")  # E: arg-type
+    ctx.http.get("http://api/x", timout=3.0)  # E: call-arg
 
 
 @stalwart.retry(attempts=3)  # E: call-overload, untyped-decorator
@@ -98,7 +99,7 @@ def test_a_users_mistakes_are_type_errors(tmp_path: Path) -> None:
     for number, line in enumerate(MISTAKES.splitlines(), start=1):
         if "# E: " in line:
             expected[number] = set(line.partition("# E: ")[2].split(", "))
-    assert len(expected) == 11
+    assert len(expected) == 12
 
     result = mypy(mistakes, tmp_path / "mypy-cache")
     assert result.returncode == 1, result.stdout + result.stderr

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from ._classify import httpx_cause, is_transient
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
@@ -139,6 +139,20 @@ class Response:
         return f"<Response [{self.raw.status_code}] {self._operation}>"
 
 
+class RequestOptions(TypedDict, total=False):
+    """The keyword options of every verb (``get``, ``post``...): those of ``request``."""
+
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    content: bytes | str | None
+    json: Any
+    data: Mapping[str, Any] | None
+    timeout: float | None
+    idempotency_key: str | None
+    retry: RetryPolicy | None
+    dead_letter: DeadLetterWriter | bool
+
+
 class _Verbs:
     """``get``/``post``/... over ``request``, shared by ``HttpClient`` and ``StepHttp``."""
 
@@ -147,23 +161,23 @@ class _Verbs:
     def _bound(self) -> tuple[HttpClient, StepScope | None]:
         raise NotImplementedError
 
-    def get(self, url: str, **kwargs: Any) -> Response:
-        return self.request("GET", url, **kwargs)
+    def get(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("GET", url, **options)
 
-    def head(self, url: str, **kwargs: Any) -> Response:
-        return self.request("HEAD", url, **kwargs)
+    def head(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("HEAD", url, **options)
 
-    def post(self, url: str, **kwargs: Any) -> Response:
-        return self.request("POST", url, **kwargs)
+    def post(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("POST", url, **options)
 
-    def put(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PUT", url, **kwargs)
+    def put(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("PUT", url, **options)
 
-    def patch(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PATCH", url, **kwargs)
+    def patch(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("PATCH", url, **options)
 
-    def delete(self, url: str, **kwargs: Any) -> Response:
-        return self.request("DELETE", url, **kwargs)
+    def delete(self, url: str, **options: Unpack[RequestOptions]) -> Response:
+        return self.request("DELETE", url, **options)
 
     def request(
         self,

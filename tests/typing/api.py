@@ -231,3 +231,9 @@ def main() -> NoReturn:
 
 if __name__ == "__main__":
     main()
+
+
+def http_options_are_typed(ctx: stalwart.Context) -> None:
+    """The verbs take ``request``'s keyword options, checked (a typo is an error)."""
+    ctx.http.get("http://api/x", params={"a": 1}, timeout=3.0, retry=stalwart.RetryPolicy())
+    ctx.http.post("http://api/x", json={"a": 1}, idempotency_key="k", dead_letter=True)
