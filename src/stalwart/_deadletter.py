@@ -53,6 +53,11 @@ _DROP_HEADERS = frozenset(
     {"host", "content-length", "connection", "accept-encoding", "user-agent", "transfer-encoding"}
 )
 _MAX_ENVELOPE = 256 * 1024 * 1024
+_NOT_REPLAYED = _DROP_HEADERS | frozenset(
+    {"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect", "content-encoding"}
+)
+"""Headers a replay never sends as stored: hop-by-hop (RFC 9110 7.6.1) and framing headers
+belong to the connection that carries the request, which httpx sets up itself."""
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -329,7 +334,7 @@ class DeadLetterStore:
             headers = {
                 str(k): str(v)
                 for k, v in (stored if isinstance(stored, dict) else {}).items()
-                if not is_secret_header(str(k))
+                if not is_secret_header(str(k)) and str(k).strip().lower() not in _NOT_REPLAYED
             }
             key = request.get("idempotency_key")
             try:
