@@ -289,8 +289,10 @@ def _explain_failure(exc: BaseException, verbose: bool) -> str:
     hint = notes[-1].removeprefix("stalwart: ") if notes else "the run failed"
     from ._redact import scrub_registered  # noqa: PLC0415 - a step's message may hold a secret
 
+    from ._printable import printable  # noqa: PLC0415
+
     return (
-        f"{hint}.\n  {type(exc).__name__}: {scrub_registered(str(exc))}\n"
+        f"{printable(hint)}.\n  {type(exc).__name__}: {printable(scrub_registered(str(exc)))}\n"
         "  Finished steps keep their checkpoints."
         + ("" if verbose else " Add --verbose for the traceback.")
     )

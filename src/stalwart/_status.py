@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointStore
+from ._printable import printable
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -145,11 +146,11 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
         others = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
         print(
             "  this run has not started yet"
-            + (f"; other runs: {', '.join(others[-5:])}" if others else "")
+            + (f"; other runs: {printable(', '.join(others[-5:]))}" if others else "")
         )
     holder = lock_holder(run_dir)
     if holder:
-        print(f"  running now: {holder}")
+        print(f"  running now: {printable(holder)}")
     print(
         f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} "
         f"{'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
@@ -163,6 +164,7 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
             detail = row.error or row.note
             if row.dead_letter_id:
                 detail += f" [dead letter {row.dead_letter_id}]"
+        detail = printable(detail)
         print(
             f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "
             f"{row.attempts or '':>8} {row.retries if row.runs else '':>7}  {detail}"
