@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ._errors import RunLockedError, UsageError
 from ._pipeline import Pipeline, Terminated
@@ -217,7 +218,8 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
-        return _run_command(args, pipeline, prog=prog, argv=argv, err=err, say=say, verbose=verbose)
+        out = cast("TextIO", _JsonLines()) if say.as_json else err  # JSON asked for: every stderr line is JSON
+        return _run_command(args, pipeline, prog=prog, argv=argv, err=out, say=say, verbose=verbose)
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
@@ -255,12 +257,18 @@ def _run_command(
     except KeyboardInterrupt:
         return say(EXIT_INTERRUPTED, "interrupted; the unfinished step was not marked done")
     except Exception as exc:  # noqa: BLE001 - any step failure becomes exit 1 + a paragraph
+        trace = ""
         if verbose:
             import traceback  # noqa: PLC0415
 
-            traceback.print_exception(exc, file=err)
+            trace = "".join(traceback.format_exception(exc))
+            if not say.as_json:  # under JSON: the final record's traceback field
+                print(trace, end="", file=err)
         return say(
-            EXIT_FAILED, _explain_failure(exc, verbose), error=f"{type(exc).__name__}: {exc}"
+            EXIT_FAILED,
+            _explain_failure(exc, verbose),
+            error=f"{type(exc).__name__}: {exc}",
+            trace=trace,
         )
 
 
@@ -273,15 +281,35 @@ class _Say:
         self.err = err
         self.as_json = as_json
 
-    def __call__(self, code: int, message: str, *, error: str = "") -> int:
+    def __call__(self, code: int, message: str, *, error: str = "", trace: str = "") -> int:
         if self.as_json:
             extra: dict[str, object] = {"exit_code": code}
             if error:
                 extra["error"] = error
+            if trace:
+                extra["traceback"] = trace.rstrip("\n")
             logging.getLogger("stalwart.cli").error(" ".join(message.split()), extra=extra)
         else:
             print(f"{self.prog}: {message}", file=self.err)
         return code
+
+
+class _JsonLines(io.TextIOBase):
+    """A stderr for ``--log-format json``: each line a command prints to it (``deadletter
+    replay ID: ...``) becomes one JSON record on ``stalwart.cli``, never a bare line."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.strip():
+                logging.getLogger("stalwart.cli").error(line)
+        return len(text)
 
 
 def _explain_failure(exc: BaseException, verbose: bool) -> str:
