@@ -32,6 +32,7 @@ from ._redact import (
     install_httpx_log_redaction,
     is_secret_header,
     redact_url,
+    register_secret,
     secrets_in_url,
 )
 from ._retry import RetryPolicy, RetryStats, call_with_retries
@@ -348,7 +349,11 @@ class HttpClient(_Verbs):
         repeatable = method in _SAFE_TO_REPEAT or "idempotency-key" in request.headers
         shown = redact_url(str(request.url))
         operation = f"{method} {shown}"
-        call_secrets = [*self._secrets, *secrets_in_url(str(request.url))]
+        call_secrets = [
+            *self._secrets,
+            *secrets_in_url(str(request.url)),
+            *_userinfo_secrets(request),
+        ]
         for name, value in request.headers.items():
             if is_secret_header(name):
                 call_secrets += [value, *_credential_parts(value)]
@@ -416,6 +421,20 @@ def _credential_parts(value: str) -> list[str]:
     """The secret words of a credential header: ``Bearer abc`` -> ``abc`` (the scheme name is
     not a secret, and masking it would mask the word everywhere in every message)."""
     return [part for part in value.split() if part.lower() not in _AUTH_SCHEMES]
+
+
+def _userinfo_secrets(request: httpx.Request) -> list[str]:
+    """The secrets of a ``http://user:password@host`` URL as httpx sends them: the decoded
+    password and the ``Authorization: Basic`` token built from both. Registered process-wide,
+    so a server that echoes the header back cannot put it in any log, alert or file."""
+    url = request.url
+    if not url.userinfo:
+        return []
+    token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
+    found = [token, url.password, url.userinfo.decode("ascii", "replace")]
+    for secret in found:
+        register_secret(secret)
+    return found
 
 
 def _describe(exc: BaseException) -> str:
