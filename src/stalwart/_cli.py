@@ -261,7 +261,9 @@ def _run_command(
         if verbose:
             import traceback  # noqa: PLC0415
 
-            trace = "".join(traceback.format_exception(exc))
+            from ._redact import scrub_registered  # noqa: PLC0415
+
+            trace = scrub_registered("".join(traceback.format_exception(exc)))
             if not say.as_json:  # under JSON: the final record's traceback field
                 print(trace, end="", file=err)
         return say(
@@ -285,7 +287,9 @@ class _Say:
         if self.as_json:
             extra: dict[str, object] = {"exit_code": code}
             if error:
-                extra["error"] = error
+                from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
+
+                extra["error"] = scrub_registered(error)
             if trace:
                 extra["traceback"] = trace.rstrip("\n")
             logging.getLogger("stalwart.cli").error(" ".join(message.split()), extra=extra)

@@ -99,8 +99,10 @@ class TextFormatter(logging.Formatter):
         )
         if rest:
             line += f"  ({rest})"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # already scrubbed of secrets by the CLI's RecordScrubber
+            line += "\n" + record.exc_text
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
@@ -148,6 +150,9 @@ def configure(
     handler = logging.StreamHandler(stream)
     handler.setFormatter(json_formatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    from ._redact import RecordScrubber  # noqa: PLC0415 - the CLI's handler only
+
+    handler.addFilter(RecordScrubber())
     root = logging.getLogger()
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.INFO

@@ -222,6 +222,10 @@ class Pipeline:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
+        if os.environ.get("SLACK_WEBHOOK_URL") or os.environ.get("STALWART_PUSHGATEWAY"):
+            from ._environment_secrets import register_environment_secrets  # noqa: PLC0415
+
+            register_environment_secrets()  # before any step can quote them in its error
         sinks = self.metric_sinks()
         run_dir = self._run_dir(run_id)
         run = _Run(self, run_id, run_dir, Emitter(sinks), resume_command)
