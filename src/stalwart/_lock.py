@@ -83,14 +83,15 @@ class RunLock:
 
     @staticmethod
     def _take(fd: int) -> None:
-        """``LOCK_EX | LOCK_NB``. A busy lock with no holder note is most likely ``status``
-        peeking (a shared lock held for microseconds), not a run: try again a few times over
+        """``LOCK_EX | LOCK_NB``. A busy lock may be ``status`` peeking (a shared lock held for
+        microseconds, where the kernel's lock table cannot be read), not a run - whatever the
+        note says, since a killed holder leaves its note behind: try again a few times over
         about 0.1 s before calling it busy."""
         for _ in range(_PEEK_RETRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or os.pread(fd, 1, 0):
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 time.sleep(0.02)
             else:

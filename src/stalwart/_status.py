@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointStore
+from ._flock_table import flock_held
 from ._printable import printable
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ def lock_holder(run_dir: os.PathLike[str] | str) -> str | None:
         note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if not note:
             return None
+        held = flock_held(fd)  # the kernel's lock table: no lock taken, nothing to collide with
+        if held is not None:
+            return note if held else None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as exc:
