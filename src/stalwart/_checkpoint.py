@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
+from ._state_files import iter_lines
 from ._records import (
     NAME_RE,
     Marker,
@@ -33,6 +34,7 @@ from ._records import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 # The records live in _records; they are re-exported here, where they were first.
@@ -51,7 +53,28 @@ __all__ = [
 log = logging.getLogger("stalwart.checkpoint")
 
 _MAX_MARKER = 16 * 1024 * 1024
+_MAX_RECORD_LINE = 1024 * 1024  # a record is < 3 kB (its error is cut at 2,000 characters)
 _JOURNAL = ".journal.jsonl"  # in the run directory, beside .checkpoints/ (markers only)
+
+
+def _journal_lines(path: str) -> Iterator[bytes | None]:
+    """The journal's lines, streamed; ``None`` for a line too long to be a record."""
+    return iter_lines(path, max_line=_MAX_RECORD_LINE)
+
+
+def _parse_line(line: bytes | None) -> tuple[str, StepRecord] | None:
+    """One journal line as (step, record); ``None`` if it is not one."""
+    if line is None:
+        return None
+    try:
+        data = json.loads(line.decode("utf-8"))
+        step = data.pop("step", None) if isinstance(data, dict) else None
+        record = parse_record(data)
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(step, str) and NAME_RE.match(step):
+        return step, record
+    return None
 
 
 class CheckpointStore:
@@ -215,32 +238,25 @@ class CheckpointStore:
     # -- step records ------------------------------------------------------------------------
 
     def _load_journal(self) -> dict[str, StepRecord]:
-        """The latest record of each step, read once from the journal (then kept current)."""
+        """The latest record of each step, read once from the journal (then kept current).
+        The journal is streamed, so one of any size is read whole."""
         if self._records is not None:
             return self._records
         records: dict[str, StepRecord] = {}
+        skipped = 0
+        journal = os.path.join(self._run_dir, _JOURNAL)
         try:
-            raw = self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
+            for line in _journal_lines(journal):
+                if line is not None and not line.strip():
+                    continue
+                parsed = _parse_line(line)
+                if parsed is None:
+                    skipped += 1
+                else:
+                    records[parsed[0]] = parsed[1]
         except OSError as exc:
             log.warning("ignoring the unreadable journal in %s (%s)", self._run_dir, exc)
-            raw = b""
-        skipped = 0
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line.decode("utf-8"))
-                step = data.pop("step", None) if isinstance(data, dict) else None
-                record = parse_record(data)
-            except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
-                skipped += 1
-                continue
-            if isinstance(step, str) and NAME_RE.match(step):
-                records[step] = record
-            else:
-                skipped += 1
         if skipped:
-            journal = os.path.join(self._run_dir, _JOURNAL)
             log.warning("ignored %d unreadable line(s) of %s", skipped, journal)
         self._records = records
         return records

@@ -1,0 +1,83 @@
+"""Opening stalwart's own state files (markers, the journal, ``.lock``, envelopes) so that
+nothing planted in their place can hang or redirect a command.
+
+Every open is ``O_NOFOLLOW`` (a symlink is refused, never followed out of the state root)
+and ``O_NONBLOCK`` (a FIFO planted as a marker opens at once instead of waiting for a writer
+forever); the file type is then checked, and anything but a regular file - a FIFO, a
+directory, a socket, a device - is ``NotRegularFile``: the caller reports it as corrupt.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+__all__ = ["NotRegularFile", "describe_type", "iter_lines", "open_regular"]
+
+
+class NotRegularFile(OSError):
+    """A state file that is a FIFO, a directory, a socket or a device: never read or used."""
+
+
+def describe_type(mode: int) -> str:
+    """``a FIFO``, ``a directory``... for the type bits of ``mode``."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """``os.open`` with ``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC``; the descriptor of a regular
+    file, or ``NotRegularFile`` (``FileNotFoundError`` and other ``OSError`` pass through;
+    a symlink raises ``OSError(ELOOP)``). Opening creates nothing unless ``flags`` say so."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except IsADirectoryError:
+        raise NotRegularFile(errno.EISDIR, "it is a directory, not a file", os.fspath(path)) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ELOOP):  # a FIFO with no reader; a symlink
+            kind = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
+            raise NotRegularFile(exc.errno, f"it is {kind}, not a file", os.fspath(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(
+                errno.EINVAL, f"it is {describe_type(info.st_mode)}, not a file", os.fspath(path)
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def iter_lines(path: str | os.PathLike[str], *, max_line: int) -> Iterator[bytes | None]:
+    """The lines of the regular file ``path``, streamed (whatever its size); a line longer
+    than ``max_line`` bytes is yielded as ``None`` (unreadable) and skipped, never held
+    whole. Nothing if the file does not exist."""
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        skipping = False
+        while line := handle.readline(max_line + 1):
+            ended = line.endswith(b"\n")
+            if skipping:
+                skipping = not ended
+                continue
+            if len(line) > max_line and not ended:
+                skipping = True
+                yield None
+                continue
+            yield line
