@@ -19,7 +19,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
-from ._state_files import iter_lines
+from ._state_files import iter_lines, open_regular, set_aside_non_file
 from ._records import (
     NAME_RE,
     Marker,
@@ -116,8 +116,8 @@ class CheckpointStore:
         return self._read_path(os.path.join(self._directory, name))
 
     def _read_path(self, path: str) -> bytes | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # a FIFO, a directory or a symlink planted here is NotRegularFile, never a hang
+            fd = open_regular(path)
         except FileNotFoundError:
             return None
         try:
@@ -137,8 +137,10 @@ class CheckpointStore:
 
     def _write(self, name: str, data: bytes) -> None:
         self._ensure_directory()
+        path = os.path.join(self._directory, name)
+        set_aside_non_file(path)  # a directory planted as a marker must not fail every run
         # Markers live in the run directory, which the run lock makes ours alone.
-        replace_bytes(os.path.join(self._directory, name), data, new_mode=0o600, shared=False)
+        replace_bytes(path, data, new_mode=0o600, shared=False)
 
     def _list(self) -> list[str]:
         try:
@@ -274,9 +276,9 @@ class CheckpointStore:
         try:
             if self._journal_fd is None:
                 self._ensure_directory()
-                fd = os.open(
+                fd = open_regular(
                     os.path.join(self._run_dir, _JOURNAL),
-                    os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    os.O_RDWR | os.O_APPEND | os.O_CREAT,
                     0o600,
                 )
                 try:  # a torn last line (killed mid-append) must not swallow the next record

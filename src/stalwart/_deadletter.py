@@ -36,6 +36,7 @@ from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
 from ._events import DeadLettered, Event
 from ._records import utc_now
 from ._redact import is_secret_header, redact_url
+from ._state_files import NotRegularFile, open_regular
 
 if TYPE_CHECKING:
     import httpx
@@ -154,11 +155,15 @@ class DeadLetterStore:
 
     def _read(self, envelope_id: str) -> bytes:
         path = self._path(envelope_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:  # a FIFO or a directory named like an envelope is corrupt, never a hang
+            fd = open_regular(path)
         except FileNotFoundError:
             raise UsageError(
                 f"no dead letter {envelope_id} in {self.directory} (see 'deadletter list')"
+            ) from None
+        except NotRegularFile as exc:
+            raise DeadLetterError(
+                f"dead letter {envelope_id} is corrupt: {exc.filename} {exc.strerror}"
             ) from None
         except OSError as exc:
             raise DeadLetterError(

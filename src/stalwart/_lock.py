@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
 from ._records import utc_now
+from ._state_files import open_regular
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,7 +50,8 @@ class RunLock:
         """Take the lock or raise ``RunLockedError`` at once (never waits)."""
         if self._fd is not None:
             raise RuntimeError(f"{self._path} is already locked by this RunLock")
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # A FIFO, a directory or a symlink planted as the lock is NotRegularFile, never a hang.
+        fd = open_regular(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             self._take(fd)
         except OSError as exc:

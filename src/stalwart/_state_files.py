@@ -10,15 +10,21 @@ directory, a socket, a device - is ``NotRegularFile``: the caller reports it as 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
 
-__all__ = ["NotRegularFile", "describe_type", "iter_lines", "open_regular"]
+__all__ = ["NotRegularFile", "describe_type", "iter_lines", "open_regular", "set_aside_non_file"]
+
+log = logging.getLogger("stalwart.checkpoint")
 
 
 class NotRegularFile(OSError):
     """A state file that is a FIFO, a directory, a socket or a device: never read or used."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror} (not made by stalwart: move it away, then re-run)"
 
 
 def describe_type(mode: int) -> str:
@@ -43,7 +49,9 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: i
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except IsADirectoryError:
-        raise NotRegularFile(errno.EISDIR, "it is a directory, not a file", os.fspath(path)) from None
+        raise NotRegularFile(
+            errno.EISDIR, "it is a directory, not a file", os.fspath(path)
+        ) from None
     except OSError as exc:
         if exc.errno in (errno.ENXIO, errno.ELOOP):  # a FIFO with no reader; a symlink
             kind = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
@@ -81,3 +89,25 @@ def iter_lines(path: str | os.PathLike[str], *, max_line: int) -> Iterator[bytes
                 yield None
                 continue
             yield line
+
+
+def set_aside_non_file(path: str) -> None:
+    """If something that is not a file or a symlink (a directory, a FIFO...) sits at ``path``,
+    rename it to ``<path>.not-a-file-<random>`` (kept, never deleted) so a file can be
+    written there; a warning names both. Nothing is done if ``path`` is a file or absent."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+        return
+    import secrets  # noqa: PLC0415 - rare path; secrets imports hmac and random
+
+    aside = f"{path}.not-a-file-{secrets.token_hex(4)}"
+    os.rename(path, aside)
+    log.warning(
+        "%s was %s, not a file: moved it to %s to write the file there",
+        path,
+        describe_type(info.st_mode),
+        aside,
+    )

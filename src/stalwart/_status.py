@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointStore
 from ._flock_table import flock_held
+from ._state_files import open_regular
 from ._printable import printable
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ def lock_holder(run_dir: os.PathLike[str] | str) -> str | None:
     means nobody (the lock is not even touched then); a note left by a killed holder is told
     apart from a live one by a non-blocking shared lock, held for microseconds."""
     path = os.path.join(run_dir, ".lock")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO planted as the lock must not hang status
+        fd = open_regular(path)
     except OSError:
         return None
     try:
