@@ -218,7 +218,9 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
-        out = cast("TextIO", _JsonLines()) if say.as_json else err  # JSON asked for: every stderr line is JSON
+        out = (
+            cast("TextIO", _JsonLines()) if say.as_json else err
+        )  # JSON asked for: every stderr line is JSON
         return _run_command(args, pipeline, prog=prog, argv=argv, err=out, say=say, verbose=verbose)
     finally:
         root_logger.removeHandler(handler)

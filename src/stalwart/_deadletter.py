@@ -185,10 +185,16 @@ class DeadLetterStore:
         return sorted(n[:-5] for n in names if n.endswith(".json") and ID_RE.match(n[:-5]))
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise replays and discards (another process replaying the same id waits)."""
+    def _locked(self, envelope_id: str) -> Iterator[None]:
+        """Serialise replays and discards of one letter (another process replaying the same
+        id waits; other letters do not): ``flock`` on ``.<id>.lock``, never a symlink."""
         self._ensure_directory()
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_regular(
+                self.directory / f".{validate_id(envelope_id)}.lock", os.O_RDWR | os.O_CREAT
+            )
+        except NotRegularFile as exc:
+            raise DeadLetterError(f"dead letter {envelope_id} cannot be locked: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -274,7 +280,7 @@ class DeadLetterStore:
     def discard(self, envelope_id: str) -> dict[str, Any]:
         """Mark an envelope discarded (kept for audit, with who and when)."""
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
-        with self._locked():
+        with self._locked(envelope_id):
             envelope = self.load(envelope_id)
             if envelope.get("state") != "pending":
                 raise DeadLetterError(
@@ -301,7 +307,7 @@ class DeadLetterStore:
             with HttpClient() as own:
                 return self.replay(envelope_id, own)
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
-        with self._locked():
+        with self._locked(envelope_id):
             envelope = self.load(envelope_id)
             state = envelope.get("state")
             if state != "pending":

@@ -44,7 +44,11 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
             f"{'ID':<33} {'AGE':>5}  {'PIPELINE':<14} {'RUN':<12} {'STEP':<12} {'STATE':<9}  REASON"
         )
         for r in rows:
-            pipeline_name, run_id, step = printable(r.pipeline), printable(r.run_id), printable(r.step)
+            pipeline_name, run_id, step = (
+                printable(r.pipeline),
+                printable(r.run_id),
+                printable(r.step),
+            )
             print(
                 f"{r.id:<33} {_age(r.created_at):>5}  {pipeline_name:<14} {run_id:<12} "
                 f"{step:<12} {printable(r.state):<9}  {printable(r.reason)}"

@@ -171,7 +171,9 @@ class Pipeline:
     @property
     def deadletters(self) -> Any:
         from ._deadletter import DeadLetterStore  # noqa: PLC0415
+        from ._state_files import refuse_planted_links  # noqa: PLC0415
 
+        refuse_planted_links(self._root, f"{self.name}/deadletter")  # never followed out
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
 
     def _prepare_state(self, run_id: str) -> None:
@@ -268,6 +270,9 @@ class Pipeline:
         if step is not None:
             self._check_step(step)
         run_dir = self._run_dir(run_id)
+        from ._state_files import refuse_planted_links  # noqa: PLC0415
+
+        refuse_planted_links(self._root, f"{self.name}/runs/{run_id}/.checkpoints")
         if not os.path.isdir(run_dir):
             return []
         with RunLock(os.path.join(run_dir, ".lock")):

@@ -15,7 +15,14 @@ import os
 import stat
 from collections.abc import Iterator
 
-__all__ = ["NotRegularFile", "describe_type", "iter_lines", "open_regular", "set_aside_non_file"]
+__all__ = [
+    "NotRegularFile",
+    "describe_type",
+    "iter_lines",
+    "open_regular",
+    "refuse_planted_links",
+    "set_aside_non_file",
+]
 
 log = logging.getLogger("stalwart.checkpoint")
 
@@ -111,3 +118,26 @@ def set_aside_non_file(path: str) -> None:
         describe_type(info.st_mode),
         aside,
     )
+
+
+def refuse_planted_links(base: str, relative: str) -> None:
+    """Check, creating nothing, that every existing part of ``relative`` (``a/b/c``) below
+    ``base`` is a real directory; ``UsageError`` naming the first symlink or non-directory.
+    What ``reset`` and ``deadletter`` call before touching anything: ``run`` refuses the
+    same things while it creates the directories."""
+    from ._errors import UsageError  # noqa: PLC0415 - only the commands that check need it
+
+    current = base
+    for part in relative.split("/"):
+        if not part:
+            continue
+        current = os.path.join(current, part)
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            raise UsageError(
+                f"refusing to use {current}: it is {describe_type(info.st_mode)}; stalwart's "
+                f"state must be made of real directories inside {base}"
+            )
