@@ -1,6 +1,8 @@
 """An httpx client that survives a flaky API without repeating what must not be repeated.
 
-- Every request has a timeout (default 30 s, 10 s to connect).
+- Every request has a timeout (default 30 s per network operation, 10 s to connect), a total
+  deadline (default 300 s, body included) and a maximum body size (default 256 MiB).
+- Redirects to another origin (scheme, host or port) never carry a secret header.
 - Transient failures (timeouts, connection errors, 408/425/429/5xx) are retried under a
   ``RetryPolicy``; ``Retry-After`` (seconds or HTTP-date) lengthens a wait, never shortens
   it, and a wait that would cross the deadline fails the call at once.
@@ -26,6 +28,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._bounded_response import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_TOTAL_TIMEOUT,
+    LimitExceeded,
+    Limits,
+    send_bounded,
+)
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
 from ._redact import (
     Scrubber,
@@ -227,6 +236,11 @@ class HttpClient(_Verbs):
     """An httpx-based client with default timeouts, retries per call and redacted errors.
 
     ``timeout``: seconds for each network operation (``connect_timeout`` for connecting).
+    ``total_timeout``: seconds one request may take in all, body included (default 300);
+    ``max_body_size``: bytes of one response body (default 256 MiB). A response that breaks
+    either fails the call with an ``HttpError`` naming both (the deadline is transient).
+    Redirects are followed one hop at a time; on a change of scheme, host or port every
+    secret header (``Authorization``, ``X-Api-Key``...) is dropped.
     ``retry``: the ``RetryPolicy`` of every call (a step's ``retry=`` overrides it).
     ``headers``/``auth``: credentials belong here, not on single calls: dead-letter replay
     re-sends through the pipeline's client, so only the client's credentials are replayed.
@@ -245,9 +259,18 @@ class HttpClient(_Verbs):
         base_url: str = "",
         follow_redirects: bool = True,
         transport: httpx.BaseTransport | None = None,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):
             raise ValueError("HttpClient timeouts must be positive and finite: no request without")
+        if not 0 < total_timeout < math.inf:
+            raise ValueError(f"total_timeout must be positive and finite, not {total_timeout!r}")
+        if isinstance(max_body_size, bool) or not (
+            isinstance(max_body_size, int) and max_body_size > 0
+        ):
+            raise ValueError(f"max_body_size must be a positive integer, not {max_body_size!r}")
+        self.limits = Limits(total_timeout=float(total_timeout), max_body=max_body_size)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.retry = retry or RetryPolicy()
@@ -361,9 +384,18 @@ class HttpClient(_Verbs):
 
         def attempt() -> httpx.Response:
             try:
-                response = client.send(request)
+                response = send_bounded(
+                    client, request, self.limits, follow_redirects=self._follow_redirects
+                )
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, method, shown, scrub) from None
+            except LimitExceeded as exc:
+                raise HttpError(
+                    f"{operation} failed: {exc}",
+                    method=method,
+                    url=shown,
+                    transient=exc.kind == "deadline",
+                ) from None
             if response.is_success:
                 return response
             body_excerpt = scrub(excerpt(response.content))
