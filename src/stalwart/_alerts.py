@@ -12,10 +12,12 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._bounded_response import LimitExceeded, Limits, send_bounded
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
 from ._redact import install_httpx_log_redaction, register_secret, scrub_registered
@@ -34,6 +36,7 @@ _FIELD_LIMIT = 2000  # Slack: each field of a section block
 _TEXT_LIMIT = 4000  # Slack truncates top-level text past 40,000; notifications show far less
 _FENCE = "```"
 _SHOWN = "<slack webhook>"  # what logs and errors say instead of the URL
+_MAX_ANSWER = 64 * 1024  # Slack answers "ok" or a short error; more is not Slack
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,9 +195,10 @@ class SlackWebhook:
     Success is HTTP 200 with body ``ok``. A 429 honours Retry-After; 408, 5xx, timeouts and
     connection errors get a couple of quick retries; other answers (400 ``invalid_payload``,
     403, 404 ``no_service``, 410 ``channel_is_archived``) are not retried. Each request gives
-    up after ``timeout`` seconds without progress, and no retry starts later than
-    ``budget - timeout`` seconds after the first, so a send ends within about ``budget``
-    seconds. ``send`` never raises: a failure is logged without the URL, which is a secret
+    up after ``timeout`` seconds in all (body included; an answer over 64 KiB is refused),
+    and no retry starts later than ``budget - timeout`` seconds after the first; the send
+    runs in a helper thread that is abandoned at ``budget`` seconds, so ``send`` returns
+    within ``budget`` seconds whatever the server does. ``send`` never raises: a failure is logged without the URL, which is a secret
     (kept out of ``repr`` and masked in every URL stalwart logs, httpx's request log included).
     """
 
@@ -208,6 +212,7 @@ class SlackWebhook:
         register_secret(url)
         self._url = url
         self.timeout = float(timeout)
+        self.budget = float(budget)
         self.policy = RetryPolicy(
             attempts=attempts, initial=1.0, maximum=5.0, deadline=budget - timeout
         )
@@ -231,8 +236,32 @@ class SlackWebhook:
     def send(self, alert: Alert) -> None:
         """Post ``alert``; log (never raise) if it cannot be delivered."""
         where = f"{alert.pipeline}/{alert.step or '-'} (run {alert.run_id})"
+        outcome: list[Exception | None] = []
+
+        def post() -> None:
+            try:
+                self._post(slack_payload(alert))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread below
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        # A thread bounds the whole send, however a server stalls (even inside its headers).
+        worker = threading.Thread(target=post, name="stalwart-slack-alert", daemon=True)
+        worker.start()
+        worker.join(self.budget)
+        if not outcome:
+            log.error(
+                "Slack alert for %s was not delivered: no answer within %g s "
+                "(webhook URL withheld)",
+                where,
+                self.budget,
+                extra={"alert_delivered": False},
+            )
+            return
         try:
-            self._post(slack_payload(alert))
+            if outcome[0] is not None:
+                raise outcome[0]
         except Exception as exc:
             log.error(  # noqa: TRY400 - a traceback only for the unexpected, see exc_info
                 "Slack alert for %s was not delivered: %s: %s (webhook URL withheld)",
@@ -266,10 +295,24 @@ class SlackWebhook:
     def _attempt(self, client: httpx.Client, body: bytes) -> None:
         import httpx  # noqa: PLC0415 - already loaded by _post
 
+        limits = Limits(
+            total_timeout=self.timeout,
+            max_body=_MAX_ANSWER,
+            timeout_option="SlackWebhook(timeout=...)",
+            body_option="fixed",
+        )
         try:
-            response = client.post(
-                self._url, content=body, headers={"Content-Type": "application/json"}
+            request = client.build_request(
+                "POST", self._url, content=body, headers={"Content-Type": "application/json"}
             )
+            response = send_bounded(client, request, limits, follow_redirects=False)
+        except LimitExceeded as exc:
+            raise HttpError(
+                f"the Slack webhook's answer broke a limit: {exc}",
+                method="POST",
+                url=_SHOWN,
+                transient=exc.kind == "deadline",
+            ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             transient = isinstance(
                 exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
