@@ -84,7 +84,8 @@ def test_a_fifo_as_the_lock_is_refused_with_its_name(
     assert run_cli(["run", "--run-id", "r", "--log-format", "text"], pipeline=pipeline) == 1
     assert run_cli(["reset", "--run-id", "r", "--log-format", "text"], pipeline=pipeline) == 1
     err = capsys.readouterr().err
-    assert "it is a FIFO" in err and ".lock" in err
+    assert "it is a FIFO" in err
+    assert ".lock" in err
     assert ran == []
 
 
@@ -102,7 +103,8 @@ def test_a_fifo_or_a_directory_named_like_an_envelope_is_corrupt(
     (letters / f"{directory}.json").mkdir()
     assert run_cli(["deadletter", "list"], pipeline=pipeline) == 0
     out = capsys.readouterr().out
-    assert out.count("corrupt") == 2 and good in out
+    assert out.count("corrupt") == 2
+    assert good in out
     for action in ("show", "replay", "discard"):
         for envelope_id in (ENVELOPE, directory):
             assert run_cli(["deadletter", action, envelope_id], pipeline=pipeline) == 1

@@ -31,9 +31,7 @@ def test_a_journal_over_16_mib_is_read_to_its_end(tmp_path: Path) -> None:
     filler = (line + "\n").encode() * (17 * 1024 * 1024 // (len(line) + 1) + 1)
     last = {"step": "fetch", "runs": 41, "outcome": "failed", "error_type": "E", "error": "end"}
     too_long = b'{"step": "fetch", "runs": 99, "error": "' + b"y" * (2 * 1024 * 1024) + b'"}\n'
-    (run_dir / ".journal.jsonl").write_bytes(
-        filler + too_long + (json.dumps(last) + "\n").encode()
-    )
+    (run_dir / ".journal.jsonl").write_bytes(filler + too_long + (json.dumps(last) + "\n").encode())
     assert (run_dir / ".journal.jsonl").stat().st_size > 16 * 1024 * 1024
     assert CheckpointStore(run_dir).read_record("fetch").runs == 41
     [row] = collect(pipeline, "r")

@@ -35,7 +35,8 @@ def test_webhook_url_in_a_step_exception_never_appears(
     out, err = capsys.readouterr()
     records = [json.loads(line) for line in err.splitlines()]
     final = [r for r in records if "exit_code" in r]
-    assert len(final) == 2 and "ConnectionError" in final[0]["error"]
+    assert len(final) == 2
+    assert "ConnectionError" in final[0]["error"]
     assert "Traceback" in final[1]["traceback"]
     files = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
     for text in (out, err, *posted, *files):

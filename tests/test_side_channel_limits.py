@@ -17,12 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from stalwart import Alert, DeadLetterStore, HttpClient, HttpError, RetryPolicy, SlackWebhook
+from hostile_http import serve
+from stalwart import (
+    Alert,
+    DeadLetterStore,
+    HttpClient,
+    HttpError,
+    Pushgateway,
+    RetryPolicy,
+    SlackWebhook,
+)
 from stalwart._deadletter import encode_body
 from stalwart._events import RunFinished
 from stalwart.testing import FlakyServer, Reply
-
-from hostile_http import serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,8 +83,6 @@ def test_slack_headers_that_never_end_are_abandoned_at_the_budget(
 
 def test_a_stalled_pushgateway_does_not_hold_the_run(caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("prometheus_client")
-    from stalwart import Pushgateway
-
     stop = threading.Event()
     with serve(drip_headers(stop)) as (base, _seen):  # type: ignore[arg-type]
         gateway = Pushgateway(base, timeout=0.3)

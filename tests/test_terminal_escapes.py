@@ -42,10 +42,13 @@ def test_status_escapes_output_names_errors_and_the_lock_note(
     assert run_cli(["status", "--run-id", "r"], pipeline=pipeline) == 0
     captured = capsys.readouterr()
     for stream in (captured.out, captured.err):
-        assert "\x1b" not in stream and "\u202e" not in stream and "\x9b" not in stream
+        assert "\x1b" not in stream
+        assert "\u202e" not in stream
+        assert "\x9b" not in stream
     lines = captured.out.splitlines()
     assert len(lines) == 4  # title, header, fetch, load: no forged row
-    assert "\\x1b[2J" in lines[2] and "\\x1b[2J" in lines[3]
+    assert "\\x1b[2J" in lines[2]
+    assert "\\x1b[2J" in lines[3]
 
 
 def test_deadletter_list_and_errors_escape_envelope_fields(
@@ -65,5 +68,6 @@ def test_deadletter_list_and_errors_escape_envelope_fields(
     pipeline = stalwart.Pipeline("dl", root=tmp_path, alerters=[])
     assert run_cli(["deadletter", "list"], pipeline=pipeline) == 0
     out = capsys.readouterr().out
-    assert "\x1b" not in out and "\u202e" not in out
+    assert "\x1b" not in out
+    assert "\u202e" not in out
     assert len(out.splitlines()) == 2  # header and one row

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 import stalwart
+from hostile_http import reply, serve
 from stalwart import HttpClient, RetryPolicy
 from stalwart._cli import run_cli
 from stalwart.testing import RecordingAlerter
 
-from hostile_http import reply, serve
-
-PASSWORD = "s3cr3t-Pa55word"  # noqa: S105 - a test credential
+PASSWORD = "s3cr3t-Pa55word"
 TOKEN = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
 
 
@@ -46,7 +45,8 @@ def test_basic_token_from_user_info_is_masked_everywhere(
         with caplog.at_level(logging.DEBUG):
             code = run_cli(["run", "--run-id", "r", "--log-format", "json"], pipeline=pipeline)
         assert code == 1
-        assert seen and seen[0]["authorization"] == f"Basic {TOKEN}"  # the attack happened
+        assert seen
+        assert seen[0]["authorization"] == f"Basic {TOKEN}"
         assert run_cli(["status", "--run-id", "r", "--json"], pipeline=pipeline) == 0
         assert run_cli(["status", "--run-id", "r"], pipeline=pipeline) == 0
     everything = [

@@ -198,8 +198,9 @@ class SlackWebhook:
     up after ``timeout`` seconds in all (body included; an answer over 64 KiB is refused),
     and no retry starts later than ``budget - timeout`` seconds after the first; the send
     runs in a helper thread that is abandoned at ``budget`` seconds, so ``send`` returns
-    within ``budget`` seconds whatever the server does. ``send`` never raises: a failure is logged without the URL, which is a secret
-    (kept out of ``repr`` and masked in every URL stalwart logs, httpx's request log included).
+    within ``budget`` seconds whatever the server does. ``send`` never raises: a failure is
+    logged without the URL, which is a secret (kept out of ``repr`` and masked in every URL
+    stalwart logs, httpx's request log included).
     """
 
     def __init__(
@@ -259,18 +260,16 @@ class SlackWebhook:
                 extra={"alert_delivered": False},
             )
             return
-        try:
-            if outcome[0] is not None:
-                raise outcome[0]
-        except Exception as exc:
-            log.error(  # noqa: TRY400 - a traceback only for the unexpected, see exc_info
+        exc = outcome[0]
+        if exc is not None:
+            log.error(
                 "Slack alert for %s was not delivered: %s: %s (webhook URL withheld)",
                 where,
                 type(exc).__name__,
                 scrub_registered(str(exc)),
                 # An HttpError says all there is to say in one line (and carries no URL); a
                 # traceback would also drag in the step's error as its context. Bugs get one.
-                exc_info=not isinstance(exc, HttpError),
+                exc_info=exc if not isinstance(exc, HttpError) else None,
                 extra={"alert_delivered": False},
             )
         else:

@@ -22,7 +22,7 @@ from ._redact import is_secret_header, redact_url
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_TOTAL_TIMEOUT", "Limits", "LimitExceeded", "send_bounded"]
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_TOTAL_TIMEOUT", "LimitExceeded", "Limits", "send_bounded"]
 
 log = logging.getLogger("stalwart.http")
 

@@ -19,7 +19,6 @@ import os
 from typing import TYPE_CHECKING
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
-from ._state_files import iter_lines, open_regular, set_aside_non_file
 from ._records import (
     NAME_RE,
     Marker,
@@ -32,6 +31,7 @@ from ._records import (
     utc_now,
     validate_name,
 )
+from ._state_files import iter_lines, open_regular, set_aside_non_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

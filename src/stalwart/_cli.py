@@ -321,9 +321,8 @@ class _JsonLines(io.TextIOBase):
 def _explain_failure(exc: BaseException, verbose: bool) -> str:
     notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("stalwart:")]
     hint = notes[-1].removeprefix("stalwart: ") if notes else "the run failed"
-    from ._redact import scrub_registered  # noqa: PLC0415 - a step's message may hold a secret
-
     from ._printable import printable  # noqa: PLC0415
+    from ._redact import scrub_registered  # noqa: PLC0415 - a step's message may hold a secret
 
     return (
         f"{printable(hint)}.\n  {type(exc).__name__}: {printable(scrub_registered(str(exc)))}\n"

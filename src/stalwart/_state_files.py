@@ -66,13 +66,14 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: i
         raise
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(
-                errno.EINVAL, f"it is {describe_type(info.st_mode)}, not a file", os.fspath(path)
-            )
     except BaseException:
         os.close(fd)
         raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotRegularFile(
+            errno.EINVAL, f"it is {describe_type(info.st_mode)}, not a file", os.fspath(path)
+        )
     return fd
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointStore
 from ._flock_table import flock_held
-from ._state_files import open_regular
 from ._printable import printable
+from ._state_files import open_regular
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
