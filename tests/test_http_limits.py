@@ -83,3 +83,31 @@ def test_a_normal_body_within_the_limits_is_whole() -> None:
         server.route("GET", "/ok", Reply(body=b"a" * 100_000))
         with HttpClient(max_body_size=100_000, total_timeout=30) as client:
             assert client.get(server.url("/ok")).content == b"a" * 100_000
+
+
+def test_headers_dripped_one_byte_at_a_time_hit_the_total_deadline() -> None:
+    stop = threading.Event()
+
+    def drip_headers(handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not stop.wait(0.05):
+            handler.wfile.write(b"a")
+            handler.wfile.flush()
+
+    with serve(drip_headers) as (base, _seen):
+        with (
+            HttpClient(total_timeout=1.0, timeout=5.0, retry=ONCE) as client,
+            pytest.raises(HttpError) as e,
+        ):
+            client.get(f"{base}/slow-headers")
+        stop.set()
+    assert "no complete response within 1 s" in str(e.value)
+
+
+def test_a_kept_alive_connection_that_turns_to_dripping_hits_the_deadline() -> None:
+    with FlakyServer() as server:
+        server.route("GET", "/a", [Reply(body=b"fine"), Reply(body="x" * 2000, drip=0.2)])
+        with HttpClient(total_timeout=1.0, retry=ONCE) as client:
+            assert client.get(server.url("/a")).content == b"fine"
+            with pytest.raises(HttpError, match="no complete response within 1 s"):
+                client.get(server.url("/a"))

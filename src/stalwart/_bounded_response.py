@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ._deadline_network import deadline_scope
 from ._redact import is_secret_header, redact_url
 
 if TYPE_CHECKING:
@@ -86,7 +87,25 @@ def send_bounded(
     """Send ``request`` and read the whole response within ``limits``; ``LimitExceeded`` if
     it breaks one (httpx's own errors pass through). Redirects are followed when asked,
     stripping secret headers on a change of origin."""
+    import httpx  # noqa: PLC0415 - loaded by the caller already
+
     deadline = time.monotonic() + limits.total_timeout
+    try:
+        with deadline_scope(deadline):  # every socket operation ends by the deadline
+            return _exchange(client, request, limits, deadline, follow_redirects)
+    except httpx.TimeoutException:
+        if time.monotonic() >= deadline:
+            raise _late(limits) from None
+        raise
+
+
+def _exchange(
+    client: httpx.Client,
+    request: httpx.Request,
+    limits: Limits,
+    deadline: float,
+    follow_redirects: bool,
+) -> httpx.Response:
     origin = _origin(request.url)
     auth_default = True
     for _hop in range(_MAX_REDIRECTS + 1):

@@ -35,6 +35,7 @@ from ._bounded_response import (
     Limits,
     send_bounded,
 )
+from ._deadline_network import install_deadline_network
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
 from ._redact import (
     Scrubber,
@@ -300,13 +301,17 @@ class HttpClient(_Verbs):
                 import httpx  # noqa: PLC0415 - loaded on first request, not at import
 
                 install_httpx_log_redaction()
+                transport = self._transport
+                if transport is None:  # ours: its sockets honour each request's deadline
+                    transport = httpx.HTTPTransport()
+                    install_deadline_network(transport)
                 self._client = httpx.Client(
                     timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                     headers=self._headers,
                     auth=self._auth,
                     base_url=self._base_url,
                     follow_redirects=self._follow_redirects,
-                    transport=self._transport,
+                    transport=transport,
                 )
             return self._client
 
