@@ -4,6 +4,8 @@ forges a row of a table."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import stalwart
 from stalwart import DeadLetterStore
 from stalwart._cli import run_cli
+from stalwart._logging import TextFormatter
 from stalwart._printable import printable
 
 HOSTILE = "\x1b[2J\x1b[H\nfetch            done   \u202eforged\x9b"
@@ -71,3 +74,35 @@ def test_deadletter_list_and_errors_escape_envelope_fields(
     assert "\x1b" not in out
     assert "\u202e" not in out
     assert len(out.splitlines()) == 2  # header and one row
+
+
+def test_deadletter_show_prints_the_same_json_with_c1_and_bidi_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = DeadLetterStore(tmp_path / "dl" / "deadletter", pipeline="dl")
+    envelope_id = store.write(
+        {
+            "kind": "payload",
+            "reason": HOSTILE + " café",
+            "created_at": "2026-11-28T00:00:00.000000Z",
+        }
+    )
+    pipeline = stalwart.Pipeline("dl", root=tmp_path, alerters=[])
+    assert run_cli(["deadletter", "show", envelope_id], pipeline=pipeline) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x9b" not in out
+    assert "\u202e" not in out
+    assert "café" in out  # readable text stays readable
+    assert json.loads(out)["reason"] == HOSTILE + " café"  # the same value
+
+
+def test_text_logs_escape_control_characters_in_messages_and_fields() -> None:
+    formatter = TextFormatter()
+    record = logging.LogRecord("stalwart.run", logging.ERROR, "", 0, "failed: %s", (HOSTILE,), None)
+    record.error = HOSTILE
+    line = formatter.format(record)
+    assert "\n" not in line
+    assert "\x1b" not in line
+    assert "\u202e" not in line
+    assert "\\x1b[2J" in line

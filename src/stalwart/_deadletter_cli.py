@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from ._errors import DeadLetterError, HttpError
-from ._printable import printable
+from ._printable import printable, terminal_safe_json
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -60,7 +60,7 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
         except DeadLetterError as exc:
             print(f"deadletter show: {printable(exc)}", file=err)
             return 1
-        print(json.dumps(envelope, indent=2, ensure_ascii=False))
+        print(terminal_safe_json(json.dumps(envelope, indent=2, ensure_ascii=False)))
         return 0
     if args.action == "discard":
         try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+from ._printable import printable
 from ._scope import current_scope
 
 __all__ = [
@@ -92,10 +93,10 @@ class TextFormatter(logging.Formatter):
             where = f"[{where}{f' #{attempt}' if attempt is not None else ''}] "
         elif attempt is not None:
             fields["attempt"] = attempt
-        rest = " ".join(f"{k}={_quoted(v)}" for k, v in fields.items() if v is not None)
+        rest = " ".join(f"{k}={printable(_quoted(v))}" for k, v in fields.items() if v is not None)
         line = (
             f"{rfc3339(record.created)} {record.levelname:<7} {record.name} "
-            f"{where}{record.getMessage()}"
+            f"{printable(where)}{printable(record.getMessage())}"
         )
         if rest:
             line += f"  ({rest})"

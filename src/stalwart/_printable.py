@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["printable", "terminal_safe_json"]
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -28,3 +28,13 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: object) -> str:
     """``str(text)`` with every control character escaped (one line, inert on a terminal)."""
     return _CONTROL.sub(_escape, str(text))
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON text (``json.dumps(..., ensure_ascii=False)``) with the characters JSON leaves raw
+    but a terminal acts on (DEL, C1 controls, bidi overrides) written as ``\\uXXXX``
+    escapes: the same JSON value, inert on a terminal."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
