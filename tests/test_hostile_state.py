@@ -109,3 +109,13 @@ def test_a_fifo_or_a_directory_named_like_an_envelope_is_corrupt(
         for envelope_id in (ENVELOPE, directory):
             assert run_cli(["deadletter", action, envelope_id], pipeline=pipeline) == 1
             assert "corrupt" in capsys.readouterr().err
+
+
+def test_a_directory_as_the_lock_is_refused_with_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline, ran = make(tmp_path)
+    (pipeline.run_dir("r") / ".lock").mkdir(parents=True)
+    assert run_cli(["run", "--run-id", "r", "--log-format", "text"], pipeline=pipeline) == 1
+    assert "it is a directory" in capsys.readouterr().err
+    assert ran == []

@@ -68,6 +68,11 @@ def test_an_announced_oversized_body_is_refused_before_reading() -> None:
         with HttpClient(max_body_size=4096, retry=ONCE) as client, pytest.raises(HttpError) as e:
             client.get(server.url("/big"))
     assert "announces 5000 bytes, over the 4 KiB limit" in str(e.value)
+    with FlakyServer() as server:
+        server.route("GET", "/big", Reply(body=b"y" * 5000))
+        with HttpClient(max_body_size=1000, retry=ONCE) as client, pytest.raises(HttpError) as e:
+            client.get(server.url("/big"))
+    assert "over the 1000 bytes limit" in str(e.value)
 
 
 def test_the_limits_are_validated() -> None:

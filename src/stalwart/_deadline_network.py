@@ -55,7 +55,7 @@ def _capped(timeout: float | None, kind: str) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def install_deadline_network(transport: httpx.HTTPTransport) -> bool:
+def install_deadline_network(transport: httpx.BaseTransport) -> bool:
     """Make ``transport``'s connections honour ``deadline_scope``; ``False`` (nothing done)
     if its connection pool is not the one this was written for."""
     pool: Any = getattr(transport, "_pool", None)

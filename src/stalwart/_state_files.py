@@ -34,25 +34,25 @@ class NotRegularFile(OSError):
         return f"{self.filename}: {self.strerror} (not made by stalwart: move it away, then re-run)"
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
 def describe_type(mode: int) -> str:
     """``a FIFO``, ``a directory``... for the type bits of ``mode``."""
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     """``os.open`` with ``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC``; the descriptor of a regular
-    file, or ``NotRegularFile`` (``FileNotFoundError`` and other ``OSError`` pass through;
-    a symlink raises ``OSError(ELOOP)``). Opening creates nothing unless ``flags`` say so."""
+    file, or ``NotRegularFile`` for anything else, a symlink included (``FileNotFoundError``
+    and other ``OSError`` pass through). Opening creates nothing unless ``flags`` say so."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except IsADirectoryError:
@@ -64,11 +64,7 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: i
             kind = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
             raise NotRegularFile(exc.errno, f"it is {kind}, not a file", os.fspath(path)) from None
         raise
-    try:
-        info = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
+    info = os.fstat(fd)  # of a descriptor just opened: does not fail
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise NotRegularFile(
@@ -130,8 +126,6 @@ def refuse_planted_links(base: str, relative: str) -> None:
 
     current = base
     for part in relative.split("/"):
-        if not part:
-            continue
         current = os.path.join(current, part)
         try:
             info = os.lstat(current)
