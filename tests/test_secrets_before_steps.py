@@ -4,13 +4,17 @@ and the traceback included), the alert posted to a real (local) webhook, ``statu
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 import stalwart
 from stalwart._cli import run_cli
+from stalwart._logging import TextFormatter
+from stalwart._redact import RecordScrubber, register_secret
 from stalwart.testing import FlakyServer, Reply
 
 
@@ -41,3 +45,30 @@ def test_webhook_url_in_a_step_exception_never_appears(
     files = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
     for text in (out, err, *posted, *files):
         assert "XyZsecretPart42" not in text
+
+
+def test_the_cli_handler_scrubs_message_fields_and_traceback() -> None:
+    register_secret("scrubber-secret-7781")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(RecordScrubber())
+    logger = logging.getLogger("stalwart.test.scrubber")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        error = ValueError("inside scrubber-secret-7781")
+        logger.error(
+            "got %s",
+            "scrubber-secret-7781",
+            exc_info=(ValueError, error, None),
+            extra={"error": "scrubber-secret-7781"},
+        )
+        logger.error("bad %d format", "not a number")  # logging's own error path, no crash
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = stream.getvalue()
+    assert "scrubber-secret-7781" not in text
+    assert text.count("***") >= 3
+    assert "ValueError: inside ***" in text

@@ -213,7 +213,11 @@ class RecordScrubber(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not _registry.has_secrets():
             return True
-        record.msg = scrub_registered(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed call: logging's own handler reports it
+            return True
+        record.msg = scrub_registered(message)
         record.args = None
         for name, value in list(record.__dict__.items()):
             if isinstance(value, str) and name not in ("msg", "name", "levelname", "pathname"):
