@@ -23,6 +23,8 @@ def test_replay_drops_hop_by_hop_and_framing_headers(tmp_path: Path) -> None:
         "Upgrade": "h2c",
         "TE": "trailers",
         "X-Trace": "kept",
+        "X-Drop-Me": "named by Connection",
+        "Content-Encoding": "identity",
     }
     with FlakyServer() as server:
         server.route("POST", "/orders", Reply(status=201))
@@ -53,6 +55,8 @@ def test_replay_drops_hop_by_hop_and_framing_headers(tmp_path: Path) -> None:
     assert "upgrade" not in seen.headers
     assert "te" not in seen.headers
     assert seen.headers["x-trace"] == "kept"
+    assert "x-drop-me" not in seen.headers
+    assert seen.headers["content-encoding"] == "identity"  # not hop-by-hop: kept
     assert (
         json.loads((tmp_path / "p" / "deadletter" / f"{envelope_id}.json").read_text())["state"]
         == "replayed"

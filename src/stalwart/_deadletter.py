@@ -55,7 +55,7 @@ _DROP_HEADERS = frozenset(
 )
 _MAX_ENVELOPE = 256 * 1024 * 1024
 _NOT_REPLAYED = _DROP_HEADERS | frozenset(
-    {"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect", "content-encoding"}
+    {"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"}
 )
 """Headers a replay never sends as stored: hop-by-hop (RFC 9110 7.6.1) and framing headers
 belong to the connection that carries the request, which httpx sets up itself."""
@@ -342,10 +342,12 @@ class DeadLetterStore:
                 )
             body = decode_body(request.get("body"))
             stored = request.get("headers")
+            stored = stored if isinstance(stored, dict) else {}
+            hop_by_hop = _NOT_REPLAYED | _connection_tokens(stored)
             headers = {
                 str(k): str(v)
-                for k, v in (stored if isinstance(stored, dict) else {}).items()
-                if not is_secret_header(str(k)) and str(k).strip().lower() not in _NOT_REPLAYED
+                for k, v in stored.items()
+                if not is_secret_header(str(k)) and str(k).strip().lower() not in hop_by_hop
             }
             key = request.get("idempotency_key")
             try:
@@ -373,6 +375,16 @@ class DeadLetterStore:
                 replay_status=response.status_code,
             )
             return response
+
+
+def _connection_tokens(headers: dict[Any, Any]) -> frozenset[str]:
+    """The header names a stored ``Connection`` header declares hop-by-hop (RFC 9110 7.6.1)."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers.items()
+        if str(name).strip().lower() == "connection"
+        for token in str(value).split(",")
+    )
 
 
 def _who() -> str:
