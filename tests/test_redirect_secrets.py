@@ -45,6 +45,7 @@ def test_secret_headers_are_dropped_on_a_cross_origin_redirect() -> None:
             call_headers = {k: v for k, v in SECRETS.items() if k != "X-Api-Key"}
             response = client.get(f"{origin}/away", headers=call_headers)
             assert response.text == "landed"
+            assert [r.status_code for r in response.history] == [302]
             same = client.get(f"{origin}/stay", headers=call_headers)
             assert same.text == "landed"
     assert all(is_secret_header(name) for name in SECRETS)

@@ -70,7 +70,7 @@ def test_a_dripping_slack_answer_is_cut_at_the_timeout(caplog: pytest.LogCapture
     assert "side-channel-secret" not in caplog.text
 
 
-def test_slack_headers_that_never_end_are_abandoned_at_the_budget(
+def test_slack_headers_that_never_end_are_cut_within_the_budget(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stop = threading.Event()
@@ -78,7 +78,11 @@ def test_slack_headers_that_never_end_are_abandoned_at_the_budget(
         SlackWebhook(f"{base}{HOOK}", timeout=1.0, attempts=1, budget=1.5).send(alert())
         stop.set()
     assert seen  # the request was made
-    assert "no answer within 1.5 s" in caplog.text
+    [record] = [r for r in caplog.records if "was not delivered" in r.getMessage()]
+    # cut by the attempt's own deadline, or at worst abandoned at the budget
+    assert "no complete response within 1 s" in record.getMessage() or (
+        "no answer within 1.5 s" in record.getMessage()
+    )
 
 
 def test_a_stalled_pushgateway_does_not_hold_the_run(caplog: pytest.LogCaptureFixture) -> None:

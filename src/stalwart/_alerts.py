@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._bounded_response import LimitExceeded, Limits, send_bounded
+from ._deadline_network import install_deadline_network
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
 from ._redact import install_httpx_log_redaction, register_secret, scrub_registered
@@ -280,7 +281,10 @@ class SlackWebhook:
 
         install_httpx_log_redaction()
         body = json.dumps(payload).encode("utf-8")
-        with httpx.Client(timeout=self.timeout) as client:  # one TLS setup for all attempts
+        transport = httpx.HTTPTransport()
+        install_deadline_network(transport)  # each attempt ends by its deadline, headers too
+        # one TLS setup for all attempts
+        with httpx.Client(timeout=self.timeout, transport=transport) as client:
             call_with_retries(
                 lambda: self._attempt(client, body),
                 self.policy,

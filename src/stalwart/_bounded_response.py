@@ -108,6 +108,7 @@ def _exchange(
 ) -> httpx.Response:
     origin = _origin(request.url)
     auth_default = True
+    history: list[httpx.Response] = []
     for _hop in range(_MAX_REDIRECTS + 1):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -121,9 +122,11 @@ def _exchange(
             following = follow_redirects and response.next_request is not None
             if not following:
                 _read_body(response, deadline, limits)
+                response.history = history  # the redirects followed, as httpx keeps them
                 return response
         finally:
             response.close()
+        history.append(response)
         hop = response.next_request
         assert hop is not None  # noqa: S101 - `following` says so
         if _origin(hop.url) != origin:
