@@ -151,7 +151,16 @@ def test_failing_step_runs_no_later_step(env: Env) -> None:
 
 
 def test_failing_step_with_verbose_shows_the_traceback(env: Env) -> None:
-    result = env.stalwart("run", str(SCRIPT), "--run-id", "r1", "--verbose", TEST_FAIL_STEP="fetch")
+    result = env.stalwart(
+        "run",
+        str(SCRIPT),
+        "--run-id",
+        "r1",
+        "--verbose",
+        "--log-format",
+        "text",
+        TEST_FAIL_STEP="fetch",
+    )
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert 'raise ValueError(f"boom in {ctx.step}")' in result.stderr

@@ -12,11 +12,14 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._bounded_response import LimitExceeded, Limits, send_bounded
 from ._classify import httpx_cause, is_transient
+from ._deadline_network import install_deadline_network
 from ._errors import HttpError, HttpStatusError, UsageError
 from ._http import excerpt, parse_retry_after
 from ._policy import RetryPolicy
@@ -36,6 +39,7 @@ _FIELD_LIMIT = 2000  # Slack: each field of a section block
 _TEXT_LIMIT = 4000  # Slack truncates top-level text past 40,000; notifications show far less
 _FENCE = "```"
 _SHOWN = "<slack webhook>"  # what logs and errors say instead of the URL
+_MAX_ANSWER = 64 * 1024  # Slack answers "ok" or a short error; more is not Slack
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,10 +198,12 @@ class SlackWebhook:
     Success is HTTP 200 with body ``ok``. A 429 honours Retry-After; 408, 5xx, timeouts and
     connection errors get a couple of quick retries; other answers (400 ``invalid_payload``,
     403, 404 ``no_service``, 410 ``channel_is_archived``) are not retried. Each request gives
-    up after ``timeout`` seconds without progress, and no retry starts later than
-    ``budget - timeout`` seconds after the first, so a send ends within about ``budget``
-    seconds. ``send`` never raises: a failure is logged without the URL, which is a secret
-    (kept out of ``repr`` and masked in every URL stalwart logs, httpx's request log included).
+    up after ``timeout`` seconds in all (body included; an answer over 64 KiB is refused),
+    and no retry starts later than ``budget - timeout`` seconds after the first; the send
+    runs in a helper thread that is abandoned at ``budget`` seconds, so ``send`` returns
+    within ``budget`` seconds whatever the server does. ``send`` never raises: a failure is
+    logged without the URL, which is a secret (kept out of ``repr`` and masked in every URL
+    stalwart logs, httpx's request log included).
     """
 
     def __init__(
@@ -210,6 +216,7 @@ class SlackWebhook:
         register_secret(url)
         self._url = url
         self.timeout = float(timeout)
+        self.budget = float(budget)
         self.policy = RetryPolicy(
             attempts=attempts, initial=1.0, maximum=5.0, deadline=budget - timeout
         )
@@ -236,17 +243,39 @@ class SlackWebhook:
     def send(self, alert: Alert) -> bool:
         """Post ``alert``; log (never raise) if it cannot be delivered. True if delivered."""
         where = f"{alert.pipeline}/{alert.step or '-'} (run {alert.run_id})"
-        try:
-            self._post(slack_payload(alert))
-        except Exception as exc:
-            log.error(  # noqa: TRY400 - a traceback only for the unexpected, see exc_info
+        outcome: list[Exception | None] = []
+
+        def post() -> None:
+            try:
+                self._post(slack_payload(alert))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread below
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        # A thread bounds the whole send, however a server stalls (even inside its headers).
+        worker = threading.Thread(target=post, name="stalwart-slack-alert", daemon=True)
+        worker.start()
+        worker.join(self.budget)
+        if not outcome:
+            log.error(
+                "Slack alert for %s was not delivered: no answer within %g s "
+                "(webhook URL withheld)",
+                where,
+                self.budget,
+                extra={"alert_delivered": False},
+            )
+            return False
+        exc = outcome[0]
+        if exc is not None:
+            log.error(
                 "Slack alert for %s was not delivered: %s: %s (webhook URL withheld)",
                 where,
                 type(exc).__name__,
                 scrub_registered(str(exc)),
                 # An HttpError says all there is to say in one line (and carries no URL); a
                 # traceback would also drag in the step's error as its context. Bugs get one.
-                exc_info=not isinstance(exc, HttpError),
+                exc_info=exc if not isinstance(exc, HttpError) else None,
                 extra={"alert_delivered": False},
             )
             return False
@@ -258,7 +287,10 @@ class SlackWebhook:
 
         install_httpx_log_redaction()
         body = json.dumps(payload).encode("utf-8")
-        with httpx.Client(timeout=self.timeout) as client:  # one TLS setup for all attempts
+        transport = httpx.HTTPTransport()
+        install_deadline_network(transport)  # each attempt ends by its deadline, headers too
+        # one TLS setup for all attempts
+        with httpx.Client(timeout=self.timeout, transport=transport) as client:
             call_with_retries(
                 lambda: self._attempt(client, body),
                 self.policy,
@@ -272,10 +304,24 @@ class SlackWebhook:
     def _attempt(self, client: httpx.Client, body: bytes) -> None:
         import httpx  # noqa: PLC0415 - already loaded by _post
 
+        limits = Limits(
+            total_timeout=self.timeout,
+            max_body=_MAX_ANSWER,
+            timeout_option="SlackWebhook(timeout=...)",
+            body_option="fixed",
+        )
         try:
-            response = client.post(
-                self._url, content=body, headers={"Content-Type": "application/json"}
+            request = client.build_request(
+                "POST", self._url, content=body, headers={"Content-Type": "application/json"}
             )
+            response = send_bounded(client, request, limits, follow_redirects=False)
+        except LimitExceeded as exc:
+            raise HttpError(
+                f"the Slack webhook's answer broke a limit: {exc}",
+                method="POST",
+                url=_SHOWN,
+                cause="timeout" if exc.kind == "deadline" else "",
+            ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise HttpError(
                 f"{type(exc).__name__} talking to the Slack webhook",

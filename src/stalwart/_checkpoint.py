@@ -30,8 +30,10 @@ from ._records import (
     record_fields,
     validate_name,
 )
+from ._state_files import iter_lines, open_regular, set_aside_non_file
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 # The records live in _records; they are re-exported here, where they were first.
@@ -49,7 +51,28 @@ __all__ = [
 log = logging.getLogger("stalwart.checkpoint")
 
 _MAX_MARKER = 16 * 1024 * 1024
+_MAX_RECORD_LINE = 1024 * 1024  # a record is < 3 kB (its error is cut at 2,000 characters)
 _JOURNAL = ".journal.jsonl"  # in the run directory, beside .checkpoints/ (markers only)
+
+
+def _journal_lines(path: str) -> Iterator[bytes | None]:
+    """The journal's lines, streamed; ``None`` for a line too long to be a record."""
+    return iter_lines(path, max_line=_MAX_RECORD_LINE)
+
+
+def _parse_line(line: bytes | None) -> tuple[str, StepRecord] | None:
+    """One journal line as (step, record); ``None`` if it is not one."""
+    if line is None:
+        return None
+    try:
+        data = json.loads(line.decode("utf-8"))
+        step = data.pop("step", None) if isinstance(data, dict) else None
+        record = parse_record(data)
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(step, str) and NAME_RE.match(step):
+        return step, record
+    return None
 
 
 class CheckpointStore:
@@ -91,8 +114,8 @@ class CheckpointStore:
         return self._read_path(os.path.join(self._directory, name))
 
     def _read_path(self, path: str) -> bytes | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # a FIFO, a directory or a symlink planted here is NotRegularFile, never a hang
+            fd = open_regular(path)
         except FileNotFoundError:
             return None
         try:
@@ -112,8 +135,10 @@ class CheckpointStore:
 
     def _write(self, name: str, data: bytes) -> None:
         self._ensure_directory()
+        path = os.path.join(self._directory, name)
+        set_aside_non_file(path)  # a directory planted as a marker must not fail every run
         # Markers live in the run directory, which the run lock makes ours alone.
-        replace_bytes(os.path.join(self._directory, name), data, new_mode=0o600, shared=False)
+        replace_bytes(path, data, new_mode=0o600, shared=False)
 
     def _list(self) -> list[str]:
         try:
@@ -213,32 +238,25 @@ class CheckpointStore:
     # -- step records ------------------------------------------------------------------------
 
     def _load_journal(self) -> dict[str, StepRecord]:
-        """The latest record of each step, read once from the journal (then kept current)."""
+        """The latest record of each step, read once from the journal (then kept current).
+        The journal is streamed, so one of any size is read whole."""
         if self._records is not None:
             return self._records
         records: dict[str, StepRecord] = {}
+        skipped = 0
+        journal = os.path.join(self._run_dir, _JOURNAL)
         try:
-            raw = self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
+            for line in _journal_lines(journal):
+                if line is not None and not line.strip():
+                    continue
+                parsed = _parse_line(line)
+                if parsed is None:
+                    skipped += 1
+                else:
+                    records[parsed[0]] = parsed[1]
         except OSError as exc:
             log.warning("ignoring the unreadable journal in %s (%s)", self._run_dir, exc)
-            raw = b""
-        skipped = 0
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line.decode("utf-8"))
-                step = data.pop("step", None) if isinstance(data, dict) else None
-                record = parse_record(data)
-            except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
-                skipped += 1
-                continue
-            if isinstance(step, str) and NAME_RE.match(step):
-                records[step] = record
-            else:
-                skipped += 1
         if skipped:
-            journal = os.path.join(self._run_dir, _JOURNAL)
             log.warning("ignored %d unreadable line(s) of %s", skipped, journal)
         self._records = records
         return records
@@ -256,9 +274,9 @@ class CheckpointStore:
         try:
             if self._journal_fd is None:
                 self._ensure_directory()
-                fd = os.open(
+                fd = open_regular(
                     os.path.join(self._run_dir, _JOURNAL),
-                    os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    os.O_RDWR | os.O_APPEND | os.O_CREAT,
                     0o600,
                 )
                 try:  # a torn last line (killed mid-append) must not swallow the next record

@@ -35,6 +35,7 @@ from ._atomic import json_dumps, replace_bytes
 from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
 from ._lock import locked_file
 from ._redact import is_secret_header, redact_url
+from ._state_files import NotRegularFile, open_regular
 from ._time import utc_now, utc_text
 
 if TYPE_CHECKING:
@@ -54,6 +55,11 @@ _DROP_HEADERS = frozenset(
     {"host", "content-length", "connection", "accept-encoding", "user-agent", "transfer-encoding"}
 )
 _MAX_ENVELOPE = 256 * 1024 * 1024
+_NOT_REPLAYED = _DROP_HEADERS | frozenset(
+    {"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"}
+)
+"""Headers a replay never sends as stored: hop-by-hop (RFC 9110 7.6.1) and framing headers
+belong to the connection that carries the request, which httpx sets up itself."""
 
 
 def new_id(now: float | None = None) -> str:
@@ -156,11 +162,15 @@ class DeadLetterStore:
 
     def _read(self, envelope_id: str) -> bytes:
         path = self._path(envelope_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:  # a FIFO or a directory named like an envelope is corrupt, never a hang
+            fd = open_regular(path)
         except FileNotFoundError:
             raise UsageError(
                 f"no dead letter {envelope_id} in {self.directory} (see 'deadletter list')"
+            ) from None
+        except NotRegularFile as exc:
+            raise DeadLetterError(
+                f"dead letter {envelope_id} is corrupt: {exc.filename} {exc.strerror}"
             ) from None
         except OSError as exc:
             raise DeadLetterError(
@@ -182,10 +192,19 @@ class DeadLetterStore:
         return sorted(n[:-5] for n in names if n.endswith(".json") and ID_RE.match(n[:-5]))
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise replays and discards (another process replaying the same id waits)."""
+    def _locked(self, envelope_id: str) -> Iterator[None]:
+        """Serialise replays and discards of one letter (another process replaying the same
+        id waits; other letters do not): ``flock`` on ``.<id>.lock``, never a symlink."""
         self._ensure_directory()
-        with locked_file(self.directory / ".lock"):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(
+                    locked_file(self.directory / f".{validate_id(envelope_id)}.lock")
+                )
+            except NotRegularFile as exc:
+                raise DeadLetterError(
+                    f"dead letter {envelope_id} cannot be locked: {exc}"
+                ) from None
             yield
 
     # -- envelopes ---------------------------------------------------------------------------
@@ -283,7 +302,7 @@ class DeadLetterStore:
                 continue
             if row.id in keep:
                 continue
-            with self._locked():
+            with self._locked(row.id):
                 envelope = self.load(row.id)
                 if envelope.get("state") != "pending":
                     continue
@@ -300,7 +319,7 @@ class DeadLetterStore:
     def discard(self, envelope_id: str) -> dict[str, Any]:
         """Mark an envelope discarded (kept for audit, with who and when)."""
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
-        with self._locked():
+        with self._locked(envelope_id):
             envelope = self.load(envelope_id)
             if envelope.get("state") != "pending":
                 raise DeadLetterError(
@@ -338,7 +357,7 @@ class DeadLetterStore:
             with HttpClient() as own:
                 return self.replay(envelope_id, own, force=force)
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
-        with self._locked():
+        with self._locked(envelope_id):
             envelope = self.load(envelope_id)
             state = envelope.get("state")
             if state == "superseded" and not force:
@@ -379,10 +398,12 @@ class DeadLetterStore:
                 )
             body = decode_body(request.get("body"))
             stored = request.get("headers")
+            stored = stored if isinstance(stored, dict) else {}
+            hop_by_hop = _NOT_REPLAYED | _connection_tokens(stored)
             headers = {
                 str(k): str(v)
-                for k, v in (stored if isinstance(stored, dict) else {}).items()
-                if not is_secret_header(str(k))
+                for k, v in stored.items()
+                if not is_secret_header(str(k)) and str(k).strip().lower() not in hop_by_hop
             }
             key = request.get("idempotency_key")
             try:
@@ -410,6 +431,16 @@ class DeadLetterStore:
                 replay_status=response.status_code,
             )
             return response
+
+
+def _connection_tokens(headers: dict[Any, Any]) -> frozenset[str]:
+    """The header names a stored ``Connection`` header declares hop-by-hop (RFC 9110 7.6.1)."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers.items()
+        if str(name).strip().lower() == "connection"
+        for token in str(value).split(",")
+    )
 
 
 def _who() -> str:

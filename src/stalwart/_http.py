@@ -1,6 +1,8 @@
 """An httpx client that survives a flaky API without repeating what must not be repeated.
 
-- Every request has a timeout (default 30 s, 10 s to connect).
+- Every request has a timeout (default 30 s per network operation, 10 s to connect), a total
+  deadline (default 300 s, body included) and a maximum body size (default 256 MiB).
+- Redirects to another origin (scheme, host or port) never carry a secret header.
 - Transient failures (timeouts, connection errors, 408/425/429/5xx) are retried under a
   ``RetryPolicy``; ``Retry-After`` (seconds or HTTP-date) lengthens a wait, never shortens
   it, and a wait that would cross the deadline fails the call at once.
@@ -26,7 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+from ._bounded_response import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_TOTAL_TIMEOUT,
+    LimitExceeded,
+    Limits,
+    send_bounded,
+)
 from ._classify import httpx_cause, is_transient
+from ._deadline_network import install_deadline_network
 from ._errors import HttpError, HttpStatusError, ResponseFormatError
 from ._policy import RetryPolicy
 from ._redact import (
@@ -34,6 +44,7 @@ from ._redact import (
     install_httpx_log_redaction,
     is_secret_header,
     redact_url,
+    register_secret,
     secrets_in_url,
 )
 from ._retry import RetryStats, call_with_retries
@@ -242,6 +253,11 @@ class HttpClient(_Verbs):
     """An httpx-based client with default timeouts, retries per call and redacted errors.
 
     ``timeout``: seconds for each network operation (``connect_timeout`` for connecting).
+    ``total_timeout``: seconds one request may take in all, body included (default 300);
+    ``max_body_size``: bytes of one response body (default 256 MiB). A response that breaks
+    either fails the call with an ``HttpError`` naming both (the deadline is transient).
+    Redirects are followed one hop at a time; on a change of scheme, host or port every
+    secret header (``Authorization``, ``X-Api-Key``...) is dropped.
     ``retry``: the ``RetryPolicy`` of every call (a step's ``retry=`` overrides it).
     ``headers``/``auth``: credentials belong here, not on single calls: dead-letter replay
     re-sends through the pipeline's client, so only the client's credentials are replayed.
@@ -260,9 +276,18 @@ class HttpClient(_Verbs):
         base_url: str = "",
         follow_redirects: bool = True,
         transport: httpx.BaseTransport | None = None,
+        total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+        max_body_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):
             raise ValueError("HttpClient timeouts must be positive and finite: no request without")
+        if not 0 < total_timeout < math.inf:
+            raise ValueError(f"total_timeout must be positive and finite, not {total_timeout!r}")
+        if isinstance(max_body_size, bool) or not (
+            isinstance(max_body_size, int) and max_body_size > 0
+        ):
+            raise ValueError(f"max_body_size must be a positive integer, not {max_body_size!r}")
+        self.limits = Limits(total_timeout=float(total_timeout), max_body=max_body_size)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.retry = retry or RetryPolicy()
@@ -292,13 +317,17 @@ class HttpClient(_Verbs):
                 import httpx  # noqa: PLC0415 - loaded on first request, not at import
 
                 install_httpx_log_redaction()
+                transport = self._transport
+                if transport is None:  # ours: its sockets honour each request's deadline
+                    transport = httpx.HTTPTransport()
+                    install_deadline_network(transport)
                 self._client = httpx.Client(
                     timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                     headers=self._headers,
                     auth=self._auth,
                     base_url=self._base_url,
                     follow_redirects=self._follow_redirects,
-                    transport=self._transport,
+                    transport=transport,
                 )
             return self._client
 
@@ -364,7 +393,11 @@ class HttpClient(_Verbs):
         repeatable = method in _SAFE_TO_REPEAT or "idempotency-key" in request.headers
         shown = redact_url(str(request.url))
         operation = f"{method} {shown}"
-        call_secrets = [*self._secrets, *secrets_in_url(str(request.url))]
+        call_secrets = [
+            *self._secrets,
+            *secrets_in_url(str(request.url)),
+            *_userinfo_secrets(request),
+        ]
         for name, value in request.headers.items():
             if is_secret_header(name):
                 call_secrets += [value, *_credential_parts(value)]
@@ -372,9 +405,18 @@ class HttpClient(_Verbs):
 
         def attempt() -> httpx.Response:
             try:
-                response = client.send(request)
+                response = send_bounded(
+                    client, request, self.limits, follow_redirects=self._follow_redirects
+                )
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, method, shown, scrub) from None
+            except LimitExceeded as exc:
+                raise HttpError(
+                    f"{operation} failed: {exc}",
+                    method=method,
+                    url=shown,
+                    cause="timeout" if exc.kind == "deadline" else "",
+                ) from None
             if response.is_success:
                 return response
             body_excerpt = scrub(excerpt(response.content))
@@ -433,6 +475,20 @@ def _credential_parts(value: str) -> list[str]:
     """The secret words of a credential header: ``Bearer abc`` -> ``abc`` (the scheme name is
     not a secret, and masking it would mask the word everywhere in every message)."""
     return [part for part in value.split() if part.lower() not in _AUTH_SCHEMES]
+
+
+def _userinfo_secrets(request: httpx.Request) -> list[str]:
+    """The secrets of a ``http://user:password@host`` URL as httpx sends them: the decoded
+    password and the ``Authorization: Basic`` token built from both. Registered process-wide,
+    so a server that echoes the header back cannot put it in any log, alert or file."""
+    url = request.url
+    if not url.userinfo:
+        return []
+    token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
+    found = [token, url.password, url.userinfo.decode("ascii", "replace")]
+    for secret in found:
+        register_secret(secret)
+    return found
 
 
 def _describe(exc: BaseException) -> str:

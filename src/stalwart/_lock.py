@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
+from ._state_files import open_regular
 from ._time import utc_now
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["CONTENDED", "RunLock", "lock_holder", "locked_file", "try_flock"]
+__all__ = ["CONTENDED", "RunLock", "flock_held", "lock_holder", "locked_file", "try_flock"]
 
 #: The errnos of a non-blocking ``flock`` that found the lock held by someone else.
 CONTENDED = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
@@ -44,6 +45,36 @@ def try_flock(fd: int, *, shared: bool = False) -> bool:
     return True
 
 
+_TABLE = "/proc/locks"
+
+
+def flock_held(fd: int) -> bool | None:
+    """``True`` if some process holds a ``flock`` on the file open as ``fd``, ``False`` if
+    none does, ``None`` if the kernel's table cannot tell (no ``/proc/locks``, or a file
+    system whose inode numbers the table shows differently: an entry with this inode on
+    another device)."""
+    info = os.fstat(fd)
+    ours = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    suffix = f":{info.st_ino}"
+    try:
+        with open(_TABLE, encoding="ascii", errors="replace") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    unsure = False
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5327269 0 EOF"; "1: -> FLOCK ..." is a waiter
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        where = fields[5]
+        if where == ours:
+            return True
+        if where.endswith(suffix):
+            unsure = True
+    return None if unsure else False
+
+
 def wait_flock(fd: int) -> None:
     """Take ``fd``'s exclusive lock, waiting for the holder to let go."""
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -53,8 +84,9 @@ def wait_flock(fd: int) -> None:
 def locked_file(path: str | os.PathLike[str], *, mode: int = 0o600) -> Iterator[int]:
     """Hold an exclusive lock on the file at ``path`` (created with ``mode``, never through a
     symlink) for the ``with`` block, waiting for it if need be; yields the descriptor. Closing
-    it, or dying, releases the lock; the file itself is never deleted."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    it, or dying, releases the lock; the file itself is never deleted. Anything but a regular
+    file there (a FIFO, a directory, a symlink) is ``NotRegularFile``, never a hang."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, mode)
     try:
         wait_flock(fd)
         yield fd
@@ -67,16 +99,23 @@ def lock_holder(run_dir: str | os.PathLike[str]) -> str | None:
 
     Reads the holder's note; an empty note means nobody (the lock is not even touched then);
     a note left by a killed holder is told apart from a live one by a non-blocking shared
-    lock, held for microseconds (``RunLock.acquire`` retries briefly when it meets one)."""
+    lock, held for microseconds (``RunLock.acquire`` retries briefly when it meets one).
+
+    It first asks the kernel's lock table (``flock_held``), which takes no lock at all: even a
+    shared lock held for microseconds could make a run starting at that instant exit 75.
+    A FIFO, a directory or a symlink planted as the lock is "nobody", never a hang."""
     path = os.path.join(run_dir, ".lock")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_regular(path)
     except OSError:
         return None
     try:
         note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if not note:
             return None
+        held = flock_held(fd)
+        if held is not None:
+            return note if held else None
         return None if try_flock(fd, shared=True) else note
     finally:
         os.close(fd)
@@ -109,7 +148,8 @@ class RunLock:
         """Take the lock or raise ``RunLockedError`` at once (never waits)."""
         if self._fd is not None:
             raise RuntimeError(f"{self._path} is already locked by this RunLock")
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # A FIFO, a directory or a symlink planted as the lock is NotRegularFile, never a hang.
+        fd = open_regular(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             taken = self._take(fd)
         except BaseException:
@@ -141,14 +181,13 @@ class RunLock:
 
     @staticmethod
     def _take(fd: int) -> bool:
-        """``try_flock``. A busy lock with no holder note is most likely ``status`` peeking (a
-        shared lock held for microseconds), not a run: try again a few times over about 0.1 s
-        before calling it busy."""
+        """``try_flock``. A busy lock may be ``status`` peeking (a shared lock held for
+        microseconds, where the kernel's lock table cannot be read), not a run - whatever the
+        note says, since a killed holder leaves its note behind: try again a few times over
+        about 0.1 s before calling it busy."""
         for _ in range(_PEEK_RETRIES):
             if try_flock(fd):
                 return True
-            if os.pread(fd, 1, 0):
-                return False
             time.sleep(0.02)
         return try_flock(fd)
 

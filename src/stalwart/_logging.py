@@ -19,6 +19,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+from ._printable import printable
 from ._scope import current_scope
 from ._time import utc_text
 
@@ -90,15 +91,17 @@ class TextFormatter(logging.Formatter):
             where = f"[{where}{f' #{attempt}' if attempt is not None else ''}] "
         elif attempt is not None:
             fields["attempt"] = attempt
-        rest = " ".join(f"{k}={_quoted(v)}" for k, v in fields.items() if v is not None)
+        rest = " ".join(f"{k}={printable(_quoted(v))}" for k, v in fields.items() if v is not None)
         line = (
             f"{rfc3339(record.created)} {record.levelname:<7} {record.name} "
-            f"{where}{record.getMessage()}"
+            f"{printable(where)}{printable(record.getMessage())}"
         )
         if rest:
             line += f"  ({rest})"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # already scrubbed of secrets by the CLI's RecordScrubber
+            line += "\n" + record.exc_text
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
@@ -146,6 +149,9 @@ def configure(
     handler = logging.StreamHandler(stream)
     handler.setFormatter(json_formatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    from ._redact import RecordScrubber  # noqa: PLC0415 - the CLI's handler only
+
+    handler.addFilter(RecordScrubber())
     root = logging.getLogger()
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.INFO

@@ -178,7 +178,9 @@ class Pipeline:
     @property
     def deadletters(self) -> DeadLetterStore:
         from ._deadletter import DeadLetterStore  # noqa: PLC0415
+        from ._state_files import refuse_planted_links  # noqa: PLC0415
 
+        refuse_planted_links(self._root, f"{self.name}/deadletter")  # never followed out
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
 
     def _prepare_state(self, run_id: str) -> None:
@@ -249,6 +251,10 @@ class Pipeline:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
+        if os.environ.get("SLACK_WEBHOOK_URL") or os.environ.get("STALWART_PUSHGATEWAY"):
+            from ._environment_secrets import register_environment_secrets  # noqa: PLC0415
+
+            register_environment_secrets()  # before any step can quote them in its error
         checked = validate_params(params)
         services = self.services(resume_hint=resume_hint)
         run = Run(services, tuple(self.steps), run_id, checked)
@@ -286,6 +292,9 @@ class Pipeline:
         if step is not None:
             self._check_step(step)
         run_dir = self._run_dir(run_id)
+        from ._state_files import refuse_planted_links  # noqa: PLC0415
+
+        refuse_planted_links(self._root, f"{self.name}/runs/{run_id}/.checkpoints")
         if not os.path.isdir(run_dir):
             return []
         with RunLock(os.path.join(run_dir, ".lock")):

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlu
 
 __all__ = [
     "MASK",
+    "RecordScrubber",
     "Scrubber",
     "install_httpx_log_redaction",
     "is_secret_header",
@@ -148,6 +149,10 @@ class _Registry:
                 self._secrets.add(secret)
                 self._scrubber = Scrubber(self._secrets)
 
+    def has_secrets(self) -> bool:
+        with self._lock:
+            return bool(self._secrets)
+
     def is_registered(self, text: str) -> bool:
         with self._lock:
             return text in self._secrets
@@ -198,6 +203,31 @@ def _redact_arg(arg: object) -> object:
     if isinstance(arg, str):
         return scrub_registered(arg)
     return arg
+
+
+class RecordScrubber(logging.Filter):
+    """Masks every registered secret in every field of a record: the message (arguments
+    merged), each extra field that is text, and the traceback (formatted here, once). Added
+    by the CLI to its handler: a record a step logs itself is scrubbed too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _registry.has_secrets():
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed call: logging's own handler reports it
+            return True
+        record.msg = scrub_registered(message)
+        record.args = None
+        for name, value in list(record.__dict__.items()):
+            if isinstance(value, str) and name not in ("msg", "name", "levelname", "pathname"):
+                record.__dict__[name] = scrub_registered(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub_registered(record.exc_text)
+            record.exc_info = None  # the formatter would format the raw one again
+        return True
 
 
 _install_lock = threading.Lock()

@@ -73,4 +73,11 @@ def send_alert(
         dead_letter_id=dead_letter_id,
         replay_command=replay_command(resume, dead_letter_id) if dead_letter_id else "",
     )
-    return send_all([LogAlerter(), *services.alerters], alert)
+    try:
+        return send_all([LogAlerter(), *services.alerters], alert)
+    except KeyboardInterrupt as interrupt:  # SIGTERM/Ctrl-C while alerting: the step failed,
+        log.warning(  # and that (exit 1) is what the run must report, not the interrupt
+            "sending the alert was interrupted (%s); it may not have been delivered",
+            type(interrupt).__name__,
+        )
+        return False

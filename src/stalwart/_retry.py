@@ -200,7 +200,8 @@ class _Loop:
             return True
         elapsed = _clock.monotonic() - self.start
         left = max(0.0, self.policy.deadline - elapsed)
-        if state.upcoming_sleep > left:
+        # `>=` when no time is left: a zero wait (initial=0, maximum=0) must not retry forever.
+        if state.upcoming_sleep > left or left <= 0.0:
             self.stats.stop_reason = "deadline"
             self._give_up(
                 exc,

@@ -426,14 +426,14 @@ def test_a_damaged_envelope_is_listed_as_corrupt_and_refused_with_a_sentence(
         if not readable:
             assert f"{envelope_id}" in out
             assert "corrupt" in out
-        code, out, err = cli(pipeline, "deadletter", "show", envelope_id)
+        code, out, err = cli(pipeline, "deadletter", "show", envelope_id, "--log-format=text")
         if readable:
             assert (code, json.loads(out)) == (0, parsed), err
         else:
             assert code == 1, err
             assert err.startswith(f"deadletter show: dead letter {envelope_id} is corrupt"), err
         for action in ("replay", "discard"):
-            code, out, err = cli(pipeline, "deadletter", action, envelope_id)
+            code, out, err = cli(pipeline, "deadletter", action, envelope_id, "--log-format=text")
             assert code in (0, 1), err
             if code == 1:  # the command understood what was wrong and said so
                 assert err.startswith(f"deadletter {action}"), err

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from .._errors import DeadLetterError, HttpError
+from .._printable import printable, terminal_safe_json
 from .._time import parse_utc
 
 if TYPE_CHECKING:
@@ -36,15 +37,15 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
         try:
             envelope = store.load(args.id)
         except DeadLetterError as exc:
-            print(f"deadletter show: {exc}", file=err)
+            print(f"deadletter show: {printable(exc)}", file=err)
             return 1
-        print(json.dumps(envelope, indent=2, ensure_ascii=False))
+        print(terminal_safe_json(json.dumps(envelope, indent=2, ensure_ascii=False)))
         return 0
     if args.action == "discard":
         try:
             store.discard(args.id)
         except DeadLetterError as exc:
-            print(f"deadletter discard: {exc}", file=err)
+            print(f"deadletter discard: {printable(exc)}", file=err)
             return 1
         print(f"dead letter {args.id} discarded (kept for audit)")
         return 0
@@ -58,7 +59,7 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
             response = store.replay(envelope_id, pipeline.http, force=args.force)
         except (DeadLetterError, HttpError) as exc:
             failed += 1
-            print(f"deadletter replay {envelope_id}: {exc}", file=err)
+            print(f"deadletter replay {envelope_id}: {printable(exc)}", file=err)
             continue
         print(f"dead letter {envelope_id} replayed: HTTP {response.status_code}")
     if args.all:
@@ -78,8 +79,9 @@ def _list(args: argparse.Namespace, pipeline: Pipeline) -> int:
         return 0
     print(f"{'ID':<33} {'AGE':>5}  {'PIPELINE':<14} {'RUN':<12} {'STEP':<12} {'STATE':<10}  REASON")
     for r in rows:
+        pipeline_name, run_id, step = printable(r.pipeline), printable(r.run_id), printable(r.step)
         print(
-            f"{r.id:<33} {_age(r.created_at):>5}  {r.pipeline:<14} {r.run_id:<12} "
-            f"{r.step:<12} {r.state:<10}  {r.reason}"
+            f"{r.id:<33} {_age(r.created_at):>5}  {pipeline_name:<14} {run_id:<12} "
+            f"{step:<12} {printable(r.state):<10}  {printable(r.reason)}"
         )
     return 0

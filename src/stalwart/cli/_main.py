@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .._errors import RunLockedError, UsageError
 from .._logging import TextFormatter, configure
@@ -78,7 +79,8 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
-        return _run_command(args, pipeline, err=err, say=say, verbose=verbose)
+        out = cast("TextIO", _JsonLines()) if say.as_json else err  # JSON: every line JSON
+        return _run_command(args, pipeline, err=out, say=say, verbose=verbose)
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
@@ -124,22 +126,32 @@ def _run_command(
     except KeyboardInterrupt:
         return say(EXIT_INTERRUPTED, "interrupted; the unfinished step was not marked done")
     except Exception as exc:  # noqa: BLE001 - status, reset, deadletter: exit 1 + what broke
-        if verbose:
-            import traceback  # noqa: PLC0415
-
-            traceback.print_exception(exc, file=err)
-        from .._redact import scrub_registered  # noqa: PLC0415 - only when failing
+        from .._printable import printable  # noqa: PLC0415 - only when failing
+        from .._redact import scrub_registered  # noqa: PLC0415
 
         error = f"{type(exc).__name__}: {scrub_registered(str(exc))}"
-        return say(EXIT_FAILED, f"{args.command} failed: {error}", error=error)
+        trace = _traceback(exc, say, err) if verbose else ""
+        return say(
+            EXIT_FAILED, f"{args.command} failed: {printable(error)}", error=error, trace=trace
+        )
+
+
+def _traceback(exc: BaseException, say: _Say, err: TextIO) -> str:
+    """The traceback of ``exc``, secrets masked: printed for people, or returned to go in the
+    final JSON record's ``traceback`` field."""
+    import traceback  # noqa: PLC0415
+
+    from .._redact import scrub_registered  # noqa: PLC0415
+
+    trace = scrub_registered("".join(traceback.format_exception(exc)))
+    if not say.as_json:
+        print(trace, end="", file=err)
+    return trace
 
 
 def _failed(run: Run, failure: Failure, say: _Say, err: TextIO, *, verbose: bool) -> int:
     """Exit 1 and the paragraph that says what failed and how to resume."""
-    if verbose:
-        import traceback  # noqa: PLC0415
-
-        traceback.print_exception(failure.error, file=err)
+    trace = _traceback(failure.error, say, err) if verbose else ""
     say(
         EXIT_FAILED,
         explain_failure(
@@ -150,6 +162,7 @@ def _failed(run: Run, failure: Failure, say: _Say, err: TextIO, *, verbose: bool
             ran=bool(run.ran or run.skipped),
         ),
         error=f"{failure.error_type}: {failure.message}",
+        trace=trace,
     )
     return failure.exit_code
 
@@ -162,9 +175,11 @@ def explain_failure(
         where = f"step {failure.step} of {pipeline} (run {run_id}) failed"
     else:
         where = f"run {run_id} of {pipeline} failed before its first step; no step ran"
+    from .._printable import printable  # noqa: PLC0415 - only when failing
+
     lines = [
-        f"{where}; resume with: {failure.resume_command}.",
-        f"  {failure.error_type}: {failure.message}",
+        f"{printable(where)}; resume with: {printable(failure.resume_command)}.",
+        f"  {failure.error_type}: {printable(failure.message)}",
     ]
     from .._reporting import replay_command  # noqa: PLC0415 - only when failing
 
@@ -191,15 +206,37 @@ class _Say:
         self.err = err
         self.as_json = as_json
 
-    def __call__(self, code: int, message: str, *, error: str = "") -> int:
+    def __call__(self, code: int, message: str, *, error: str = "", trace: str = "") -> int:
         if self.as_json:
             extra: dict[str, object] = {"exit_code": code}
             if error:
-                extra["error"] = error
+                from .._redact import scrub_registered  # noqa: PLC0415 - only when failing
+
+                extra["error"] = scrub_registered(error)
+            if trace:
+                extra["traceback"] = trace.rstrip("\n")
             logging.getLogger("stalwart.cli").error(" ".join(message.split()), extra=extra)
         else:
             print(f"{self.prog}: {message}", file=self.err)
         return code
+
+
+class _JsonLines(io.TextIOBase):
+    """A stderr for ``--log-format json``: each line a command prints to it (``deadletter
+    replay ID: ...``) becomes one JSON record on ``stalwart.cli``, never a bare line."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.strip():
+                logging.getLogger("stalwart.cli").error(line)
+        return len(text)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._checkpoint import CheckpointStore
 from .._lock import lock_holder
+from .._printable import printable
 
 if TYPE_CHECKING:
     from .._pipeline import Pipeline
@@ -132,15 +133,15 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
         cut = f" (the last {len(shown)} of {len(others)})" if len(others) > len(shown) else ""
         print(
             "  this run has not started yet"
-            + (f"; other runs{cut}: {', '.join(shown)}" if others else "")
+            + (f"; other runs{cut}: {printable(', '.join(shown))}" if others else "")
         )
     holder = lock_holder(run_dir)
     if holder:
-        print(f"  running now: {holder}")
+        print(f"  running now: {printable(holder)}")
     rows = collect(pipeline, run_id)
     params = run_params(rows)
     if params:
-        print("  params: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        print(printable("  params: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()))))
     print(
         f"  {'STEP':<16} {'STATE':<11} {'FINISHED (UTC)':<20} {'TOOK':>8} {'RUNS':>4} "
         f"{'ATTEMPTS':>8} {'RETRIES':>7}  DETAIL"
@@ -158,9 +159,10 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
             detail = row.error or row.note
             if row.dead_letter_id:
                 detail += f" [dead letter {row.dead_letter_id}]"
+        detail = printable(detail)
         print(
             f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "
             f"{row.attempts or '':>8} {row.retries if row.runs else '':>7}  {detail}"
         )
         for line in more:
-            print(f"  {'':<16} {'':<11}   {line}")
+            print(f"  {'':<16} {'':<11}   {printable(line)}")

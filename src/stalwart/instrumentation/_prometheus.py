@@ -199,7 +199,10 @@ class Pushgateway:
     increments). A gateway that cannot be read or written is logged and the push skipped.
 
     ``url``: ``http(s)://[user:password@]host:port[/prefix]``; credentials become basic auth
-    and are never logged. ``timeout``: seconds for each of the two requests.
+    and are never logged. ``timeout``: seconds for each of the two requests; the whole push
+    runs in a helper thread abandoned after ``3 * timeout`` seconds (15 s by default), and
+    the gateway's answer is read up to 64 MiB, so a stalled or endless gateway never holds
+    the end of a run.
     """
 
     def __init__(self, url: str, *, job: str = "stalwart", timeout: float = 5.0) -> None:
@@ -220,7 +223,20 @@ class Pushgateway:
     def handle(self, event: Event) -> None:
         self._pending.add(event)
         if isinstance(event, RunFinished):
-            self._push(event.pipeline, self._pending.take(event.pipeline))
+            changes = self._pending.take(event.pipeline)
+            worker = threading.Thread(
+                target=self._push, args=(event.pipeline, changes), daemon=True
+            )
+            worker.start()  # a thread bounds the whole push, however the gateway stalls
+            worker.join(3 * self.timeout)
+            if worker.is_alive():
+                log.warning(
+                    "the Pushgateway at %s did not finish the push of %s within %g s; "
+                    "this run's metrics may not be recorded",
+                    self.url,
+                    event.pipeline,
+                    3 * self.timeout,
+                )
 
     def _push(self, pipeline: str, changes: list[Observation]) -> None:
         from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
@@ -252,7 +268,7 @@ class Pushgateway:
         # S310: the scheme is http or https, checked in __init__.
         request = urllib.request.Request(self._base + "/metrics", headers=headers)  # noqa: S310
         with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-            text = response.read().decode("utf-8")
+            text = _read_limited(response, self.timeout).decode("utf-8")
 
         def ours(labels: Mapping[str, str]) -> bool:
             return (
@@ -275,6 +291,27 @@ class Pushgateway:
             return default_handler(url, method, timeout, headers, data)
         user, password = self._auth
         return basic_auth_handler(url, method, timeout, headers, data, user, password)
+
+
+_MAX_GATEWAY_ANSWER = 64 * 1024 * 1024
+
+
+def _read_limited(response: Any, seconds: float) -> bytes:
+    """The body of ``response`` read within ``seconds`` in all and up to 64 MiB, else
+    ``OSError`` (a dripping or endless gateway must not hold the run's end or its memory)."""
+    import time  # noqa: PLC0415 - already loaded by urllib
+
+    deadline = time.monotonic() + seconds
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(65536):
+        size += len(chunk)
+        if size > _MAX_GATEWAY_ANSWER:
+            raise OSError("the Pushgateway's answer is larger than 64 MiB")
+        if time.monotonic() > deadline:
+            raise OSError(f"the Pushgateway's answer took longer than {seconds:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def shown_gateway(url: str) -> str:

@@ -1,0 +1,74 @@
+"""The Slack webhook URL quoted by a step's own exception is masked in every record from the
+first one: the step-failed log, every field of every JSON record (the final ``error`` field
+and the traceback included), the alert posted to a real (local) webhook, ``status``."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import stalwart
+from stalwart._logging import TextFormatter
+from stalwart._redact import RecordScrubber, register_secret
+from stalwart.cli._main import run_cli
+from stalwart.testing import FlakyServer, Reply
+
+
+def test_webhook_url_in_a_step_exception_never_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FlakyServer() as slack:
+        slack.route("POST", "/services/T0001/B0001/XyZsecretPart42", Reply(body="ok"))
+        webhook = slack.url("/services/T0001/B0001/XyZsecretPart42")
+        monkeypatch.setenv("SLACK_WEBHOOK_URL", webhook)
+        pipeline = stalwart.Pipeline("hook", root=tmp_path)
+
+        @pipeline.step()
+        def notify(ctx: stalwart.Context) -> None:
+            raise ConnectionError(f"could not post to {webhook}")
+
+        for flags in (["--log-format", "json"], ["-v", "--log-format", "json"]):
+            assert run_cli(["run", "--run-id", "r", *flags], pipeline=pipeline) == 1
+        assert run_cli(["status", "--run-id", "r", "--json"], pipeline=pipeline) == 0
+        assert slack.count("POST", "/services/T0001/B0001/XyZsecretPart42") == 2
+        posted = [r.body.decode() for r in slack.requests]
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in err.splitlines()]
+    final = [r for r in records if "exit_code" in r]
+    assert len(final) == 2
+    assert "ConnectionError" in final[0]["error"]
+    assert "Traceback" in final[1]["traceback"]
+    files = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    for text in (out, err, *posted, *files):
+        assert "XyZsecretPart42" not in text
+
+
+def test_the_cli_handler_scrubs_message_fields_and_traceback() -> None:
+    register_secret("scrubber-secret-7781")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(RecordScrubber())
+    logger = logging.getLogger("stalwart.test.scrubber")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        error = ValueError("inside scrubber-secret-7781")
+        logger.error(
+            "got %s",
+            "scrubber-secret-7781",
+            exc_info=(ValueError, error, None),
+            extra={"error": "scrubber-secret-7781"},
+        )
+        logger.error("bad %d format", "not a number")  # logging's own error path, no crash
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = stream.getvalue()
+    assert "scrubber-secret-7781" not in text
+    assert text.count("***") >= 3
+    assert "ValueError: inside ***" in text
