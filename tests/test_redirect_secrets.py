@@ -4,6 +4,7 @@ reaches the first and none reaches the second."""
 
 from __future__ import annotations
 
+import logging
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 from hostile_http import reply, serve
 from stalwart import HttpClient, HttpError, RetryPolicy
 from stalwart._redact import is_secret_header
+from stalwart.instrumentation import Pushgateway
+from stalwart.instrumentation._events import RunFinished
+from stalwart.testing import FlakyServer, Reply
 
 SECRETS = {
     "X-Api-Key": "key-0123456789",
@@ -72,3 +76,32 @@ def test_redirect_loops_end_with_an_error() -> None:
     ):
         client.get(f"{origin}/again")
     assert len(seen) == 21
+
+
+def test_a_redirecting_pushgateway_never_gets_the_credentials_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """urllib would follow a redirect with the Authorization header; the push refuses it."""
+    with FlakyServer() as gateway, FlakyServer() as elsewhere:
+        moved = Reply(status=307, headers={"Location": elsewhere.url("/metrics")})
+        for method in ("GET", "POST"):
+            gateway.route(method, "/metrics", moved)
+            gateway.route(method, "/metrics/job/stalwart/pipeline/daily", moved)
+        host = gateway.url("/").split("//", 1)[1].rstrip("/")
+        sink = Pushgateway(f"http://alice:gateway-secret@{host}", timeout=2.0)
+        with caplog.at_level(logging.WARNING):
+            sink.handle(
+                RunFinished(
+                    pipeline="daily",
+                    run_id="r1",
+                    outcome="success",
+                    duration_s=1.0,
+                    ran=1,
+                    skipped=0,
+                    failed=0,
+                    finished_at=1.0,
+                )
+            )
+        assert gateway.requests  # it did try the gateway
+        assert elsewhere.requests == []  # and followed no redirect there
+    assert "gateway-secret" not in caplog.text

@@ -267,7 +267,7 @@ class Pushgateway:
             headers["Authorization"] = f"Basic {token}"
         # S310: the scheme is http or https, checked in __init__.
         request = urllib.request.Request(self._base + "/metrics", headers=headers)  # noqa: S310
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+        with _opener().open(request, timeout=self.timeout) as response:
             text = _read_limited(response, self.timeout).decode("utf-8")
 
         def ours(labels: Mapping[str, str]) -> bool:
@@ -282,15 +282,34 @@ class Pushgateway:
     def _handler(
         self, url: str, method: str, timeout: float | None, headers: list[Any], data: bytes
     ) -> Callable[[], None]:
-        from prometheus_client.exposition import (  # noqa: PLC0415
-            basic_auth_handler,
-            default_handler,
-        )
+        """prometheus_client's push, through an opener that follows no redirect: urllib
+        would carry the ``Authorization`` header to whatever host a redirect names."""
+        sent = list(headers)
+        if self._auth is not None:
+            token = base64.b64encode(":".join(self._auth).encode("utf-8")).decode("ascii")
+            sent.append(("Authorization", f"Basic {token}"))
 
-        if self._auth is None:
-            return default_handler(url, method, timeout, headers, data)
-        user, password = self._auth
-        return basic_auth_handler(url, method, timeout, headers, data, user, password)
+        def handle() -> None:
+            request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+            for name, value in sent:
+                request.add_header(name, value)
+            with _opener().open(request, timeout=timeout) as response:
+                if response.status >= 400:
+                    raise OSError(f"the Pushgateway answered {response.status}")
+
+        return handle
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A Pushgateway does not redirect; a redirect is an error, never followed (the
+    credentials would go with it to another host)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError for the 3xx answer
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_NoRedirects)
 
 
 _MAX_GATEWAY_ANSWER = 64 * 1024 * 1024
