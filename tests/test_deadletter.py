@@ -153,7 +153,7 @@ def test_replay_resends_identical_bytes_with_the_same_key_then_refuses(
         assert replayed.headers["authorization"] == f"Bearer {TOKEN}"
         assert replayed.headers["content-type"] == "text/csv"
 
-        envelope = pipeline.deadletters.load(envelope_id)
+        envelope = pipeline.deadletters.show(envelope_id)
         assert envelope["state"] == "replayed"
         assert envelope["replay_status"] == 201
         assert [h["action"] for h in envelope["history"]] == ["replayed"]
@@ -173,7 +173,7 @@ def test_failed_replay_keeps_the_envelope_pending_and_records_the_attempt(root: 
         envelope_id = alerter.last.dead_letter_id
         assert envelope_id
         assert run_cli(["deadletter", "replay", envelope_id], pipeline=pipeline) == 1
-        envelope = pipeline.deadletters.load(envelope_id)
+        envelope = pipeline.deadletters.show(envelope_id)
         assert envelope["state"] == "pending"
         assert envelope["history"][-1]["action"] == "replay_failed"
         assert "400" in envelope["history"][-1]["detail"]
@@ -231,7 +231,7 @@ def test_replay_all_sends_every_pending_envelope(
     states = {row.id: row.state for row in pipeline.deadletters.list()}
     assert sorted(states.values()) == ["discarded", "replayed", "replayed"]
     assert states[discarded] == "discarded"
-    envelope = pipeline.deadletters.load(discarded)
+    envelope = pipeline.deadletters.show(discarded)
     assert envelope["discarded_by"]
     assert envelope["discarded_at"]
 
@@ -335,7 +335,7 @@ def test_payload_dead_letters_are_kept_listed_and_not_replayable(
     pipeline.run(run_id="r1")
     store = pipeline.deadletters
     assert [row.reason for row in store.list()] == ["row 7 rejected", "text", "bytes"]
-    first = store.load(kept[0])
+    first = store.show(kept[0])
     assert first["kind"] == "payload"
     assert json.loads(first["payload"]["body"]["data"]) == {"row": 7, "why": "bad amount"}
     assert any("test_deadletter.py" in frame for frame in first["where"])
@@ -382,7 +382,7 @@ def test_show_prints_the_whole_envelope(root: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert run_cli(["deadletter", "show", envelope_id], pipeline=pipeline) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown == pipeline.deadletters.load(envelope_id)
+    assert shown == pipeline.deadletters.show(envelope_id)
 
 
 def test_client_outside_a_pipeline_dead_letters_into_a_store(root: Path) -> None:
@@ -393,7 +393,7 @@ def test_client_outside_a_pipeline_dead_letters_into_a_store(root: Path) -> None
             client.put(server.url("/x"), content=b"payload", dead_letter=store)
     envelope_id = caught.value.dead_letter_id
     assert envelope_id is not None
-    assert store.load(envelope_id)["request"]["method"] == "PUT"
+    assert store.show(envelope_id)["request"]["method"] == "PUT"
     assert os.stat(root / "outside").st_mode & 0o777 == 0o700
 
 

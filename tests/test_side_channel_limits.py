@@ -145,8 +145,8 @@ def test_a_stuck_replay_holds_only_its_own_letter(tmp_path: Path) -> None:
         still_replaying = replayer.is_alive()
         replayer.join()
     assert still_replaying
-    assert store.load(other)["state"] == "discarded"
-    assert store.load(stuck)["state"] == "pending"
+    assert store.show(other)["state"] == "discarded"
+    assert store.show(stuck)["state"] == "pending"
     [failure] = failures
     assert "no complete response within 5 s" in str(failure)
 

@@ -13,12 +13,9 @@ An envelope is never deleted by stalwart: replay marks it ``replayed``, discard 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import contextlib
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -26,12 +23,13 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import json_dumps, replace_bytes
+from ._envelope import ENVELOPE_FORMAT, Envelope, StoredBody, encode_body
 from ._errors import DeadLetterError, HttpError, HttpStatusError, UsageError
 from ._lock import locked_file
 from ._redact import is_secret_header, redact_url
@@ -48,9 +46,7 @@ __all__ = ["DeadLetterStore", "EnvelopeSummary", "StepDeadLetters"]
 
 log = logging.getLogger("stalwart.deadletter")
 
-_METHOD_RE = re.compile(r"\A[A-Z]{1,16}\Z")
 ID_RE = re.compile(r"\A\d{8}T\d{12}Z-[0-9a-f]{8}\Z")
-ENVELOPE_FORMAT = 1
 _DROP_HEADERS = frozenset(
     {"host", "content-length", "connection", "accept-encoding", "user-agent", "transfer-encoding"}
 )
@@ -82,40 +78,9 @@ def validate_id(envelope_id: object) -> str:
     )
 
 
-def encode_body(body: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(body).hexdigest()
-    try:
-        return {
-            "encoding": "utf-8",
-            "data": body.decode("utf-8"),
-            "sha256": digest,
-            "size": len(body),
-        }
-    except UnicodeDecodeError:
-        return {
-            "encoding": "base64",
-            "data": base64.b64encode(body).decode("ascii"),
-            "sha256": digest,
-            "size": len(body),
-        }
-
-
-def decode_body(record: Any) -> bytes:
+def decode_body(record: object) -> bytes:
     """The exact bytes of a stored body; ``DeadLetterError`` if the record is damaged."""
-    if not isinstance(record, dict) or not isinstance(record.get("data"), str):
-        raise DeadLetterError("the envelope's body is missing or malformed")
-    try:
-        if record.get("encoding") == "base64":
-            body = base64.b64decode(record["data"], validate=True)
-        elif record.get("encoding") == "utf-8":
-            body = record["data"].encode("utf-8")
-        else:
-            raise DeadLetterError(f"unknown body encoding {record.get('encoding')!r}")
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise DeadLetterError(f"the envelope's body cannot be decoded: {exc}") from None
-    if hashlib.sha256(body).hexdigest() != record.get("sha256"):
-        raise DeadLetterError("the envelope's body does not match its sha256: it was altered")
-    return body
+    return StoredBody.parse(record).content()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +183,20 @@ class DeadLetterStore:
         self._write(envelope["id"], json_dumps(envelope).encode("utf-8"))
         return str(envelope["id"])
 
-    def load(self, envelope_id: str) -> dict[str, Any]:
-        """The envelope as a dict; ``UsageError`` if unknown, ``DeadLetterError`` if corrupt."""
+    def load(self, envelope_id: str) -> Envelope:
+        """The envelope, typed; ``UsageError`` if unknown, ``DeadLetterError`` if corrupt."""
+        return Envelope.parse(
+            self._document(envelope_id), envelope_id, str(self._path(envelope_id))
+        )
+
+    def show(self, envelope_id: str) -> dict[str, Any]:
+        """Everything in one envelope, as stored (what ``deadletter show ID`` prints): also
+        one whose fields are damaged, as long as it is JSON for this id."""
+        return self._document(envelope_id)
+
+    def _document(self, envelope_id: str) -> dict[str, Any]:
         raw = self._read(envelope_id)
+        where = str(self._path(envelope_id))
         if len(raw) > _MAX_ENVELOPE:
             raise DeadLetterError(f"dead letter {envelope_id} is larger than 256 MiB: not loaded")
         try:
@@ -228,25 +204,21 @@ class DeadLetterStore:
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise DeadLetterError(
                 f"dead letter {envelope_id} is corrupt (not valid JSON: {type(exc).__name__}); "
-                f"the file is {self._path(envelope_id)}"
+                f"the file is {where}"
             ) from None
         if not isinstance(data, dict) or data.get("id") != envelope_id:
             raise DeadLetterError(
                 f"dead letter {envelope_id} is corrupt (not an envelope for this id); "
-                f"the file is {self._path(envelope_id)}"
+                f"the file is {where}"
             )
         try:  # it must be writable back (replay and discard record what they did)
             json_dumps(data).encode("utf-8")
         except UnicodeEncodeError:
             raise DeadLetterError(
                 f"dead letter {envelope_id} is corrupt (text that is not valid Unicode); "
-                f"the file is {self._path(envelope_id)}"
+                f"the file is {where}"
             ) from None
         return data
-
-    def show(self, envelope_id: str) -> dict[str, Any]:
-        """Everything in one envelope (what ``deadletter show ID`` prints)."""
-        return self.load(envelope_id)
 
     def list(self, *, run_id: str | None = None) -> list[EnvelopeSummary]:
         """Every envelope (of ``run_id``, if given), oldest first; unreadable ones are
@@ -269,26 +241,22 @@ class DeadLetterStore:
             rows.append(
                 EnvelopeSummary(
                     id=envelope_id,
-                    created_at=str(env.get("created_at", "")),
-                    pipeline=str(env.get("pipeline", "")),
-                    run_id=str(env.get("run_id", "")),
-                    step=str(env.get("step", "")),
-                    reason=str(env.get("reason", "")),
-                    state=str(env.get("state", "")),
+                    created_at=env.created_at,
+                    pipeline=env.pipeline,
+                    run_id=env.run_id,
+                    step=env.step,
+                    reason=env.reason,
+                    state=env.state,
                 )
             )
         return rows
 
-    def _update(
-        self, envelope: dict[str, Any], action: str, detail: str = "", **fields: Any
-    ) -> None:
-        envelope.update(fields)
-        history = envelope.get("history")
-        if not isinstance(history, list):
-            history = []
-        history.append({"at": utc_now(), "action": action, "by": _who(), "detail": detail})
-        envelope["history"] = history
-        self._write(envelope["id"], json_dumps(envelope).encode("utf-8"))
+    def _update(self, envelope: Envelope, action: str, detail: str = "", **fields: Any) -> Envelope:
+        """Write ``envelope`` back with ``fields`` set and what was done in its history."""
+        entry = {"at": utc_now(), "action": action, "by": _who(), "detail": detail}
+        document = envelope.with_history(entry, **fields)
+        self._write(envelope.id, json_dumps(document).encode("utf-8"))
+        return Envelope.parse(document, envelope.id, str(self._path(envelope.id)))
 
     def supersede(
         self, *, run_id: str, step: str, keep: Collection[str] = ()
@@ -304,7 +272,7 @@ class DeadLetterStore:
                 continue
             with self._locked(row.id):
                 envelope = self.load(row.id)
-                if envelope.get("state") != "pending":
+                if envelope.state != "pending":
                     continue
                 self._update(
                     envelope,
@@ -316,24 +284,22 @@ class DeadLetterStore:
             settled.append(row.id)
         return settled
 
-    def discard(self, envelope_id: str) -> dict[str, Any]:
+    def discard(self, envelope_id: str) -> Envelope:
         """Mark an envelope discarded (kept for audit, with who and when)."""
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked(envelope_id):
             envelope = self.load(envelope_id)
-            if envelope.get("state") != "pending":
+            if envelope.state != "pending":
                 raise DeadLetterError(
-                    f"dead letter {envelope_id} is already {envelope.get('state')}: "
-                    "nothing to discard"
+                    f"dead letter {envelope_id} is already {envelope.state}: nothing to discard"
                 )
-            self._update(
+            return self._update(
                 envelope,
                 "discarded",
                 state="discarded",
                 discarded_at=utc_now(),
                 discarded_by=_who(),
             )
-            return envelope
 
     def keep_request(self, **kwargs: Any) -> str:
         """Keep a failed request (``HttpClient.request(..., dead_letter=store)`` outside a
@@ -359,60 +325,45 @@ class DeadLetterStore:
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock
         with self._locked(envelope_id):
             envelope = self.load(envelope_id)
-            state = envelope.get("state")
+            state = envelope.state
             if state == "superseded" and not force:
                 raise DeadLetterError(
-                    f"dead letter {envelope_id} is superseded: step {envelope.get('step')} "
-                    f"succeeded later in run {envelope.get('run_id')}, so what it carried was "
+                    f"dead letter {envelope_id} is superseded: step {envelope.step} "
+                    f"succeeded later in run {envelope.run_id}, so what it carried was "
                     f"most likely delivered. Replay it anyway with --force"
                 )
             if state not in ("pending", "superseded"):
-                when = envelope.get("replayed_at") or envelope.get("discarded_at") or "earlier"
                 raise DeadLetterError(
-                    f"dead letter {envelope_id} was already {state} ({when}); "
+                    f"dead letter {envelope_id} was already {state} ({envelope.settled_at()}); "
                     "refusing to send it again"
                 )
-            if envelope.get("kind") != "http":
+            if envelope.kind != "http":
                 raise DeadLetterError(
                     f"dead letter {envelope_id} holds a payload, not an HTTP request: there is "
                     "nothing to re-send. Inspect it with 'deadletter show', "
                     "then 'deadletter discard'."
                 )
-            request = envelope.get("request")
-            if (
-                not isinstance(request, dict)
-                or not isinstance(request.get("method"), str)
-                or not isinstance(request.get("url"), str)
-            ):
-                raise DeadLetterError(f"dead letter {envelope_id} has no usable request")
-            if not _METHOD_RE.match(request["method"]):
-                raise DeadLetterError(
-                    f"dead letter {envelope_id} has no valid HTTP method "
-                    f"({request['method'][:20]!r}); inspect it with 'deadletter show'"
-                )
-            if request.get("url_redacted"):
+            request = envelope.request()
+            if request.url_redacted:
                 raise DeadLetterError(
                     f"dead letter {envelope_id}: its URL carried a secret that was not stored "
-                    f"({request['url']}); put credentials on the HttpClient (headers=, auth=), "
+                    f"({request.url}); put credentials on the HttpClient (headers=, auth=), "
                     f"then re-send it yourself"
                 )
-            body = decode_body(request.get("body"))
-            stored = request.get("headers")
-            stored = stored if isinstance(stored, dict) else {}
-            hop_by_hop = _NOT_REPLAYED | _connection_tokens(stored)
+            body = decode_body(request.body)
+            hop_by_hop = _NOT_REPLAYED | _connection_tokens(request.headers)
             headers = {
-                str(k): str(v)
-                for k, v in stored.items()
-                if not is_secret_header(str(k)) and str(k).strip().lower() not in hop_by_hop
+                k: v
+                for k, v in request.headers.items()
+                if not is_secret_header(k) and k.strip().lower() not in hop_by_hop
             }
-            key = request.get("idempotency_key")
             try:
                 response = client.request(
-                    request["method"],
-                    request["url"],
+                    request.method,
+                    request.url,
                     content=body,
                     headers=headers,
-                    idempotency_key=key if isinstance(key, str) and key else None,
+                    idempotency_key=request.idempotency_key,
                 )
             except HttpError as exc:
                 self._update(envelope, "replay_failed", str(exc)[:500])
@@ -433,7 +384,7 @@ class DeadLetterStore:
             return response
 
 
-def _connection_tokens(headers: dict[Any, Any]) -> frozenset[str]:
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     """The header names a stored ``Connection`` header declares hop-by-hop (RFC 9110 7.6.1)."""
     return frozenset(
         token.strip().lower()

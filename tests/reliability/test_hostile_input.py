@@ -363,7 +363,7 @@ def envelope(
     with pytest.raises(HttpError):
         pipeline.run(run_id="r1")
     [summary] = pipeline.deadletters.list()
-    loaded: dict[str, Any] = pipeline.deadletters.load(summary.id)
+    loaded: dict[str, Any] = pipeline.deadletters.show(summary.id)
     return loaded
 
 

@@ -35,7 +35,7 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
         return _list(args, pipeline)
     if args.action == "show":
         try:
-            envelope = store.load(args.id)
+            envelope = store.show(args.id)
         except DeadLetterError as exc:
             print(f"deadletter show: {printable(exc)}", file=err)
             return 1
