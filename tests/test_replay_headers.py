@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from stalwart import DeadLetterStore, HttpClient, RetryPolicy
-from stalwart._deadletter import encode_body
+from stalwart._envelope import encode_body
 from stalwart.testing import FlakyServer, Reply
 
 

@@ -26,7 +26,7 @@ from stalwart import (
     RetryPolicy,
     SlackWebhook,
 )
-from stalwart._deadletter import encode_body
+from stalwart._envelope import encode_body
 from stalwart.instrumentation import Pushgateway
 from stalwart.instrumentation._events import RunFinished
 from stalwart.testing import FlakyServer, Reply
