@@ -128,9 +128,9 @@ def _ordinal(n: int) -> str:
 
 def log_suppressed(pipeline: str, run_id: str, step: str, error_type: str, count: int) -> None:
     """Say (in the log) that an alert was held back, and why."""
-    where = f"step {step}" if step else "before its first step"
+    where = f"at step {step}" if step else "before its first step"
     log.warning(
-        "%s failed again at %s with %s, the %s failed run in a row (run %s): alerted once, "
+        "%s failed again %s with %s, the %s failed run in a row (run %s): alerted once, "
         "at the first; no alert until a run succeeds (recovery notice) or fails differently",
         pipeline,
         where,
