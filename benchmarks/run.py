@@ -222,11 +222,12 @@ class Children:
 
 
 def snapshot(directory: Path) -> dict[str, int]:
-    """mtime of every file under ``directory`` but the lock (to prove a re-run did nothing)."""
+    """mtime of every file under ``directory`` but the lock and the run summary (the
+    process's own bookkeeping), to prove a re-run did nothing else."""
     return {
         str(path.relative_to(directory)): path.stat().st_mtime_ns
         for path in directory.rglob("*")
-        if path.is_file() and path.name != ".lock"
+        if path.is_file() and path.name not in (".lock", ".summary.json")
     }
 
 

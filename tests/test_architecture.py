@@ -104,6 +104,9 @@ def test_below_the_pipeline_nothing_knows_the_pipeline() -> None:
         "stalwart.cli._status",
         "stalwart.cli._deadletter",
         "stalwart.cli._demo",
+        "stalwart.cli._report",
+        "stalwart.cli._backfill",
+        "stalwart.cli._operations",
     }
 
 

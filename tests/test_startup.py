@@ -119,14 +119,26 @@ def _commands(*, standalone: bool, command: str | None) -> list[str]:
 
 
 def test_a_command_builds_only_its_own_parser() -> None:
-    everything = ["chaos", "deadletter", "demo", "reset", "run", "status"]
+    everything = [
+        "backfill",
+        "chaos",
+        "deadletter",
+        "demo",
+        "gc",
+        "report",
+        "reset",
+        "run",
+        "runs",
+        "status",
+    ]
     assert _commands(standalone=True, command=None) == everything
     assert _commands(standalone=True, command="--help") == everything
     assert _commands(standalone=True, command="run") == ["run"]
     assert _commands(standalone=True, command="deadletter") == ["deadletter"]
     # A pipeline's own command line has no `demo`: all are built, for argparse's message.
-    assert _commands(standalone=False, command="demo") == ["deadletter", "reset", "run", "status"]
-    assert _commands(standalone=False, command="chaos") == ["deadletter", "reset", "run", "status"]
+    pipeline_commands = ["backfill", "deadletter", "gc", "report", "reset", "run", "runs", "status"]
+    assert _commands(standalone=False, command="demo") == pipeline_commands
+    assert _commands(standalone=False, command="chaos") == pipeline_commands
 
 
 def test_an_unknown_command_of_a_pipeline_lists_the_real_ones(

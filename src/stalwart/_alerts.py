@@ -40,6 +40,10 @@ _TEXT_LIMIT = 4000  # Slack truncates top-level text past 40,000; notifications 
 _FENCE = "```"
 _SHOWN = "<slack webhook>"  # what logs and errors say instead of the URL
 _MAX_ANSWER = 64 * 1024  # Slack answers "ok" or a short error; more is not Slack
+_REPEATS = (
+    "Repeats of this failure (same step, same error type) will not alert again "
+    "until a run succeeds."
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +67,11 @@ class Alert:
     resume_command: str = ""
     dead_letter_id: str | None = None
     replay_command: str = ""
+    kind: str = "failure"
+    """``failure``, or ``recovery``: the first success after failed runs (``error`` says so)."""
+    streak: int = 1
+    """Failed runs in a row, failing this way: a failure alerts at 1 only; a recovery counts
+    the streak that ended."""
 
     @property
     def message(self) -> str:
@@ -76,10 +85,14 @@ class Alert:
 
     @property
     def title(self) -> str:
+        if self.kind == "recovery":
+            return f"stalwart: {self.pipeline} recovered (run {self.run_id})"
         where = f"at step {self.step}" if self.step else "before its first step"
         return f"stalwart: {self.pipeline} failed {where} (run {self.run_id})"
 
     def as_text(self) -> str:
+        if self.kind == "recovery":
+            return f"{self.title}\n{self.error}"
         lines = [
             self.title,
             f"{self.error_type}: {self.error}",
@@ -87,12 +100,31 @@ class Alert:
         ]
         if self.dead_letter_id:
             lines.append(f"dead letter: {self.dead_letter_id} (replay: {self.replay_command})")
-        if self.resume_command:
+        if self.resume_command:  # an alert of a run (not one built by hand)
             lines.append(f"resume: {self.resume_command}")
+            lines.append(_REPEATS)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _webhook_problem(url: str) -> str:
+    """What is wrong with a webhook URL (empty if nothing): scheme, host, port, spaces."""
+    from urllib.parse import urlsplit  # noqa: PLC0415 - only when the variable is set
+
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return "it does not start with https://"
+        if not parts.hostname:
+            return "it has no host name"
+        if any(c.isspace() or ord(c) < 32 for c in url):
+            return "it contains spaces or control characters"
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError:
+        return "it cannot be parsed as a URL"
+    return ""
 
 
 def default_host() -> str:
@@ -110,6 +142,20 @@ class LogAlerter:
     """Logs the alert at ERROR on ``stalwart.alert`` (always on, whatever else is set)."""
 
     def send(self, alert: Alert) -> None:
+        if alert.kind == "recovery":
+            log.warning(
+                "RECOVERED %s: %s",
+                alert.title,
+                alert.error,
+                extra={
+                    "alert": True,
+                    "recovered": True,
+                    "pipeline": alert.pipeline,
+                    "run_id": alert.run_id,
+                    "streak": alert.streak,
+                },
+            )
+            return
         error = scrub_registered(alert.error)
         log.error(
             "ALERT %s: %s: %s",
@@ -147,6 +193,23 @@ def _cut(text: str, limit: int) -> str:
 def slack_payload(alert: Alert) -> dict[str, Any]:
     """The incoming-webhook body: ``text`` (the notification) and ``blocks`` within Slack's
     limits: 150 characters in the header, 3,000 per section, 2,000 per field."""
+    if alert.kind == "recovery":
+        text = _cut(
+            f":white_check_mark: {_mrkdwn(alert.title)}: {_mrkdwn(alert.error)}", _TEXT_LIMIT
+        )
+        return {
+            "text": text,
+            "blocks": [
+                {
+                    "type": "header",
+                    "text": {"type": "plain_text", "text": _cut(alert.title, _HEADER_LIMIT)},
+                },
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": _cut(_mrkdwn(alert.error), _SECTION_LIMIT)},
+                },
+            ],
+        }
     error = scrub_registered(alert.error).replace(_FENCE, "'''") or "(no message)"
     error_line = _cut(f"*{_mrkdwn(alert.error_type)}*", 200) + "\n"
     room = _SECTION_LIMIT - len(error_line) - 2 * len(_FENCE)
@@ -178,6 +241,8 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
         )
     if alert.resume_command:
         actions.append(f"*Resume* with `{_mrkdwn(alert.resume_command)}`")
+    if alert.resume_command:  # an alert of a run (not one built by hand)
+        actions.append(f"_{_REPEATS}_")
     if actions:
         blocks.append(
             {
@@ -230,10 +295,12 @@ class SlackWebhook:
         url = url.strip()
         if not url:
             return None
-        if not url.startswith(("https://", "http://")) or not url.partition("://")[2].strip("/"):
+        problem = _webhook_problem(url)
+        if problem:
             raise UsageError(
-                "SLACK_WEBHOOK_URL is set but is not an http(s) URL (value withheld: it is a "
-                "secret); set it to the webhook's https://hooks.slack.com/... URL or unset it"
+                f"SLACK_WEBHOOK_URL is set but is not an http(s) URL: {problem} (value withheld: "
+                "it is a secret); set it to the webhook's https://hooks.slack.com/... URL or "
+                "unset it"
             )
         return cls(url)
 

@@ -80,7 +80,7 @@ BreakKind = Literal[
 ]
 
 _UNSAFE_METHODS = frozenset({"POST", "PATCH"})
-_STATE_NAMES = frozenset({".lock", ".journal.jsonl"})
+_STATE_NAMES = frozenset({".lock", ".journal.jsonl", ".summary.json", ".alert-streak.json"})
 """stalwart's own bookkeeping in a run directory; markers are checked on their own."""
 _DROPPED_VARIABLES = ("SLACK_WEBHOOK_URL", "STALWART_")
 """Never handed to a chaos child: no page to the real Slack, no push to real metrics."""

@@ -284,6 +284,29 @@ class DeadLetterStore:
             settled.append(row.id)
         return settled
 
+    def stored_size(self, envelope_id: str) -> int:
+        """The size of the envelope's file, in bytes."""
+        return os.lstat(self._path(envelope_id)).st_size
+
+    def remove_settled(self, envelope_id: str, settled: Collection[str]) -> int | None:
+        """Delete the envelope if its state is one of ``settled`` (``gc``); return the bytes
+        freed, or None if it was not settled (it may have changed since it was listed). A
+        pending letter is never deleted."""
+        if "pending" in settled:
+            raise ValueError("a pending dead letter is never deleted")
+        with self._locked(envelope_id):  # no replay or discard of it meanwhile
+            try:
+                if self.load(envelope_id).state not in settled:
+                    return None
+            except (DeadLetterError, UsageError):
+                return None
+            path = self._path(envelope_id)
+            size = os.lstat(path).st_size
+            os.unlink(path)
+        with contextlib.suppress(OSError):  # its lock file goes too
+            os.unlink(self.directory / f".{envelope_id}.lock")
+        return size
+
     def discard(self, envelope_id: str) -> Envelope:
         """Mark an envelope discarded (kept for audit, with who and when)."""
         self.load(envelope_id)  # unknown or malformed ids fail here, before any lock

@@ -58,8 +58,13 @@ def send_alert(
     through the log alerter and every configured alerter; ``step`` is empty for a run that
     failed before its first step. Never raises for a failing alerter (``send_all`` logs it);
     returns whether every alerter delivered it."""
+    from ._alert_hygiene import log_suppressed, note_failure  # noqa: PLC0415
     from ._alerts import Alert, LogAlerter, default_host, send_all  # noqa: PLC0415 - failing
 
+    streak = note_failure(services.state_dir, run_id, step, type(exc).__name__)
+    if not streak.send:  # the same failure as the last run's: alerted once per streak
+        log_suppressed(services.pipeline, run_id, step, type(exc).__name__, streak.streak)
+        return True  # delivered, at the streak's first failure
     alert = Alert(
         pipeline=services.pipeline,
         run_id=run_id,

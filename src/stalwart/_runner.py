@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from ._alert_hygiene import notify_recovery
 from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore
 from ._context import Context, Step
@@ -28,6 +29,7 @@ from ._errors import HttpError
 from ._invoke import call_step
 from ._records import NO_PARAMS, Marker, SkipDecision, StepRecord
 from ._reporting import resume_command, send_alert
+from ._run_summary import begin_run, end_run
 from ._scope import StepScope, current_scope
 from ._time import utc_now
 
@@ -155,6 +157,7 @@ class Run:
         propagates."""
         started = time.monotonic()
         outcome: Literal["success", "failure", "interrupted"] = "failure"
+        started_at = begin_run(self)  # the run's summary, for `runs`
         try:
             try:
                 self._prepare(force, from_step)
@@ -172,6 +175,17 @@ class Run:
             self.duration_s = time.monotonic() - started
             self.store.close()
             self._finish(outcome, self.duration_s)
+            failure = self.failure
+            end_run(
+                self,
+                started=started_at,
+                outcome=outcome,
+                failed_step=failure.step if failure else "",
+                error_type=failure.error_type if failure else "",
+                error=failure.message if failure else "",
+            )
+            if outcome == "success":
+                notify_recovery(self.services, self.run_id, self.duration_s)
         return None
 
     def result(self) -> RunResult:
@@ -215,7 +229,11 @@ class Run:
         return self.failure
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
-        swept = sweep_temp_files(self.run_dir) + sweep_temp_files(self.services.deadletter_dir)
+        swept = (
+            sweep_temp_files(self.run_dir)
+            + sweep_temp_files(self.services.deadletter_dir)
+            + sweep_temp_files(self.services.state_dir, recursive=False)  # .alert-streak.json
+        )
         context = {"pipeline": self.name, "run_id": self.run_id}
         for leftover in swept:
             log.info("removed a temp file left by an interrupted run: %s", leftover, extra=context)

@@ -258,6 +258,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _dispatch(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
+    if args.command in ("runs", "report", "gc", "backfill"):
+        from ._operations import operations_command  # noqa: PLC0415
+
+        return operations_command(args, pipeline, err)
     run_id = args.run_id if args.run_id is not None else today()
     if args.command == "status":
         from ._status import print_status, status_json  # noqa: PLC0415

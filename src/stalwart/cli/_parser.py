@@ -8,7 +8,18 @@ from typing import Any
 
 __all__ = ["COMMANDS", "build_parser", "mistyped_command", "with_default_command"]
 
-COMMANDS = ("run", "status", "reset", "deadletter", "demo", "chaos")
+COMMANDS = (
+    "run",
+    "status",
+    "reset",
+    "deadletter",
+    "demo",
+    "chaos",
+    "runs",
+    "report",
+    "gc",
+    "backfill",
+)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -50,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _common(standalone: bool) -> _Parser:
+def _common(standalone: bool, *, run_id: bool = True) -> _Parser:
     parent = _Parser(add_help=False)
     if standalone:
         parent.add_argument(
@@ -58,7 +69,8 @@ def _common(standalone: bool) -> _Parser:
             metavar="PIPELINE",
             help="path/to/file.py[:name] or package.module[:name]",
         )
-    parent.add_argument("--run-id", metavar="ID", help="the run (default: today's UTC date)")
+    if run_id:
+        parent.add_argument("--run-id", metavar="ID", help="the run (default: today's UTC date)")
     parent.add_argument(
         "--log-format",
         choices=("json", "text"),
@@ -97,13 +109,21 @@ def build_parser(
         "status": _add_status,
         "reset": _add_reset,
         "deadletter": _add_deadletter,
+        "runs": _add_runs,
+        "report": _add_report,
+        "gc": _add_gc,
+        "backfill": _add_backfill,
     }
     if standalone:
         builders["demo"] = _add_demo
         builders["chaos"] = _add_chaos
+    many_runs: _Parser | None = None  # runs, gc, backfill: no --run-id (built if needed)
     for name, add in builders.items():
         if command not in builders or name == command:
-            add(sub, common)
+            parent = common
+            if name in ("runs", "gc", "backfill"):
+                many_runs = parent = many_runs or _common(standalone, run_id=False)
+            add(sub, parent)
     return parser
 
 
@@ -139,6 +159,45 @@ def _add_run(sub: _Commands[_Parser], common: _Parser) -> None:
     how = run.add_mutually_exclusive_group()
     how.add_argument("--force", action="store_true", help="clear all markers, re-run every step")
     how.add_argument("--step", metavar="NAME", help="re-run NAME and every step after it")
+
+
+def _add_runs(sub: _Commands[_Parser], common: _Parser) -> None:
+    runs = sub.add_parser("runs", parents=[common], help="every run, newest first")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.add_argument("--limit", type=int, metavar="N", help="only the newest N runs")
+
+
+def _add_report(sub: _Commands[_Parser], common: _Parser) -> None:
+    report = sub.add_parser("report", parents=[common], help="one HTML page about a run")
+    report.add_argument("-o", "--output", metavar="FILE", help="default: PIPELINE-RUN_ID.html")
+
+
+def _add_gc(sub: _Commands[_Parser], common: _Parser) -> None:
+    gc = sub.add_parser("gc", parents=[common], help="delete old runs and settled dead letters")
+    which = gc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N runs")
+    which.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="delete runs older than DAYS days"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+
+
+def _add_backfill(sub: _Commands[_Parser], common: _Parser) -> None:
+    backfill = sub.add_parser("backfill", parents=[common], help="run every day FROM..TO")
+    backfill.add_argument("first", metavar="FROM", help="first run ID, YYYY-MM-DD")
+    backfill.add_argument("last", metavar="TO", help="last run ID, YYYY-MM-DD (inclusive)")
+    backfill.add_argument(
+        "-p",
+        "--param",
+        metavar="KEY=VALUE",
+        action="append",
+        type=parse_param,
+        default=[],
+        help="a run parameter for every day (repeatable)",
+    )
+    backfill.add_argument(
+        "--keep-going", action="store_true", help="run the other days after a failure"
+    )
 
 
 def _add_chaos(sub: _Commands[_Parser], common: _Parser) -> None:
