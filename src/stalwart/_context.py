@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
 from ._errors import UsageError
-from ._logging import ContextAdapter
+from ._logging import ContextAdapter, step_logger
 from ._records import InputRecord, OutputRecord, normalize_output_name
 from ._scope import StepScope
 
@@ -120,7 +119,7 @@ class Context:
         self._run_dir = run_dir
         self.attempt = runs
         self.log = ContextAdapter(
-            logging.getLogger(f"stalwart.step.{step.name}"),
+            step_logger(step.name),
             {"pipeline": services.pipeline, "run_id": run_id, "step": step.name, "attempt": runs},
         )
 

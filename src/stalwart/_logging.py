@@ -30,6 +30,7 @@ __all__ = [
     "configure",
     "json_formatter",
     "rfc3339",
+    "step_logger",
 ]
 
 CONTEXT_FIELDS = ("pipeline", "run_id", "step", "attempt")
@@ -49,6 +50,23 @@ class ContextAdapter(logging.LoggerAdapter[logging.Logger]):
     ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
+
+
+def step_logger(step: str) -> logging.Logger:
+    """The logger named ``stalwart.step.<step>`` (what ``ctx.log`` logs through), without
+    registering it with ``logging``, which would keep one ``Logger`` per step name forever.
+
+    It behaves as the registered one would: its parent is ``stalwart.step`` (levels, handlers
+    and propagation come from there and above). If the application has configured
+    ``stalwart.step.<step>`` itself (``logging.getLogger(...)``), that logger is used.
+    """
+    name = f"stalwart.step.{step}"
+    configured = logging.Logger.manager.loggerDict.get(name)
+    if isinstance(configured, logging.Logger):
+        return configured
+    logger = logging.Logger(name)
+    logger.parent = logging.getLogger("stalwart.step")
+    return logger
 
 
 class ContextFilter(logging.Filter):

@@ -65,7 +65,7 @@ class Pipeline:
         self._alerters = None if alerters is None else tuple(alerters)
         self._metrics = None if metrics is None else list(metrics)
         self.steps: list[Step] = []
-        self._step_names: set[str] = set()
+        self._names: set[str] = set()  # beside ``steps``: declaring stays linear in steps
         self.source: str | None = None
         """``file.py:name`` when the ``stalwart`` command loaded it (for resume hints)."""
 
@@ -112,10 +112,12 @@ class Pipeline:
         def register(function: StepFunction) -> StepFunction:
             _check_step_function(function)
             step_name = validate_name(name or function.__name__, "step name")
-            if step_name in self._step_names:
+            if len(self._names) != len(self.steps):  # ``steps`` was edited in place
+                self._names = {s.name for s in self.steps}
+            if step_name in self._names:
                 raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
             self.steps.append(Step(step_name, function, retry, timeout, http_retry))
-            self._step_names.add(step_name)
+            self._names.add(step_name)
             return function
 
         return register(fn) if fn is not None else register
