@@ -13,9 +13,12 @@ scope. Two formats carry the same information (docs/observability.md):
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
+import traceback
+import types
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
@@ -26,6 +29,7 @@ from ._time import utc_text
 __all__ = [
     "ContextAdapter",
     "ContextFilter",
+    "JsonFormatter",
     "TextFormatter",
     "configure",
     "json_formatter",
@@ -134,20 +138,80 @@ def _quoted(value: object) -> str:
     return text
 
 
+def _json_default(value: Any) -> Any:
+    """JSON for what ``json`` cannot encode, as python-json-logger's encoder does it:
+    dates and times in ISO 8601, an exception as ``Type: message``, a traceback as text, an
+    enum as its value, bytes as URL-safe base64, a dataclass as a dict, a class as its name,
+    anything else as ``str()`` (``repr()``, then ``"__could_not_encode__"``, if that fails).
+    Nothing is imported for it unless such a value is logged."""
+    dt = sys.modules.get("datetime")  # a date cannot exist unless datetime is loaded
+    if dt is not None and isinstance(value, dt.time | dt.date):
+        return value.isoformat()
+    if isinstance(value, BaseException):
+        return f"{value.__class__.__name__}: {value}"
+    if isinstance(value, types.TracebackType):
+        return "".join(traceback.format_tb(value)).strip()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, enum.EnumMeta):
+        return [member.value for member in value]  # type: ignore[var-annotated]
+    if isinstance(value, bytes | bytearray):
+        import base64  # noqa: PLC0415 - only when bytes are logged
+
+        return base64.urlsafe_b64encode(value).decode("utf8")
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        import dataclasses  # noqa: PLC0415 - only when a dataclass is logged
+
+        return dataclasses.asdict(value)
+    if isinstance(value, type):
+        return value.__name__
+    for show in (str, repr):
+        try:
+            return show(value)
+        except Exception:  # noqa: BLE001, S112 - the log line must still be written
+            continue
+    return "__could_not_encode__"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``timestamp``, ``level``, ``logger``, ``message``, then
+    ``exc_info`` (the traceback) and ``stack_info`` if any, then the record's extra fields
+    (context and event fields), in the order they were set.
+
+    The lines are those python-json-logger wrote with the same fields (stalwart used it
+    until 0.2), byte for byte: a record whose ``msg`` is a dict logs its keys as fields and
+    an empty message; values ``json`` cannot encode go through ``_json_default``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {}
+        if isinstance(record.msg, dict):
+            fields = record.msg.copy()
+            record.message = ""
+        else:
+            record.message = record.getMessage()
+        if record.exc_info and not fields.get("exc_info"):
+            fields["exc_info"] = self.formatException(record.exc_info)
+        if not fields.get("exc_info") and record.exc_text:
+            fields["exc_info"] = record.exc_text
+        if record.stack_info and not fields.get("stack_info"):
+            fields["stack_info"] = self.formatStack(record.stack_info)
+        line: dict[str, Any] = {
+            "timestamp": rfc3339(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.message,
+        }
+        line.update(fields)
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        return json.dumps(line, default=_json_default, ensure_ascii=False)
+
+
 def json_formatter() -> logging.Formatter:
-    """python-json-logger, one object per line: timestamp, level, logger, message, then the
-    context and event fields (and ``exc_info`` with the traceback, if any)."""
-    from pythonjsonlogger.json import JsonFormatter  # noqa: PLC0415 - CLI-only dependency
-
-    class RFC3339JsonFormatter(JsonFormatter):
-        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-            return rfc3339(record.created)
-
-    return RFC3339JsonFormatter(
-        ["asctime", "levelname", "name", "message"],
-        rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
-        json_ensure_ascii=False,
-    )
+    """The JSON lines formatter (``JsonFormatter``)."""
+    return JsonFormatter()
 
 
 def configure(
