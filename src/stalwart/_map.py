@@ -689,3 +689,61 @@ class _Window:
 
 def _compact(detail: dict[str, Any]) -> str:
     return json.dumps(detail, separators=(",", ":"), ensure_ascii=True)
+
+
+def replay_item(spec: MapStep, services: RunServices, store: Any, envelope_id: str) -> str:
+    """``deadletter replay ID`` of an item: run the item through the step's function again
+    (in this process, the run's lock held); on success its ``done`` line goes to the step's
+    journal and the envelope is marked ``replayed``, so the next run does not run it again.
+    Returns the item's key. ``DeadLetterError`` if it cannot be replayed or fails again."""
+    from ._errors import DeadLetterError  # noqa: PLC0415
+    from ._lock import RunLock  # noqa: PLC0415
+    from ._time import utc_now  # noqa: PLC0415
+
+    envelope = store.load(envelope_id)
+    if envelope.get("state") != "pending":
+        raise DeadLetterError(
+            f"dead letter {envelope_id} is {envelope.get('state')}: refusing to run its item again"
+        )
+    key, run_id = envelope.get("key"), envelope.get("run_id")
+    if not isinstance(key, str) or not isinstance(run_id, str) or not run_id:
+        raise DeadLetterError(f"dead letter {envelope_id} names no item key and run")
+    if not envelope.get("item_is_json", True):
+        raise DeadLetterError(
+            f"dead letter {envelope_id}: item {key!r} was not JSON, so it was kept as text only; "
+            f"re-run step {spec.step} of run {run_id} to run it again"
+        )
+    run_dir = services.run_dir(run_id)
+    journal = Journal(items_journal_path(run_dir, spec.step))
+    with RunLock(os.path.join(run_dir, ".lock")):
+        params = _header(journal.replay()).get("params") or {}
+        task = ChunkTask(
+            fn=spec.fn,
+            pipeline=services.pipeline,
+            root=services.root,
+            run_id=run_id,
+            step=spec.step,
+            runs=0,
+            params=params,
+            retry=spec.retry,
+            timeout=spec.timeout,
+            http_retry=spec.http_retry,
+            host="",
+            items=[(key, envelope.get("item"))],
+        )
+        [(_, ok, detail)] = run_chunk(task, services)
+        with store._locked():
+            envelope = store.load(envelope_id)
+            if not ok:
+                store._update(envelope, "replay_failed", str(detail.get("e", ""))[:500])
+                raise DeadLetterError(f"item {key!r} failed again: {detail.get('e', '')}")
+            journal.append(journal_id(key), "done", _compact(detail), durable=True)
+            journal.close()
+            store._update(
+                envelope,
+                "replayed",
+                f"item {key} ran again and succeeded",
+                state="replayed",
+                replayed_at=utc_now(),
+            )
+    return key
