@@ -372,6 +372,7 @@ class _Drive:
             if state == "discarded":
                 self.journal.append(jid, "skipped", json.dumps({"dl": envelope_id}), durable=True)
                 latest[jid] = "skipped"
+                self.skipped += 1
                 log.info(
                     "item %s of step %s is skipped: its dead letter %s was discarded",
                     keys[jid],
@@ -443,7 +444,7 @@ class _Drive:
             key, error, _ = self.failures[0] if self.failures else ("", "", "")
             parts = [f"{failed_now} of {total} items failed"]
             if key:
-                parts[0] += f" (first: item {key!r}: {error[:300]})"
+                parts[0] += f" (first: item {key[:80]!r}: {error[:300]})"
             if not_started:
                 parts.append(
                     f"it stopped starting items after {len(self.failures)} failures "
