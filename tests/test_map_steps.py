@@ -316,7 +316,9 @@ def test_status_shows_done_failed_pending_of_n(
     assert row.items["done"] + row.items["pending"] == 8
     assert run_cli(["status", "--run-id", "r1"], pipeline=squares.pipeline) == 0
     out = capsys.readouterr().out
-    assert f"items: {row.items['done']} done / 2 failed / {row.items['pending']} pending of 10" in out
+    assert (
+        f"items: {row.items['done']} done / 2 failed / {row.items['pending']} pending of 10" in out
+    )
     assert run_cli(["status", "--run-id", "r1", "--json"], pipeline=squares.pipeline) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["steps"][0]["items"]["failed"] == 2
@@ -363,7 +365,7 @@ def test_a_worker_on_another_host_is_refused(root: Path) -> None:
         host="driver.example",
         items=[("a", 1)],
     )
-    with pytest.raises(RemoteRootRefused, match="local directory of host driver.example"):
+    with pytest.raises(RemoteRootRefused, match=r"local directory of host driver\.example"):
         run_chunk(task)
 
 

@@ -9,6 +9,7 @@ stalwart made is shut down when the step ends; one the caller gave is left runni
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import os
 import socket
@@ -111,10 +112,25 @@ class ItemExecutor:
 def _process_pool(workers: int) -> cf.ProcessPoolExecutor:
     import multiprocessing  # noqa: PLC0415 - only process pools
 
-    # forkserver: a child never inherits a lock another thread of the driver held (fork's
-    # hazard); the default start method of Python 3.14 on Linux.
-    method = "forkserver" if sys.platform != "darwin" else "spawn"
-    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    # spawn: a child never inherits a lock another thread of the driver held (fork's
+    # hazard), and it is the driver's own child, so it can end with it (die_with_parent).
+    return cf.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    )
+
+
+def die_with_parent() -> None:
+    """In a pool's worker process: end when its parent ends (Linux ``PR_SET_PDEATHSIG``), so
+    a driver killed with SIGKILL leaves no worker behind, still running or blocked."""
+    if not sys.platform.startswith("linux"):
+        return  # pragma: no cover - Linux runs the tests
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl: end now
+            os._exit(1)
 
 
 def _dask_executor(client: Any, *, owned: bool) -> ItemExecutor:

@@ -186,12 +186,22 @@ def _fn_payload(fn: Callable[..., Any]) -> Any:
                 "with cloudpickle installed: pip install 'stalwart[dask]'"
             ) from None
         return fn
-    module_name = getattr(fn, "__module__", "") or ""
-    module = sys.modules.get(module_name)
-    if module is not None and module_name.startswith("stalwart_target_"):
-        cloudpickle.register_pickle_by_value(module)
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if module is not None and _users_own(module):
+        cloudpickle.register_pickle_by_value(module)  # workers need not import it
     payload: bytes = cloudpickle.dumps(fn)
     return payload
+
+
+def _users_own(module: Any) -> bool:
+    """A module of the user's (a script, a file beside it), not an installed package: its
+    functions travel by value, so workers need not have it on their path."""
+    name: str = module.__name__
+    if name == "__main__" or name.startswith("stalwart_target_"):
+        return True
+    path = getattr(module, "__file__", None) or ""
+    installed = (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(__file__))
+    return bool(path) and not os.path.abspath(path).startswith(installed)
 
 
 class _Chunk(NamedTuple):
@@ -523,8 +533,10 @@ class _Drive:
         each of its items runs again alone; an item that fails so when alone failed."""
         if chunk.alone:
             jid, key, item = chunk.items[0]
-            error = f"{type(exc).__name__}: {exc}"
-            reason = f"the worker running it died or the item could not be run ({error})"
+            reason = (
+                f"{type(exc).__name__}: the worker running it died, or it could not be sent "
+                f"to one: {exc}"
+            )
             self.record(jid, key, item, False, {"e": reason[:1000], "a": 1})
             return
         log.warning(

@@ -30,6 +30,14 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pipeline = stalwart.Pipeline("mapped")
 
+# Read here, in the driver: the function carries them to workers that lack the variables.
+LOG = os.environ.get("MAP_LOG", "")
+POISON = os.environ.get("MAP_POISON", "")
+FAIL = set(os.environ.get("MAP_FAIL", "").split(",")) - {""}
+STOP_AT = os.environ.get("MAP_STOP_AT", "")
+FIFO = os.environ.get("MAP_FIFO", "")
+SLEEP = float(os.environ.get("MAP_SLEEP", "3"))
+
 
 def _numbers(ctx: stalwart.Context) -> list[int]:
     return list(range(int(os.environ.get("MAP_N", "200"))))
@@ -47,19 +55,18 @@ def _chunk() -> int | None:
     chunk=_chunk(),
 )
 def square(ctx: stalwart.ItemContext, n: int) -> None:
-    log = os.environ.get("MAP_LOG")
-    if log:
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if LOG:
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(fd, f"{n}\n".encode())
         os.close(fd)
-    if str(n) == os.environ.get("MAP_POISON"):
+    if str(n) == POISON:
         os._exit(3)
-    if str(n) in os.environ.get("MAP_FAIL", "").split(","):
+    if str(n) in FAIL:
         raise ValueError(f"item {n} is bad")
-    if str(n) == os.environ.get("MAP_STOP_AT") and os.environ.get("MAP_FIFO"):
-        with open(os.environ["MAP_FIFO"], "w") as fifo:
+    if str(n) == STOP_AT and FIFO:
+        with open(FIFO, "w") as fifo:
             fifo.write("reached\n")
-        time.sleep(float(os.environ.get("MAP_SLEEP", "3")))  # the driver is killed meanwhile
+        time.sleep(SLEEP)  # the driver is killed meanwhile
     ctx.write_json(f"out/{n}.json", {"n": n, "square": n * n})
 
 
