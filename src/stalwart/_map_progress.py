@@ -37,12 +37,16 @@ class Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
+                import shutil  # noqa: PLC0415 - only to draw
+
+                size = shutil.get_terminal_size()  # 80 x 24 if the terminal says 0 x 0
                 self._bar = tqdm(
                     total=total,
                     initial=done + failed,
                     desc=f"step {step}",
                     unit="item",
-                    dynamic_ncols=True,
+                    ncols=size.columns,
+                    nrows=size.lines,
                     leave=True,
                 )
                 self._bar.set_postfix(failed=failed)
