@@ -4,6 +4,10 @@ items stops the step and keeps what was journaled; an unreachable Dask scheduler
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -91,11 +95,6 @@ def test_progress_is_logged_with_counts(
 
 
 def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
-    import os
-    import pty
-    import subprocess
-    import sys
-
     main, secondary = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STALWART_", "SLACK_"))}
     env |= {"STALWART_ROOT": str(tmp_path / "state"), "MAP_N": "30"}
@@ -123,16 +122,13 @@ def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
     assert "30/30" in text
 
 
-def test_an_unreachable_dask_scheduler_is_said(root: Path) -> None:
+def test_an_unreachable_dask_scheduler_is_said(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
     pipeline = stalwart.Pipeline("nowhere", root=root, alerters=[])
 
     @pipeline.map(items=[1], executor="dask://127.0.0.1:9")
     def work(ctx: stalwart.ItemContext, n: int) -> None: ...
 
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        pytest.raises(OSError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:9"),
-    ):
-        patch.setenv("STALWART_DASK_TIMEOUT", "1s")
+    monkeypatch.setenv("STALWART_DASK_TIMEOUT", "1s")
+    with pytest.raises(OSError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:9"):
         pipeline.run(run_id="r1")
