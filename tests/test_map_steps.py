@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,33 @@ def test_items_finished_becomes_the_items_counter() -> None:
     assert StatsD("localhost", 8125).line(seen[0]) == (
         "stalwart.items:3|c|#pipeline:p,step:s,outcome:done"
     )
+
+
+def test_async_items_are_awaited_and_returned_values_refused(root: Path) -> None:
+    pipeline = stalwart.Pipeline("kinds", root=root, alerters=[])
+
+    @pipeline.map(items=["async", "value"])
+    async def item(ctx: stalwart.ItemContext, kind: str) -> object:
+        if kind == "value":
+            return 42
+        ctx.write_text(f"{kind}.txt", kind)
+        return None
+
+    with pytest.raises(ItemsFailed, match="item 'value': TypeError: step item item value returned"):
+        pipeline.run(run_id="r1")
+    assert (pipeline.run_dir("r1") / "async.txt").read_text() == "async"
+
+
+def test_an_item_over_its_timeout_fails_with_step_timeout(root: Path) -> None:
+    pipeline = stalwart.Pipeline("slow", root=root, alerters=[])
+    never = threading.Event()
+
+    @pipeline.map(items=["hung", "quick"], timeout=0.2, workers=2)
+    def item(ctx: stalwart.ItemContext, kind: str) -> None:
+        while kind == "hung" and not never.is_set():  # a call that never returns
+            never.wait(0.01)
+        ctx.write_text(f"{kind}.txt", kind)
+
+    with pytest.raises(ItemsFailed, match=r"1 of 2 items failed .*StepTimeout"):
+        pipeline.run(run_id="r1")
+    assert (pipeline.run_dir("r1") / "quick.txt").exists()

@@ -8,7 +8,6 @@ items posting the same body are two requests, and a re-run of one item repeats i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -83,13 +82,5 @@ class ItemContext(Context):
         )
         self.key = key
         """The item's stable id (``key=`` of ``@pipeline.map``)."""
-        self.log = ContextAdapter(
-            logging.getLogger(f"stalwart.step.{step.name}"),
-            {
-                "pipeline": services.pipeline,
-                "run_id": run_id,
-                "step": step.name,
-                "attempt": runs,
-                "item": key,
-            },
-        )
+        # The step's logger (fetched by ``Context``), its context plus the item's key.
+        self.log = ContextAdapter(self.log.logger, {**(self.log.extra or {}), "item": key})

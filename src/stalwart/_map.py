@@ -701,6 +701,10 @@ class _Window:
 
 
 def _compact(detail: dict[str, Any]) -> str:
+    """The detail of a journal line, compact JSON; the common case (an item with no output
+    and no retry) formatted by hand, without the JSON encoder."""
+    if detail.keys() == {"a", "t"}:
+        return f'{{"a":{int(detail["a"])},"t":{float(detail["t"])!r}}}'
     return json.dumps(detail, separators=(",", ":"), ensure_ascii=True)
 
 

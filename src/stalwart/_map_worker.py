@@ -131,6 +131,11 @@ def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
             params=task.params,
         )
         contexts.append(ctx)
+        if task.timeout is None:  # the common case, without call_step's timer
+            result = fn(ctx, item)
+            if result is not None:  # a coroutine to await, or a value to refuse
+                call_step(lambda c: result, ctx, step=f"{task.step} item {key}", timeout=None)
+            return
         call_step(lambda c: fn(c, item), ctx, step=f"{task.step} item {key}", timeout=task.timeout)
 
     started = time.perf_counter()
