@@ -40,7 +40,7 @@ from typing import Any
 import stalwart
 from stalwart._atomic import fsync_directory
 from stalwart._journal import Journal
-from stalwart._map import MapStep, items_journal_path
+from stalwart._map import MapStep, _no_gc, items_journal_path
 
 WORKLOAD = """
 import sys
@@ -91,9 +91,12 @@ def bench_resume(scratch: Path, n: int, repeats: int) -> dict[str, Any]:
     assert isinstance(driver, MapStep)
 
     def decide() -> None:
-        replay = Journal(items_journal_path(run_dir, step)).replay()
-        latest = {entry.id: entry.state for entry in replay.entries}
-        left = [k for k in map(str, range(n)) if latest.get(k) not in ("done", "skipped")]
+        """What the driver does to decide (``_Drive._decide`` and the filter), collection
+        paused as the driver pauses it."""
+        with _no_gc():
+            replay = Journal(items_journal_path(run_dir, step)).replay()
+            latest = {entry.id: entry.state for entry in replay.entries}
+            left = [k for k in map(str, range(n)) if latest.get(k) not in ("done", "skipped")]
         assert not left
 
     decisions = [timed(decide) for _ in range(repeats)]

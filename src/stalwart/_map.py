@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import UsageError
@@ -397,8 +398,9 @@ class _Drive:
         keyed = self.spec.keyed_items(self.ctx)
         t0 = time.perf_counter()
         try:
-            latest = self._decide(keyed)
-            todo = [entry for entry in keyed if latest.get(entry[0]) not in FINISHED]
+            with _no_gc():  # 100,000 lines make many small objects: no collection pauses
+                latest = self._decide(keyed)
+                todo = [entry for entry in keyed if latest.get(entry[0]) not in FINISHED]
             finished_before = len(keyed) - len(todo)
             failed_before = sum(1 for e in todo if latest.get(e[0]) == "failed")
             log.info(
@@ -630,6 +632,17 @@ class _Drive:
             }
         )
         return writer._keep(envelope)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Window:
