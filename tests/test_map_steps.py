@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 import stalwart
-from stalwart._map import ItemsFailed, default_key, item_counts, journal_id
+from stalwart._map import ItemsFailed, _fn_payload, default_key, item_counts, journal_id
 from stalwart._map_worker import ChunkTask, RemoteRootRefused, run_chunk
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -410,3 +411,96 @@ def test_an_item_over_its_timeout_fails_with_step_timeout(root: Path) -> None:
     with pytest.raises(ItemsFailed, match=r"1 of 2 items failed .*StepTimeout"):
         pipeline.run(run_id="r1")
     assert (pipeline.run_dir("r1") / "quick.txt").exists()
+
+
+def test_dead_letters_an_item_keeps_on_purpose_stay_pending(root: Path) -> None:
+    pipeline = stalwart.Pipeline("keeps", root=root, alerters=[])
+
+    @pipeline.map(items=[1, 2])
+    def check(ctx: stalwart.ItemContext, n: int) -> None:
+        if n == 2:
+            ctx.dead_letter({"row": n}, reason="rejected row")
+
+    pipeline.run(run_id="r1")
+    [row] = pipeline.deadletters.list(run_id="r1")
+    assert (row.state, row.reason) == ("pending", "rejected row")
+
+
+class Opaque:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.n})"
+
+
+def test_an_item_that_is_not_json_is_kept_as_text_and_not_replayed(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = stalwart.Pipeline("opaque", root=root, alerters=[])
+
+    @pipeline.map(items=[Opaque(1)], key=lambda item: item.n)
+    def use(ctx: stalwart.ItemContext, item: Opaque) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ItemsFailed):
+        pipeline.run(run_id="r1")
+    [row] = pipeline.deadletters.list(run_id="r1")
+    envelope = pipeline.deadletters.load(row.id)
+    assert (envelope["item"], envelope["item_is_json"]) == ("Opaque(1)", False)
+    assert run_cli(["deadletter", "replay", row.id], pipeline=pipeline) == 1
+    assert "was not JSON" in capsys.readouterr().err
+
+
+def test_a_long_journal_is_compacted_when_the_step_starts(root: Path) -> None:
+    squares = Squares(root, [0, 1])
+    path = squares.pipeline.run_dir("r1") / ".checkpoints" / "square.items"
+    path.parent.mkdir(parents=True)
+    header = '.step started {"inputs":{},"params":{},"total":2}\n'
+    path.write_text(header + '0 failed {"a":1}\n' * 5000 + '0 done {"a":1}\n')
+    squares.run()
+    assert squares.calls == Counter({"1": 1})
+    lines = path.read_text().splitlines()
+    assert len(lines) < 10
+    assert '0 done {"a":1}' in lines
+
+
+def test_status_counts_survive_a_header_that_is_not_json(root: Path) -> None:
+    run_dir = root / "p" / "runs" / "r1"
+    (run_dir / ".checkpoints").mkdir(parents=True)
+    (run_dir / ".checkpoints" / "s.items").write_text(".step started {oops\na done\nb failed\n")
+    assert item_counts(str(run_dir), "s") == (2, 1, 1, 0)
+    assert item_counts(str(run_dir), "other") is None
+
+
+def test_without_cloudpickle_a_loaded_file_cannot_use_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fn(ctx: Any, item: Any) -> None: ...
+
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+    assert _fn_payload(fn) is fn  # pickled by reference by the pool
+    fn.__module__ = "stalwart_target_pipe"
+    with pytest.raises(stalwart.UsageError, match="with cloudpickle installed"):
+        _fn_payload(fn)
+
+
+def test_a_replay_of_a_settled_item_letter_is_refused(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    squares = Squares(root, [1])
+    squares.failing = {"1"}
+    with pytest.raises(ItemsFailed):
+        squares.run()
+    [row] = squares.pipeline.deadletters.list(run_id="r1")
+    assert run_cli(["deadletter", "discard", row.id], pipeline=squares.pipeline) == 0
+    assert run_cli(["deadletter", "replay", row.id], pipeline=squares.pipeline) == 1
+    assert "is discarded: refusing to run its item again" in capsys.readouterr().err
+    other = stalwart.Pipeline("sq", root=root, alerters=[])
+    other.step(name="square")(lambda ctx: None)
+    store = other.deadletters
+    envelope = store.load(row.id)
+    envelope["state"] = "pending"
+    store.write(envelope)
+    assert run_cli(["deadletter", "replay", row.id], pipeline=other) == 1
+    assert "is not a map step of sq" in capsys.readouterr().err
