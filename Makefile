@@ -31,6 +31,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/map_steps.py
 
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -57,3 +57,31 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """The address (``tcp://127.0.0.1:PORT``) of a real Dask cluster (a scheduler and two
+    worker processes), started once for the session and stopped at its end."""
+    pytest.importorskip("distributed")
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "scripts" / "dask_cluster.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdin is not None
+    address = process.stdout.readline().strip()  # the cluster is up when it prints
+    try:
+        assert address.startswith("tcp://127.0.0.1:"), f"the Dask cluster did not start: {address}"
+        yield address
+    finally:
+        process.stdin.close()  # the cluster stops when its stdin closes
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()

@@ -202,3 +202,40 @@ def test_the_contract_floor_re_runs_a_step_whose_output_changed_and_honours_forc
     bad = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state), "run", "--run-id", "../x"])
     assert bad.returncode == 2
     assert "invalid run ID" in bad.stderr
+
+
+def test_the_map_step_benchmark_prints_every_row(tmp_path: Path, dask_scheduler: str) -> None:
+    report = tmp_path / "map.json"
+    result = run_python(
+        [
+            str(REPO / "benchmarks" / "map_steps.py"),
+            "--items",
+            "300",
+            "--durable-items",
+            "20",
+            "--repeats",
+            "1",
+            "--dask-scheduler",
+            dask_scheduler,
+            "--tmpdir",
+            str(tmp_path),
+            "--json",
+            str(report),
+        ],
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for label in (
+        "resume: decide",
+        "resume: whole process",
+        "threads: per item",
+        "threads: durable output",
+        "dask: chunked vs client.map",
+    ):
+        row = next((line for line in result.stdout.splitlines() if line.startswith(label)), None)
+        assert row is not None, result.stdout
+        assert row.split()[-1] in {"PASS", "FAIL"}, row
+    results = json.loads(report.read_text())["results"]
+    assert results["items"] == 300
+    assert results["resume_decide_s"] > 0
+    assert not list(tmp_path.glob("stalwart-map-bench-*"))  # the scratch directory is gone

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._errors import UsageError as UsageError
     from ._http import HttpClient as HttpClient
     from ._http import Response as Response
+    from ._item_context import ItemContext as ItemContext
     from ._policy import RetryPolicy as RetryPolicy
     from ._records import Marker as Marker
     from ._result import RunResult as RunResult
@@ -58,6 +59,7 @@ _EXPORTS = {
     "HttpClient": "_http",
     "HttpError": "_errors",
     "HttpStatusError": "_errors",
+    "ItemContext": "_item_context",
     "Marker": "_records",
     "Permanent": "_errors",
     "Pipeline": "cli._app",

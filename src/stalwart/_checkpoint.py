@@ -226,14 +226,15 @@ class CheckpointStore:
         self._write(f"{validate_name(marker.step, 'step name')}.done", marker.to_json())
 
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
-        """Remove the markers of ``steps``; return the steps that had one."""
-        names = [f"{validate_name(step, 'step name')}.done" for step in steps]
-        return [name[: -len(".done")] for name in self._delete(names)]
+        """Remove the markers of ``steps`` (and the item journals of map steps); return the
+        steps that had one."""
+        names = [f"{validate_name(step, 'step name')}{end}" for step in steps for end in _ENDS]
+        return _steps_of(self._delete(names))
 
     def clear_all(self) -> list[str]:
-        """Remove every marker of the run; return the steps that had one."""
-        names = [name for name in self._list() if name.endswith(".done")]
-        return [name[: -len(".done")] for name in self._delete(names)]
+        """Remove every marker (and item journal) of the run; return the steps that had one."""
+        names = [name for name in self._list() if name.endswith(_ENDS)]
+        return _steps_of(self._delete(names))
 
     # -- step records ------------------------------------------------------------------------
 
@@ -302,6 +303,14 @@ class CheckpointStore:
         if self._journal_fd is not None:
             fd, self._journal_fd = self._journal_fd, None
             os.close(fd)
+
+
+_ENDS = (".done", ".items")  # a step's marker; a map step's item journal (``_map``)
+
+
+def _steps_of(names: list[str]) -> list[str]:
+    """``["a.done", "a.items", "b.items"]`` -> ``["a", "b"]``."""
+    return list(dict.fromkeys(name.rpartition(".")[0] for name in names))
 
 
 from ._lock import RunLock  # noqa: E402 - re-exported: the lock lived here first

@@ -462,7 +462,7 @@ class StepDeadLetters:
         log.warning(
             "step %s: kept the failed %s as dead letter %s (%s)",
             self.step,
-            "request" if envelope["kind"] == "http" else "payload",
+            "request" if envelope["kind"] == "http" else envelope["kind"],
             envelope_id,
             envelope["reason"],
             extra={"dead_letter_id": envelope_id, "step": self.step, "run_id": self.run_id},

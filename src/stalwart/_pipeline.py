@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._atomic import lazy_path
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._alerts import Alerter
+    from ._context import Context
     from ._deadletter import DeadLetterStore
+    from ._executors import ExecutorSpec
     from ._http import HttpClient
     from ._policy import RetryPolicy
     from ._result import RunResult
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline"]
 
 F = TypeVar("F", bound=StepFunction)
+M = TypeVar("M", bound=Callable[..., object])
 
 _METRICS_VARIABLES = ("STALWART_PUSHGATEWAY", "STALWART_STATSD", "STALWART_PROM_TEXTFILE")
 
@@ -121,6 +124,57 @@ class Pipeline:
             return function
 
         return register(fn) if fn is not None else register
+
+    def map(
+        self,
+        *,
+        items: Iterable[Any] | Callable[[Context], Iterable[Any]],
+        key: Callable[[Any], object] | None = None,
+        executor: ExecutorSpec = "threads",
+        workers: int = 8,
+        retry: RetryPolicy | None = None,
+        max_failures: int | None = None,
+        timeout: float | None = None,
+        http_retry: RetryPolicy | None = None,
+        chunk: int | None = None,
+        name: str | None = None,
+    ) -> Callable[[M], M]:
+        """Register a map step: ``fn(ctx: ItemContext, item)`` runs once per item, each item
+        checkpointed on its own (docs/map-steps.md). ``items``: an iterable, or a function of
+        the step's ``Context`` evaluated when the step starts. ``key``: a stable id per item
+        (default: the item if it is a str or int, else a hash of its JSON). ``executor``:
+        ``"threads"``, ``"processes"``, a ``concurrent.futures.Executor``, a Dask
+        ``distributed.Client`` or ``"dask://HOST:PORT"``. ``retry``/``timeout``: per item.
+        ``max_failures``: after that many failed items, no new item starts."""
+        _check_options(retry, timeout, http_retry)
+
+        def register(function: M) -> M:
+            _check_step_function(function)
+            from ._map import MapStep  # noqa: PLC0415 - only pipelines with map steps
+
+            step_name = validate_name(name or function.__name__, "step name")
+            if len(self._names) != len(self.steps):  # ``steps`` was edited in place
+                self._names = {s.name for s in self.steps}
+            if step_name in self._names:
+                raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
+            driver = MapStep(
+                function,
+                step=step_name,
+                items=items,
+                key=key,
+                executor=executor,
+                workers=workers,
+                retry=retry,
+                max_failures=max_failures,
+                timeout=timeout,
+                http_retry=http_retry,
+                chunk=chunk,
+            )
+            self.steps.append(Step(step_name, driver))
+            self._names.add(step_name)
+            return function
+
+        return register
 
     @property
     def step_names(self) -> list[str]:

@@ -134,6 +134,20 @@ def upload_report(ctx: stalwart.Context) -> None:
     assert_type(response.status_code, int)
 
 
+@pipeline.map(
+    items=lambda ctx: ctx.read_json("orders.json"),
+    key=lambda order: str(order["id"]),
+    workers=4,
+    retry=stalwart.RetryPolicy(attempts=3),
+    max_failures=10,
+)
+def fetch_order(ctx: stalwart.ItemContext, order: dict[str, Any]) -> None:
+    assert_type(ctx.key, str)
+    ctx.write_json(
+        f"orders/{ctx.key}.json", ctx.http.get(f"https://api.example.com/{ctx.key}").json()
+    )
+
+
 @pipeline.step
 def audit(ctx: stalwart.Context) -> int:
     """A step may return a value (it is ignored); the decorator keeps the function as it is."""

@@ -13,6 +13,7 @@ from .._printable import printable, terminal_safe_json
 from .._time import parse_utc
 
 if TYPE_CHECKING:
+    from .._deadletter import DeadLetterStore
     from .._pipeline import Pipeline
 
 __all__ = ["deadletter_command"]
@@ -56,6 +57,8 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
     failed = 0
     for envelope_id in ids:
         try:
+            if _replay_item(pipeline, store, envelope_id):
+                continue
             response = store.replay(envelope_id, pipeline.http, force=args.force)
         except (DeadLetterError, HttpError) as exc:
             failed += 1
@@ -65,6 +68,25 @@ def deadletter_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO
     if args.all:
         print(f"replayed {len(ids) - failed} of {len(ids)} pending dead letter(s)")
     return 1 if failed else 0
+
+
+def _replay_item(pipeline: Pipeline, store: DeadLetterStore, envelope_id: str) -> bool:
+    """A dead letter of kind ``item``: run the item through its map step again (True);
+    False for any other kind (re-sent by ``store.replay``)."""
+    envelope = store.load(envelope_id)
+    if envelope.kind != "item":
+        return False
+    from .._map import MapStep, replay_item  # noqa: PLC0415 - only item dead letters
+
+    step = next((s for s in pipeline.steps if s.name == envelope.step), None)
+    if step is None or not isinstance(step.fn, MapStep):
+        raise DeadLetterError(
+            f"dead letter {envelope_id} holds an item of step {envelope.step!r}, which "
+            f"is not a map step of {pipeline.name}"
+        )
+    key = replay_item(step.fn, pipeline.services(), store, envelope_id)
+    print(f"dead letter {envelope_id} replayed: item {key} ran again and succeeded")
+    return True
 
 
 def _list(args: argparse.Namespace, pipeline: Pipeline) -> int:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._checkpoint import CheckpointStore
 from .._lock import lock_holder
+from .._map import item_counts
 from .._printable import printable
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class StepStatus:
     note: str = ""
     params: dict[str, str] | None = None
     """The run parameters the step ran with (done steps only)."""
+    items: dict[str, int] | None = None
+    """A map step's items: ``total``, ``done``, ``failed``, ``skipped``, ``pending``."""
 
 
 def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
@@ -48,6 +51,8 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
         decision = store.check(name, run_id=run_id)
         record = store.read_record(name)
         marker = decision.marker
+        counts = item_counts(str(store.run_dir), name)
+        items = {**counts._asdict(), "pending": counts.pending} if counts else None
         if decision.done and marker is not None:
             rows.append(
                 StepStatus(
@@ -60,6 +65,7 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
                     retries=marker.retries,
                     outputs=tuple(asdict(o) for o in marker.outputs),
                     params=dict(marker.params),
+                    items=items,
                 )
             )
             continue
@@ -86,6 +92,7 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
                 error=f"{record.error_type}: {record.error}" if record.error_type else "",
                 dead_letter_id=record.dead_letter_id,
                 note=note,
+                items=items,
             )
         )
     return rows
@@ -121,6 +128,15 @@ def _size(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000  # type: ignore[assignment]
     raise AssertionError  # pragma: no cover
+
+
+def _items(items: dict[str, int]) -> str:
+    """``items: 950 done / 30 failed / 20 pending of 1000`` (``, 2 skipped`` if any)."""
+    shown = (
+        f"items: {items['done']} done / {items['failed']} failed / {items['pending']} "
+        f"pending of {items['total']}"
+    )
+    return shown + (f", {items['skipped']} skipped" if items["skipped"] else "")
 
 
 def print_status(pipeline: Pipeline, run_id: str) -> None:
@@ -159,6 +175,8 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
             detail = row.error or row.note
             if row.dead_letter_id:
                 detail += f" [dead letter {row.dead_letter_id}]"
+        if row.items is not None:
+            detail = f"{_items(row.items)}; {detail}" if detail else _items(row.items)
         detail = printable(detail)
         print(
             f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ._env import sinks_from_env as sinks_from_env
     from ._events import DeadLettered as DeadLettered
     from ._events import Event as Event
+    from ._events import ItemsFinished as ItemsFinished
     from ._events import MetricsSink as MetricsSink
     from ._events import RetryScheduled as RetryScheduled
     from ._events import RunFinished as RunFinished
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "DeadLettered": "_events",
     "Event": "_events",
+    "ItemsFinished": "_events",
     "MetricsSink": "_events",
     "PrometheusTextfile": "_prometheus",
     "Pushgateway": "_prometheus",

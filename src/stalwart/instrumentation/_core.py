@@ -9,7 +9,9 @@ observations of five metrics (names and meanings: ``METRICS`` and docs/observabi
   interruption;
 - ``stalwart_step_duration_seconds{pipeline,step}``: gauge, the duration of the step's last run;
 - ``stalwart_dead_letters_total{pipeline,step}``: +1 per ``DeadLettered``;
-- ``stalwart_last_success_timestamp_seconds{pipeline}``: set when a run succeeds, only then.
+- ``stalwart_last_success_timestamp_seconds{pipeline}``: set when a run succeeds, only then;
+- ``stalwart_items_total{pipeline,step,outcome}``: items of map steps that ended, by outcome
+  (``done``, ``failed``, ``skipped``), from each ``ItemsFinished``.
 
 No sink ever fails a run: one that cannot deliver logs a warning (with the traceback, never a
 secret) and the run goes on. prometheus_client is needed only by the two Prometheus sinks
@@ -28,6 +30,7 @@ from typing import Literal, TypeVar
 from ._events import (
     DeadLettered,
     Event,
+    ItemsFinished,
     RetryScheduled,
     RunFinished,
     StepFailed,
@@ -65,6 +68,7 @@ STEP_RUNS = "stalwart_step_runs_total"
 STEP_DURATION = "stalwart_step_duration_seconds"
 DEAD_LETTERS = "stalwart_dead_letters_total"
 LAST_SUCCESS = "stalwart_last_success_timestamp_seconds"
+ITEMS = "stalwart_items_total"
 
 #: The metrics, in the order they are written. Help texts never change between runs: the
 #: Pushgateway refuses a push whose help differs from what another group pushed.
@@ -104,6 +108,13 @@ METRICS: Mapping[str, Metric] = {
         "last_success_timestamp",
         "g",
     ),
+    ITEMS: Metric(
+        "counter",
+        ("pipeline", "step", "outcome"),
+        "Items of map steps that ended, by outcome: done, failed, skipped.",
+        "items",
+        "c",
+    ),
 }
 
 
@@ -130,6 +141,16 @@ def observations(event: Event) -> list[Observation]:
         return [
             Observation(STEP_RUNS, (pipeline, event.step, outcome), 1.0),
             Observation(STEP_DURATION, (pipeline, event.step), event.duration_s),
+        ]
+    if isinstance(event, ItemsFinished):
+        return [
+            Observation(ITEMS, (pipeline, event.step, outcome), float(count))
+            for outcome, count in (
+                ("done", event.done),
+                ("failed", event.failed),
+                ("skipped", event.skipped),
+            )
+            if count
         ]
     if isinstance(event, RunFinished) and event.outcome == "success":
         return [Observation(LAST_SUCCESS, (pipeline,), event.finished_at)]
@@ -182,6 +203,10 @@ class MemoryMetrics:
     def dead_letters(self, step: str | None = None) -> int:
         """``stalwart_dead_letters_total`` (of ``step``, or of every step)."""
         return int(self._sum(DEAD_LETTERS, step=step))
+
+    def items(self, step: str | None = None, outcome: str | None = None) -> int:
+        """``stalwart_items_total``; ``outcome``: done, failed, skipped."""
+        return int(self._sum(ITEMS, step=step, outcome=outcome))
 
     def last_duration(self, step: str) -> float | None:
         """``stalwart_step_duration_seconds`` of ``step`` (``None`` if it never ran)."""

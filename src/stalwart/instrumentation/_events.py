@@ -13,6 +13,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 __all__ = [
     "DeadLettered",
     "Event",
+    "ItemsFinished",
     "MetricsSink",
     "RetryScheduled",
     "RunFinished",
@@ -109,6 +110,20 @@ class DeadLettered:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ItemsFinished:
+    """A map step's driver stopped (its items all ended, it failed, or it was interrupted):
+    how many items ended in this process, by outcome."""
+
+    pipeline: str
+    run_id: str
+    step: str
+    done: int
+    failed: int
+    skipped: int
+    """Items whose dead letter was discarded: the step goes on without them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished:
     pipeline: str
     run_id: str
@@ -130,6 +145,7 @@ Event: TypeAlias = (
     | StepInterrupted
     | RetryScheduled
     | DeadLettered
+    | ItemsFinished
     | RunFinished
 )
 

@@ -1,0 +1,171 @@
+"""The worker side of a map step: run a chunk of items, return how each one ended.
+
+``run_chunk`` runs where the executor puts it: a thread of the driver, a process of a pool,
+a Dask worker. It writes the items' outputs (atomic writes into the run directory) and
+returns one ``(key, ok, detail)`` per item; it never touches the step's journal or marker:
+the driver alone records what is done.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._context import Step
+from ._errors import UsageError
+from ._invoke import call_step
+from ._item_context import ItemContext, ItemScope
+from ._scope import current_scope
+from ._services import Emitter, RunServices, SharedHttp
+
+if TYPE_CHECKING:
+    from ._policy import RetryPolicy
+
+__all__ = ["ChunkTask", "Outcome", "RemoteRootRefused", "run_chunk"]
+
+Outcome = tuple[str, bool, dict[str, Any]]
+"""``(key, ok, detail)``: ``detail`` holds ``a`` (attempts), ``r`` (retries), ``t`` (seconds),
+``o`` (outputs: ``[name, size, sha256]``) when it succeeded, ``e`` (``Type: message``)
+when it failed, and ``k`` (dead letters the item kept itself) if any."""
+
+
+class RemoteRootRefused(UsageError):
+    """A worker on another host cannot write into the driver's local state root."""
+
+
+class ChunkTask(NamedTuple):
+    """Everything a worker needs to run some items of a step (picklable)."""
+
+    fn: Any
+    """The map function, or its pickled bytes (cloudpickle) for another process."""
+    pipeline: str
+    root: str
+    run_id: str
+    step: str
+    runs: int
+    params: Mapping[str, str]
+    retry: RetryPolicy | None
+    timeout: float | None
+    http_retry: RetryPolicy | None
+    host: str
+    """The driver's host name; a worker on another host refuses the chunk ("" = no check)."""
+    items: list[tuple[str, Any]]
+    """``(key, item)`` pairs, run in order."""
+
+
+_worker_services: dict[tuple[str, str], RunServices] = {}
+_worker_lock = threading.Lock()
+
+
+def _services_here(task: ChunkTask) -> RunServices:
+    """The services of a worker process: its own default HTTP client (kept for the
+    process's later chunks), no alerter, no metric sink (the driver reports)."""
+    with _worker_lock:
+        found = _worker_services.get((task.pipeline, task.root))
+        if found is None:
+            found = RunServices(
+                pipeline=task.pipeline,
+                root=task.root,
+                http=SharedHttp(None),
+                alerters=(),
+                emit=Emitter([]),
+            )
+            _worker_services[(task.pipeline, task.root)] = found
+        return found
+
+
+def run_chunk(task: ChunkTask, services: RunServices | None = None) -> list[Outcome]:
+    """Run ``task.items`` one after another; ``services`` are the driver's own when the
+    chunk runs on one of its threads."""
+    if task.host and socket.gethostname() != task.host:
+        raise RemoteRootRefused(
+            f"a worker on host {socket.gethostname()} cannot write the outputs of step "
+            f"{task.step}: the state root {task.root} is a local directory of host "
+            f"{task.host}. Run the workers on {task.host}, or use executor='processes'"
+        )
+    fn = pickle.loads(task.fn) if isinstance(task.fn, bytes) else task.fn  # noqa: S301 - ours
+    services = services or _services_here(task)
+    run_dir = os.path.join(task.root, task.pipeline, "runs", task.run_id)
+    step = Step(task.step, fn)
+    return [_run_item(fn, task, services, run_dir, step, key, item) for key, item in task.items]
+
+
+def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
+    fn: Any,
+    task: ChunkTask,
+    services: RunServices,
+    run_dir: str,
+    step: Step,
+    key: str,
+    item: Any,
+) -> Outcome:
+    from ._runner import _StepDeadLetters  # noqa: PLC0415 - the runner imports us lazily too
+
+    dead_letters = _StepDeadLetters(services, task.run_id, task.step)
+    scope = ItemScope(
+        item_key=key,
+        pipeline=task.pipeline,
+        run_id=task.run_id,
+        step=task.step,
+        emit=services.emit,
+        retry_policy=task.http_retry,
+        dead_letter=dead_letters,
+    )
+    contexts: list[ItemContext] = []
+
+    def attempt() -> None:
+        scope.new_attempt()
+        ctx = ItemContext(
+            services=services,
+            run_id=task.run_id,
+            step=step,
+            run_dir=run_dir,
+            scope=scope,
+            runs=task.runs,
+            key=key,
+            params=task.params,
+        )
+        contexts.append(ctx)
+        if task.timeout is None:  # the common case, without call_step's timer
+            result = fn(ctx, item)
+            if result is not None:  # a coroutine to await, or a value to refuse
+                call_step(lambda c: result, ctx, step=f"{task.step} item {key}", timeout=None)
+            return
+        call_step(lambda c: fn(c, item), ctx, step=f"{task.step} item {key}", timeout=task.timeout)
+
+    started = time.perf_counter()
+    token = current_scope.set(scope)
+    detail: dict[str, Any]
+    try:
+        if task.retry is None:
+            attempt()
+        else:
+            from ._retry import call_with_retries  # noqa: PLC0415 - only retried items
+
+            call_with_retries(
+                attempt, task.retry, operation=f"item {key} of step {task.step}", stacked=True
+            )
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the item failed: reported
+        from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
+
+        message = scrub_registered(str(exc) or repr(exc))
+        detail = {"e": f"{type(exc).__name__}: {message}"[:1000]}
+        ok = False
+    else:
+        outputs = contexts[-1].outputs
+        detail = {"o": [[o.name, o.size, o.sha256] for o in outputs]} if outputs else {}
+        ok = True
+    finally:
+        current_scope.reset(token)
+    detail["a"] = max(1, len(contexts))
+    if scope.retries:
+        detail["r"] = scope.retries
+    detail["t"] = round(time.perf_counter() - started, 6)
+    if dead_letters.ids:
+        detail["k"] = list(dead_letters.ids)
+    return key, ok, detail
