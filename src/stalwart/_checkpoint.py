@@ -132,6 +132,14 @@ class CheckpointStore:
             fsync_directory(self._directory)
         return deleted
 
+    def _size(self, output: str) -> int:
+        """The size of output ``output`` (a name relative to the run); ``OSError`` if none."""
+        return os.stat(os.path.join(self._run_dir, output)).st_size
+
+    def _journal_bytes(self) -> bytes:
+        """The whole journal (empty if there is none); ``OSError`` if it cannot be read."""
+        return self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
+
     def _ensure_directory(self) -> None:
         if self._directory_ready:
             return
@@ -179,9 +187,8 @@ class CheckpointStore:
                 corrupt=True,
             )
         for output in marker.outputs:
-            path = os.path.join(self._run_dir, output.name)
             try:
-                size = os.stat(path).st_size
+                size = self._size(output.name)
             except OSError:
                 return SkipDecision(False, f"its output {output.name} is missing", marker)
             if size != output.size:
@@ -218,7 +225,7 @@ class CheckpointStore:
             return self._records
         records: dict[str, StepRecord] = {}
         try:
-            raw = self._read_path(os.path.join(self._run_dir, _JOURNAL)) or b""
+            raw = self._journal_bytes()
         except OSError as exc:
             log.warning("ignoring the unreadable journal in %s (%s)", self._run_dir, exc)
             raw = b""
