@@ -10,17 +10,23 @@ drops ``If-None-Match`` (what stalwart must refuse).
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import boto3
 import pytest
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from stalwart._errors import RunLockedError
+from stalwart._lease import Lease
+from stalwart._remote_state import open_store
 
 Environ = dict[str, Any]
 App = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
@@ -34,13 +40,22 @@ class S3Server:
         moto_app = DomainDispatcherApplication(create_backend_app)
         lock = threading.Lock()
 
+        self.ahead = 0.0
+        """Seconds the store's clock (its ``Date`` header) runs ahead of ours."""
+
+        server = self
+
+        class Dated(WSGIRequestHandler):
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return email.utils.formatdate(time.time() + server.ahead, usegmt=True)
+
         def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
             if ignoring_conditions:
                 environ.pop("HTTP_IF_NONE_MATCH", None)
             with lock:  # one request at a time: conditional writes become atomic
                 return list(moto_app(environ, start_response))
 
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Dated)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -82,6 +97,16 @@ def s3_server() -> Iterator[S3Server]:
     server.stop()
 
 
+def wait_until(condition: Callable[[], object], *, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds (for what only real time brings: a lease expiring
+    on the store's clock); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting"
+        pause.wait(0.05)
+
+
 @pytest.fixture
 def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     """``s3://<a fresh bucket>/state``, the AWS variables set for this process and its
@@ -104,3 +129,24 @@ def objects(server: S3Server, root: str) -> dict[str, bytes]:
             key = item["Key"]
             found[key[len(prefix) + 1 :]] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return found
+
+
+def contend(root: str, rounds: int, barrier: Any, results: Any) -> None:
+    """One contender of the lease-exclusion test (run in a spawned process): in each round,
+    wait for every contender, try the round's lease once, report whether it was won. Won
+    leases are held to the end, so a late contender cannot win a round after its holder."""
+    store = open_store(root)
+    held = []
+    for n in range(rounds):
+        lease = Lease(store, f"rounds/{n:03d}/.lease", ttl=60)
+        barrier.wait()
+        try:
+            lease.acquire()
+        except RunLockedError:
+            results.put((n, os.getpid(), False))
+            continue
+        held.append(lease)
+        results.put((n, os.getpid(), True))
+    barrier.wait()  # every round decided before anyone lets go
+    for lease in held:
+        lease.release()

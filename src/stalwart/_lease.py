@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import threading
-import time
 from typing import TYPE_CHECKING
 
+from ._clock import monotonic
 from ._errors import RunLockedError
 from ._time import utc_now
 
@@ -91,10 +91,11 @@ def _state(store: StateStore, prefix: str) -> tuple[int, str | None, bool]:
     if not epochs:
         return 0, None, False
     epoch, key = epochs[-1]
-    info = store.head(key)
-    note = _note(store.read(key))
-    if info is None:  # renewed (and this epoch deleted) in between: held
-        return epoch, str(note.get("holder", "")) or None, True
+    found = store.fetch(key)
+    if found is None:  # renewed (and this epoch deleted) in between: held
+        return epoch, None, True
+    raw, info = found
+    note = _note(raw)
     ttl = note.get("ttl")
     ttl = float(ttl) if isinstance(ttl, int | float) else DEFAULT_TTL
     live = not note.get("released") and info.now - info.modified <= ttl + _RESOLUTION
@@ -118,6 +119,7 @@ class Lease:
         self._prefix = prefix.rstrip("/") + "/"
         self.ttl = lease_ttl() if ttl is None else ttl
         self._epoch = 0
+        self._first = 0  # the epoch this holder began with: kept until it lets go
         self._renewed = 0.0  # monotonic time the last successful renewal was sent
         self._lost = ""
         self._stop = threading.Event()
@@ -157,20 +159,27 @@ class Lease:
         epoch, holder, live = _state(self._store, self._prefix)
         if live:
             raise self._locked(holder)
-        sent = time.monotonic()
+        sent = monotonic()
         if self._create(epoch + 1) is None:  # someone else created it first
             _epoch, holder, _live = _state(self._store, self._prefix)
             raise self._locked(holder)
-        self._epoch, self._renewed, self._lost = epoch + 1, sent, ""
+        self._epoch, self._first, self._renewed, self._lost = epoch + 1, epoch + 1, sent, ""
         self._forget_older()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="stalwart-lease", daemon=True)
         self._thread.start()
 
-    def _forget_older(self) -> None:
-        with contextlib.suppress(Exception):  # tidiness only: the newest epoch is what counts
+    def _forget_older(self, *, keep_first: bool = True) -> None:
+        """Delete the epochs before ours, but the one we began with while we hold the lease:
+        the holder before us, if it wakes up, tries to create exactly that one, and must
+        fail. (Tidiness only: the newest epoch is what counts.)"""
+        with contextlib.suppress(Exception):
             epochs = _epochs(self._store, self._prefix)
-            older = [key for number, key in epochs if number < self._epoch]
+            older = [
+                key
+                for number, key in epochs
+                if number < self._epoch and not (keep_first and number == self._first)
+            ]
             if older:
                 self._store.delete(older)
 
@@ -184,11 +193,14 @@ class Lease:
         with self._mutex:
             if self._lost:
                 return False
-            sent = time.monotonic()
+            sent = monotonic()
+            if sent - self._renewed > self.deadline:  # paused past our deadline: too late
+                self._lose(f"it was not renewed for {self.deadline:g} s (paused?)")
+                return False
             try:
                 created = self._create(self._epoch + 1)
             except Exception as exc:  # noqa: BLE001 - the network: retried at the next tick
-                if time.monotonic() - self._renewed > self.deadline:
+                if monotonic() - self._renewed > self.deadline:
                     self._lose(f"it could not be renewed for {self.ttl:g} s ({exc})")
                     return False
                 log.warning("could not renew the run's lease %s (%s); retrying", self.path, exc)
@@ -213,7 +225,7 @@ class Lease:
     def check(self) -> None:
         """Raise ``LeaseLostError`` unless this process certainly holds the lease now (called
         before every write of the run's state)."""
-        if not self._lost and time.monotonic() - self._renewed > self.deadline:
+        if not self._lost and monotonic() - self._renewed > self.deadline:
             with self._mutex:
                 if not self._lost:
                     self._lose(f"it was not renewed for {self.deadline:g} s (paused?)")
@@ -234,12 +246,12 @@ class Lease:
         self._stop.set()
         thread.join()
         with self._mutex:
-            if self._lost or time.monotonic() - self._renewed > self.deadline:
+            if self._lost or monotonic() - self._renewed > self.deadline:
                 return
             with contextlib.suppress(Exception):  # else it expires after ttl: still correct
                 if self._create(self._epoch + 1, released=True) is not None:
                     self._epoch += 1
-        self._forget_older()
+                    self._forget_older(keep_first=False)
 
     def __enter__(self) -> Lease:
         self.acquire()
@@ -267,6 +279,9 @@ class FencedStore:
 
     def head(self, key: str) -> ObjectInfo | None:
         return self._store.head(key)
+
+    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        return self._store.fetch(key)
 
     def list_keys(self, prefix: str) -> list[str]:
         return self._store.list_keys(prefix)

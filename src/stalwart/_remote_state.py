@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ from ._checkpoint import CheckpointStore
 from ._clock import sleep
 from ._deadletter import ID_RE, DeadLetterStore, validate_id
 from ._errors import DeadLetterError, RunLockedError, UsageError
-from ._lease import FencedStore, Lease, LeaseLostError, lease_holder
+from ._lease import FencedStore, Lease, lease_holder
 from ._records import record_fields, validate_name
 from ._store import LocalStore, SegmentedLog, StateStore
 
@@ -79,19 +81,35 @@ def deadletter_key(pipeline: str) -> str:
 
 class RemoteCheckpointStore(CheckpointStore):
     """``CheckpointStore`` on a ``StateStore``: a marker is one PUT; the journal is a
-    ``SegmentedLog`` (one segment per record, a snapshot every ``COMPACT_AFTER``)."""
+    ``SegmentedLog`` written by a background thread (one segment per flush of the records
+    that queued up, a snapshot every ``COMPACT_AFTER`` segments), off the step's path.
+
+    The markers present are listed once (one request), then kept current: a step that has
+    to run costs no request to find that it has no marker. (The run's lease makes this
+    process the only writer.)"""
 
     def __init__(self, store: StateStore, key: str) -> None:
         super().__init__(store.url(key))
         self._store = store
         self._key = key
         self._journal = SegmentedLog(store, f"{key}/.journal")
+        self._present: set[str] | None = None
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+
+    def _markers(self) -> set[str]:
+        if self._present is None:
+            self._present = set(self._list())
+        return self._present
 
     def _read(self, name: str) -> bytes | None:
+        if name not in self._markers():
+            return None
         return self._store.read(f"{self._key}/.checkpoints/{name}")
 
     def _write(self, name: str, data: bytes) -> None:
         self._store.write(f"{self._key}/.checkpoints/{name}", data)
+        self._markers().add(name)
 
     def _list(self) -> list[str]:
         prefix = f"{self._key}/.checkpoints/"
@@ -102,6 +120,7 @@ class RemoteCheckpointStore(CheckpointStore):
         found = [name for name in names if name in present]
         if found:
             self._store.delete([f"{self._key}/.checkpoints/{name}" for name in found])
+            self._markers().difference_update(found)
         return found
 
     def _ensure_directory(self) -> None:
@@ -121,29 +140,55 @@ class RemoteCheckpointStore(CheckpointStore):
         return bool(self._store.list_keys(f"{self._key}/"))
 
     def write_record(self, step: str, record: StepRecord) -> None:
-        """Append ``record`` to the journal: one new segment object (a snapshot of every
-        step's latest record replaces the segments once there are ``COMPACT_AFTER``)."""
+        """Queue ``record`` for the journal (the writer thread appends it; ``close`` waits
+        for it). Statistics, not state: a record lost to a crash only makes status lag."""
         validate_name(step, "step name")
         records = self._load_journal()
         records[step] = record
         line = json.dumps({"step": step, **record_fields(record)}, separators=(",", ":"))
+        self._queue.put((line + "\n").encode("utf-8"))
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_journal, name="stalwart-journal", daemon=True
+            )
+            self._writer.start()
+
+    def _write_journal(self) -> None:
+        while True:
+            first = self._queue.get()
+            lines = [first]
+            with contextlib.suppress(queue.Empty):
+                while lines[-1] is not None:
+                    lines.append(self._queue.get_nowait())
+            data = b"".join(line for line in lines if line is not None)
+            if data:
+                self._flush(data)
+            if lines[-1] is None:
+                return
+
+    def _flush(self, data: bytes) -> None:
         try:
-            self._journal.append((line + "\n").encode("utf-8"))
+            self._journal.append(data)
             if self._journal.segments >= COMPACT_AFTER:
+                records = dict(self._load_journal())
                 snapshot = "".join(
                     json.dumps({"step": name, **record_fields(rec)}, separators=(",", ":")) + "\n"
                     for name, rec in records.items()
                 )
                 self._journal.compact(snapshot.encode("utf-8"))
-        except LeaseLostError:
-            raise
         except Exception as exc:  # noqa: BLE001 - statistics, not state (see CheckpointStore)
             log.warning(
-                "could not append step %s's record to the journal of %s (%s); status may lag",
-                step,
+                "could not append to the journal of %s (%s); status may lag for this run",
                 self._store.url(self._key),
                 exc,
             )
+
+    def close(self) -> None:
+        """Write what the journal still queues, then stop its writer."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put(None)
+            writer.join()
 
 
 class RemoteDeadLetterStore(DeadLetterStore):

@@ -123,6 +123,26 @@ class S3Store:
             )
         return wanted
 
+    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        from fsspec.asyn import sync  # noqa: PLC0415 - fsspec comes with s3fs
+
+        async def get() -> tuple[bytes, dict[str, Any]]:
+            response = await self._fs._call_s3("get_object", Bucket=self.bucket, Key=full)
+            body = response["Body"]
+            try:
+                data: bytes = await body.read()
+            finally:
+                body.close()
+            return data, response
+
+        full = self._key(key)
+        try:
+            data, response = sync(self._fs.loop, get)
+        except FileNotFoundError:
+            return None
+        info = ObjectInfo(len(data), response["LastModified"].timestamp(), _server_time(response))
+        return data, info
+
     def head(self, key: str) -> ObjectInfo | None:
         try:
             response = self._call("head_object", Key=self._key(key))

@@ -10,7 +10,8 @@ operations and one promise: every write is whole or absent, never a part.
 - ``create(key, data)``: write only if there is no object yet (``If-None-Match: *``); ``None``
   if there was one. What a lease is made of;
 - ``list_keys(prefix)``, ``delete(keys)``, ``head(key)`` (size, last modified, and the store's
-  clock when it answered: expiry is judged on the store's clock, never on ours).
+  clock when it answered: expiry is judged on the store's clock, never on ours), ``fetch(key)``
+  (``read`` and ``head`` in one request).
 
 ``LocalStore`` is a directory, through the same atomic-write code as the local root
 (``_atomic``). The local root itself does not go through this seam: its classes
@@ -70,6 +71,7 @@ class StateStore(Protocol):
     def list_keys(self, prefix: str) -> list[str]: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
+    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None: ...
 
 
 def is_remote(root: str) -> bool:
@@ -149,6 +151,10 @@ class LocalStore:
                 os.unlink(self.url(key))
                 deleted.append(key)
         return deleted
+
+    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        data, info = self.read(key), self.head(key)
+        return None if data is None or info is None else (data, info)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
