@@ -286,6 +286,9 @@ class FencedStore:
     def list_keys(self, prefix: str) -> list[str]:
         return self._store.list_keys(prefix)
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return self._store.list_sizes(prefix)
+
     def write(self, key: str, data: bytes) -> None:
         self.lease.check()
         self._store.write(key, data)

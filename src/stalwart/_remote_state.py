@@ -54,6 +54,8 @@ log = logging.getLogger("stalwart.checkpoint")
 COMPACT_AFTER = 32
 """Journal segments after which the writer folds them into a snapshot."""
 _DEADLETTER_LOCK_WAIT = 60.0
+_FLUSH_EVERY = 0.2
+"""Seconds the journal writer gathers records into one segment (``close`` flushes at once)."""
 
 
 def open_store(root: str) -> StateStore:
@@ -84,8 +86,9 @@ class RemoteCheckpointStore(CheckpointStore):
     ``SegmentedLog`` written by a background thread (one segment per flush of the records
     that queued up, a snapshot every ``COMPACT_AFTER`` segments), off the step's path.
 
-    The markers present are listed once (one request), then kept current: a step that has
-    to run costs no request to find that it has no marker. (The run's lease makes this
+    The run's objects are listed once (one request, with their sizes), then the markers are
+    kept current: a step that has to run costs no request to find that it has no marker,
+    and checking a done step's outputs costs none either. (The run's lease makes this
     process the only writer.)"""
 
     def __init__(self, store: StateStore, key: str) -> None:
@@ -94,12 +97,19 @@ class RemoteCheckpointStore(CheckpointStore):
         self._key = key
         self._journal = SegmentedLog(store, f"{key}/.journal")
         self._present: set[str] | None = None
+        self._sizes: dict[str, int] | None = None
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
+    def _listing(self) -> dict[str, int]:
+        if self._sizes is None:
+            self._sizes = self._store.list_sizes(f"{self._key}/")
+        return self._sizes
+
     def _markers(self) -> set[str]:
         if self._present is None:
-            self._present = set(self._list())
+            prefix = f"{self._key}/.checkpoints/"
+            self._present = {k[len(prefix) :] for k in self._listing() if k.startswith(prefix)}
         return self._present
 
     def _read(self, name: str) -> bytes | None:
@@ -127,6 +137,9 @@ class RemoteCheckpointStore(CheckpointStore):
         """Object storage has no directories."""
 
     def _size(self, output: str) -> int:
+        listed = self._listing().pop(f"{self._key}/{output}", None)  # used once: then asked
+        if listed is not None:
+            return listed
         info = self._store.head(f"{self._key}/{output}")
         if info is None:
             raise FileNotFoundError(output)
@@ -155,11 +168,11 @@ class RemoteCheckpointStore(CheckpointStore):
 
     def _write_journal(self) -> None:
         while True:
-            first = self._queue.get()
-            lines = [first]
+            lines = [self._queue.get()]
+            flush_at = time.monotonic() + _FLUSH_EVERY  # one segment for what comes meanwhile
             with contextlib.suppress(queue.Empty):
                 while lines[-1] is not None:
-                    lines.append(self._queue.get_nowait())
+                    lines.append(self._queue.get(timeout=max(0.0, flush_at - time.monotonic())))
             data = b"".join(line for line in lines if line is not None)
             if data:
                 self._flush(data)

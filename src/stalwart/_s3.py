@@ -75,11 +75,8 @@ class S3Store:
         return result
 
     def read(self, key: str) -> bytes | None:
-        try:
-            data: bytes = self._fs.cat_file(f"{self.bucket}/{self._key(key)}")
-        except FileNotFoundError:
-            return None
-        return data
+        found = self._get(key)
+        return None if found is None else found[0]
 
     def write(self, key: str, data: bytes) -> None:
         self._call("put_object", Key=self._key(key), Body=bytes(data))
@@ -101,17 +98,22 @@ class S3Store:
         return ObjectInfo(len(data), now, now)
 
     def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self.list_sizes(prefix))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys: list[str] = []
+        sizes: dict[str, int] = {}
         token: str | None = None
         while True:
             extra = {"ContinuationToken": token} if token else {}
             page = self._call("list_objects_v2", Prefix=full, **extra)
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
+            sizes.update(
+                (item["Key"][strip:], int(item["Size"])) for item in page.get("Contents", [])
+            )
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return sorted(keys)
+                return sizes
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         wanted = list(keys)
@@ -123,7 +125,8 @@ class S3Store:
             )
         return wanted
 
-    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+    def _get(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """One GetObject: the body and the response (s3fs' ``cat_file`` costs two requests)."""
         from fsspec.asyn import sync  # noqa: PLC0415 - fsspec comes with s3fs
 
         async def get() -> tuple[bytes, dict[str, Any]]:
@@ -137,9 +140,16 @@ class S3Store:
 
         full = self._key(key)
         try:
-            data, response = sync(self._fs.loop, get)
+            result: tuple[bytes, dict[str, Any]] = sync(self._fs.loop, get)
         except FileNotFoundError:
             return None
+        return result
+
+    def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        found = self._get(key)
+        if found is None:
+            return None
+        data, response = found
         info = ObjectInfo(len(data), response["LastModified"].timestamp(), _server_time(response))
         return data, info
 

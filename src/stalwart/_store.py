@@ -9,9 +9,10 @@ operations and one promise: every write is whole or absent, never a part.
   only once every part is there);
 - ``create(key, data)``: write only if there is no object yet (``If-None-Match: *``); ``None``
   if there was one. What a lease is made of;
-- ``list_keys(prefix)``, ``delete(keys)``, ``head(key)`` (size, last modified, and the store's
-  clock when it answered: expiry is judged on the store's clock, never on ours), ``fetch(key)``
-  (``read`` and ``head`` in one request).
+- ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``delete(keys)``,
+  ``head(key)`` (size, last modified, and the store's clock when it answered: expiry is
+  judged on the store's clock, never on ours), ``fetch(key)`` (``read`` and ``head`` in one
+  request).
 
 ``LocalStore`` is a directory, through the same atomic-write code as the local root
 (``_atomic``). The local root itself does not go through this seam: its classes
@@ -69,6 +70,7 @@ class StateStore(Protocol):
     def upload(self, key: str, path: str) -> None: ...
     def create(self, key: str, data: bytes) -> ObjectInfo | None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
+    def list_sizes(self, prefix: str) -> dict[str, int]: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None: ...
@@ -143,6 +145,13 @@ class LocalStore:
                 path = os.path.join(directory, name)
                 keys.append(os.path.relpath(path, self.root))
         return sorted(keys)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        sizes = {}
+        for key in self.list_keys(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[key] = os.stat(self.url(key)).st_size
+        return sizes
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         deleted = []
