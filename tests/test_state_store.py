@@ -4,6 +4,7 @@ the segmented journal; a store that ignores conditional writes is refused."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,19 @@ from pathlib import Path
 import pytest
 
 from s3support import S3Server
-from stalwart._errors import UsageError
-from stalwart._remote_state import open_store
+from stalwart._errors import DeadLetterError, RunLockedError, UsageError
+from stalwart._lease import FencedStore, Lease, lease_holder
+from stalwart._records import StepRecord
+from stalwart._remote_state import (
+    COMPACT_AFTER,
+    RemoteCheckpointStore,
+    RemoteDeadLetterStore,
+    RunLease,
+    open_store,
+)
 from stalwart._s3 import S3Store, check_conditional_writes
 from stalwart._store import LocalStore, SegmentedLog, StateStore, is_remote
+from stalwart.testing import no_wait
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -132,3 +142,80 @@ def test_a_store_that_honours_them_is_probed_once(s3_root: str) -> None:
     check_conditional_writes(store)
     check_conditional_writes(store)  # cached for this bucket: no second probe
     assert store.list_keys(".stalwart-probe/") == []
+
+
+def test_the_run_state_classes_work_on_a_directory_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    assert store.list_sizes("p/") == {}
+    with RunLease(store, "p/runs/r1") as lease:  # no probe, no uploads to abort there
+        assert lease.held
+        assert lease.path.endswith("p/runs/r1/.lease")
+        checkpoints = RemoteCheckpointStore(lease.store, "p/runs/r1")
+        lease.store.write("p/runs/r1/out.txt", b"12345")
+        assert store.list_sizes("p/runs/r1/") == {
+            "p/runs/r1/out.txt": 5,
+            **store.list_sizes("p/runs/r1/.lease/"),
+        }
+        assert checkpoints._size("out.txt") == 5  # from the run's listing
+        assert checkpoints._size("out.txt") == 5  # asked again: from the store
+        with pytest.raises(FileNotFoundError):
+            checkpoints._size("missing.txt")
+        checkpoints.write_record("s1", StepRecord(runs=1, outcome="running"))
+        rival = RemoteCheckpointStore(store, "p/runs/r1")
+        rival.read_record("s1")
+        checkpoints.close()  # the first segment is written
+        with caplog.at_level(logging.WARNING, "stalwart.checkpoint"):
+            rival.write_record("s1", StepRecord(runs=2, outcome="running"))
+            rival.close()  # its segment number is taken: a warning, not a failure
+        assert "could not append to the journal" in caplog.text
+        assert checkpoints.exists()
+    assert not RemoteCheckpointStore(store, "p/runs/r2").exists()
+    assert not lease.held
+    lease.release()  # twice is harmless
+
+
+def test_many_journal_records_fold_into_a_snapshot(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    checkpoints = RemoteCheckpointStore(store, "p/runs/r1")
+    for n in range(COMPACT_AFTER + 3):
+        checkpoints.write_record(f"s{n % 4}", StepRecord(runs=n + 1, outcome="done"))
+        checkpoints.close()  # one segment per record here
+    names = [k.rpartition("/")[2] for k in store.list_keys("p/runs/r1/.journal/")]
+    assert [n[:5] for n in names] == ["seg-0"] * 3 + ["snap-"]
+    again = RemoteCheckpointStore(store, "p/runs/r1")
+    assert again.read_record("s2").runs == COMPACT_AFTER + 3  # the last record, n = 34
+    log = SegmentedLog(store, "p/other")
+    log.compact(b"nothing to fold\n")  # no segment: no snapshot
+    log.append(b"first\n")  # reads the log first
+    assert store.list_keys("p/other/") == ["p/other/seg-000000000001"]
+
+
+def test_dead_letters_on_a_store_report_unreadable_and_busy_states(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    letters = RemoteDeadLetterStore(store, "p/deadletter", pipeline="p")
+    envelope_id = letters.keep_payload({"row": 1}, reason="bad row")
+    (tmp_path / "p" / "deadletter" / "20260101T000000000000Z-00000000.json").mkdir()
+    with pytest.raises(DeadLetterError, match="cannot read dead letter"):
+        letters.load("20260101T000000000000Z-00000000")
+    busy = pytest.raises(DeadLetterError, match="being replayed or discarded")
+    with Lease(store, "p/deadletter/.lock", ttl=30), no_wait(), busy:  # another replays
+        letters.discard(envelope_id)
+    assert letters.discard(envelope_id)["state"] == "discarded"
+
+
+def test_an_unreachable_store_has_no_holder(s3_root: str) -> None:
+    gone = S3Store(s3_root.replace("s3://", "s3://no-such-bucket-") + "x")
+    assert lease_holder(gone, "p/runs/r1/.lease/") is None
+
+
+def test_a_lease_note_that_is_not_json_still_holds_the_run(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("p/.lease/000000000007", b"\xff not json")
+    with pytest.raises(RunLockedError, match="holder unknown"):
+        Lease(store, "p/.lease", ttl=30).acquire()
+    fenced = FencedStore(store, Lease(store, "p/.lease", ttl=30))
+    assert fenced.fetch("p/.lease/000000000007") is not None
+    assert fenced.head("p/.lease/000000000007") is not None
+    assert fenced.list_sizes("p/.lease/") == {"p/.lease/000000000007": 10}

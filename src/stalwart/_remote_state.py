@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointStore
-from ._clock import sleep
+from ._clock import monotonic, sleep
 from ._deadletter import ID_RE, DeadLetterStore, validate_id
 from ._errors import DeadLetterError, RunLockedError, UsageError
 from ._lease import FencedStore, Lease, lease_holder
@@ -242,13 +242,13 @@ class RemoteDeadLetterStore(DeadLetterStore):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lease = Lease(_unfenced(self._store), f"{self._key}/.lock")
-        deadline = time.monotonic() + _DEADLETTER_LOCK_WAIT
+        deadline = monotonic() + _DEADLETTER_LOCK_WAIT
         while True:
             try:
                 lease.acquire()
                 break
             except RunLockedError as exc:
-                if time.monotonic() > deadline:
+                if monotonic() > deadline:
                     raise DeadLetterError(
                         f"the dead letters are being replayed or discarded by another process "
                         f"({exc.holder}); try again later"
