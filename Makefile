@@ -32,6 +32,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/map_steps.py
+	$(BIN)/python benchmarks/s3.py
 
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["s3support"]  # s3_server, s3_root: a real S3 API on loopback
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "daily_report.py"
 

@@ -125,5 +125,9 @@ def test_disk_and_http_layers_know_nothing_of_runs() -> None:
         "stalwart._http",
         "stalwart._retry",
         "stalwart._deadletter",
+        "stalwart._store",
+        "stalwart._s3",
+        "stalwart._lease",
+        "stalwart._remote_state",
     ):
         assert not edges[module] & run_layer, module

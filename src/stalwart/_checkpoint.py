@@ -33,7 +33,7 @@ from ._records import (
 from ._state_files import iter_lines, open_regular, set_aside_non_file
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
 # The records live in _records; they are re-exported here, where they were first.
@@ -157,6 +157,15 @@ class CheckpointStore:
             fsync_directory(self._directory)
         return deleted
 
+    def _size(self, output: str) -> int:
+        """The size of output ``output`` (a name relative to the run); ``OSError`` if none."""
+        return os.stat(os.path.join(self._run_dir, output)).st_size
+
+    def _journal_stream(self) -> Iterable[bytes | None]:
+        """The journal's lines (``None`` for one too long to be a record); ``OSError`` if it
+        cannot be read."""
+        return _journal_lines(os.path.join(self._run_dir, _JOURNAL))
+
     def _ensure_directory(self) -> None:
         if self._directory_ready:
             return
@@ -204,9 +213,8 @@ class CheckpointStore:
                 corrupt=True,
             )
         for output in marker.outputs:
-            path = os.path.join(self._run_dir, output.name)
             try:
-                size = os.stat(path).st_size
+                size = self._size(output.name)
             except OSError:
                 return SkipDecision(False, f"its output {output.name} is missing", marker)
             if size != output.size:
@@ -247,7 +255,7 @@ class CheckpointStore:
         skipped = 0
         journal = os.path.join(self._run_dir, _JOURNAL)
         try:
-            for line in _journal_lines(journal):
+            for line in self._journal_stream():
                 if line is not None and not line.strip():
                     continue
                 parsed = _parse_line(line)

@@ -21,6 +21,7 @@ from ._lock import RunLock
 from ._records import validate_name, validate_params
 from ._runner import Run
 from ._services import Emitter, RunServices, SharedHttp
+from ._store import is_remote
 from ._time import today
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
     from ._executors import ExecutorSpec
     from ._http import HttpClient
     from ._policy import RetryPolicy
+    from ._remote_state import RunLease
     from ._result import RunResult
+    from ._store import StateStore
     from .instrumentation._events import MetricsSink
 
 __all__ = ["Pipeline"]
@@ -63,7 +66,10 @@ class Pipeline:
     ) -> None:
         self.name = validate_name(name, "pipeline name")
         chosen = root if root is not None else (os.environ.get("STALWART_ROOT") or "stalwart-data")
-        self._root = os.path.abspath(os.fspath(chosen))
+        text = os.fspath(chosen)
+        self._remote = is_remote(text)  # s3://bucket/prefix: see _remote_state
+        self._root = text.rstrip("/") if self._remote else os.path.abspath(text)
+        self._store: StateStore | None = None
         self._http = SharedHttp(http)
         self._alerters = None if alerters is None else tuple(alerters)
         self._metrics = None if metrics is None else list(metrics)
@@ -229,15 +235,48 @@ class Pipeline:
         return os.path.join(self._root, self.name, "runs", validate_name(run_id, "run ID"))
 
     def checkpoints(self, run_id: str | None = None) -> CheckpointStore:
-        return CheckpointStore(self._run_dir(today() if run_id is None else run_id))
+        run_id = today() if run_id is None else run_id
+        if self._remote:
+            from ._remote_state import RemoteCheckpointStore, run_key  # noqa: PLC0415
+
+            return RemoteCheckpointStore(self._state_store(), run_key(self.name, run_id))
+        return CheckpointStore(self._run_dir(run_id))
 
     @property
     def deadletters(self) -> DeadLetterStore:
+        if self._remote:
+            from ._remote_state import RemoteDeadLetterStore, deadletter_key  # noqa: PLC0415
+
+            key = deadletter_key(self.name)
+            return RemoteDeadLetterStore(self._state_store(), key, pipeline=self.name)
         from ._deadletter import DeadLetterStore  # noqa: PLC0415
         from ._state_files import refuse_planted_links  # noqa: PLC0415
 
         refuse_planted_links(self._root, f"{self.name}/deadletter")  # never followed out
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
+
+    def _state_store(self) -> StateStore:
+        """The object store of an ``s3://`` root (made on first use; s3fs is imported then)."""
+        if self._store is None:
+            from ._remote_state import open_store  # noqa: PLC0415
+
+            self._store = open_store(self._root)
+        return self._store
+
+    def _run_lease(self, run_id: str) -> RunLease:
+        from ._remote_state import RunLease, run_key  # noqa: PLC0415 - object storage only
+
+        return RunLease(self._state_store(), run_key(self.name, run_id))
+
+    def _holder(self, run_id: str) -> str | None:
+        """Who is running ``run_id`` now (pid, host, since), ``None`` if nobody."""
+        if self._remote:
+            from ._remote_state import run_holder, run_key  # noqa: PLC0415
+
+            return run_holder(self._state_store(), run_key(self.name, run_id))
+        from ._lock import lock_holder  # noqa: PLC0415
+
+        return lock_holder(self._run_dir(run_id))
 
     def _prepare_state(self, run_id: str) -> None:
         """Create the run's state directories (0700), refusing planted symlinks."""
@@ -313,11 +352,17 @@ class Pipeline:
             register_environment_secrets()  # before any step can quote them in its error
         checked = validate_params(params)
         services = self.services(resume_hint=resume_hint)
+        lock: RunLock | RunLease
+        if self._remote:  # a lease instead of flock; the run's writes check it
+            lock = self._run_lease(run_id)
+            services = services._replace(store=lock.store)
+        else:
+            lock = RunLock(os.path.join(services.run_dir(run_id), ".lock"))
         run = Run(services, tuple(self.steps), run_id, checked)
-        lock = RunLock(os.path.join(run.run_dir, ".lock"))
         started = time.monotonic()
         try:
-            self._prepare_state(run_id)
+            if not self._remote:
+                self._prepare_state(run_id)
             lock.acquire()
         except (UsageError, RunLockedError):
             raise  # a setting to fix (exit 2) or another process on this run (exit 75)
@@ -347,6 +392,11 @@ class Pipeline:
         run_id = validate_name(run_id if run_id is not None else today(), "run ID")
         if step is not None:
             self._check_step(step)
+        if self._remote:
+            from ._remote_state import reset_run, run_key  # noqa: PLC0415
+
+            later = None if step is None else self.step_names[self.step_names.index(step) :]
+            return reset_run(self._state_store(), run_key(self.name, run_id), later)
         run_dir = self._run_dir(run_id)
         from ._state_files import refuse_planted_links  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ The runner gets everything it talks to from one ``RunServices`` record; it never
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from ._scope import StepScope, current_scope
 from ._time import utc_now
 
 if TYPE_CHECKING:
-    from ._deadletter import StepDeadLetters
+    from ._deadletter import DeadLetterStore, StepDeadLetters
     from ._result import RunResult
     from ._services import RunServices
 
@@ -79,6 +80,18 @@ class Failure(NamedTuple):
         return type(self.error).__name__
 
 
+def _deadletters(services: RunServices) -> DeadLetterStore:
+    """The pipeline's dead-letter store: its directory, or its prefix on object storage."""
+    if services.store is not None:
+        from ._remote_state import RemoteDeadLetterStore, deadletter_key  # noqa: PLC0415
+
+        key = deadletter_key(services.pipeline)
+        return RemoteDeadLetterStore(services.store, key, pipeline=services.pipeline)
+    from ._deadletter import DeadLetterStore  # noqa: PLC0415 - only when dead letters are kept
+
+    return DeadLetterStore(services.deadletter_dir, pipeline=services.pipeline)
+
+
 class _StepDeadLetters:
     """The step's dead-letter writer, built (and ``_deadletter`` imported) on first use; it
     remembers the ids it kept, for the step's ``Failure``."""
@@ -94,9 +107,9 @@ class _StepDeadLetters:
 
     def _get(self) -> StepDeadLetters:
         if self._writer is None:
-            from ._deadletter import DeadLetterStore, StepDeadLetters  # noqa: PLC0415
+            from ._deadletter import StepDeadLetters  # noqa: PLC0415
 
-            store = DeadLetterStore(self._services.deadletter_dir, pipeline=self._services.pipeline)
+            store = _deadletters(self._services)
             self._writer = StepDeadLetters(
                 store, run_id=self.run_id, step=self._step, emit=self._services.emit
             )
@@ -137,6 +150,10 @@ class Run:
         self.emit = services.emit
         self._resume: str | None = None
         self.store = CheckpointStore(self.run_dir)
+        if services.store is not None:  # object storage: the same store, on its seam
+            from ._remote_state import RemoteCheckpointStore, run_key  # noqa: PLC0415
+
+            self.store = RemoteCheckpointStore(services.store, run_key(self.name, run_id))
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.duration_s = 0.0
@@ -229,11 +246,13 @@ class Run:
         return self.failure
 
     def _prepare(self, force: bool, from_step: str | None) -> None:
-        swept = (
-            sweep_temp_files(self.run_dir)
-            + sweep_temp_files(self.services.deadletter_dir)
-            + sweep_temp_files(self.services.state_dir, recursive=False)  # .alert-streak.json
-        )
+        swept = []  # object storage has no temp files (its writes are single PUTs)
+        if self.services.store is None:
+            swept = (
+                sweep_temp_files(self.run_dir)
+                + sweep_temp_files(self.services.deadletter_dir)
+                + sweep_temp_files(self.services.state_dir, recursive=False)  # .alert-streak.json
+            )
         context = {"pipeline": self.name, "run_id": self.run_id}
         for leftover in swept:
             log.info("removed a temp file left by an interrupted run: %s", leftover, extra=context)
@@ -291,19 +310,20 @@ class Run:
         self.ran.append(step.name)
         return True
 
-    def _supersede(self, step: str, *, keep: set[str]) -> None:
+    def _supersede(self, step: str, *, keep: set[str], dead_letters: bool = True) -> None:
         """The step succeeded: the pending dead letters that its earlier, failed runs kept in
         this run are settled (``superseded``), so ``replay --all`` does not send them again.
         Those its successful attempt kept itself (``keep``: rejected rows...) stay pending."""
-        try:
-            names = os.listdir(self.services.deadletter_dir)
-        except OSError:
-            return
-        if not any(name.endswith(".json") for name in names):
-            return  # the common case: no dead letter at all, nothing imported
-        from ._deadletter import DeadLetterStore  # noqa: PLC0415
-
-        store = DeadLetterStore(self.services.deadletter_dir, pipeline=self.name)
+        if self.services.store is None:
+            try:
+                names = os.listdir(self.services.deadletter_dir)
+            except OSError:
+                return
+            if not any(name.endswith(".json") for name in names):
+                return  # the common case: no dead letter at all, nothing imported
+        elif not dead_letters:
+            return  # object storage: no listing unless this step kept dead letters
+        store = _deadletters(self.services)
         try:
             settled = store.supersede(run_id=self.run_id, step=step, keep=keep)
         except Exception:  # a broken envelope must not fail a step that succeeded
@@ -368,6 +388,14 @@ class Run:
             },
         )
 
+    def _context_class(self) -> Any:
+        """``Context``, or on object storage the ``RemoteContext`` bound to the store."""
+        if self.services.store is None:
+            return Context
+        from ._remote_context import RemoteContext  # noqa: PLC0415 - object storage only
+
+        return functools.partial(RemoteContext, store=self.services.store)
+
     def _run_step(self, step: Step) -> bool:
         """Run ``step`` and write its marker; False if it failed (``self.failure`` says how)."""
         previous = self.store.read_record(step.name)
@@ -401,7 +429,7 @@ class Run:
         def attempt() -> None:
             scope.new_attempt()  # the same requests get the same Idempotency-Keys again
             kept_before[0] = len(dead_letters.ids)
-            ctx = Context(
+            ctx = self._context_class()(
                 services=self.services,
                 run_id=self.run_id,
                 step=step,
@@ -480,7 +508,11 @@ class Run:
         self._ended(step, scope, runs, started_at, "done", finished=finished)
         for output in ctx.outputs:
             self.produced[output.name] = (step.name, output.sha256)
-        self._supersede(step.name, keep=set(dead_letters.ids[kept_before[0] :]))
+        self._supersede(
+            step.name,
+            keep=set(dead_letters.ids[kept_before[0] :]),
+            dead_letters=bool(dead_letters.ids) or runs > 1,
+        )
         if self.emit:
             self.emit(
                 _events().StepSucceeded(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from ._alerts import Alerter
     from ._http import HttpClient
+    from ._store import StateStore
     from .instrumentation._events import Event, MetricsSink
 
 __all__ = ["Emitter", "RunServices", "SharedHttp"]
@@ -99,6 +100,9 @@ class RunServices(NamedTuple):
     resume_hint: str | None = None
     """How to run this pipeline again (``cd DIR && stalwart run file.py:name``), if known;
     worked out from ``sys.argv`` when a run fails otherwise."""
+    store: StateStore | None = None
+    """Where the run's state lives when the root is object storage (its writes check the
+    run's lease); ``None`` for a local directory (``root``)."""
 
     @property
     def state_dir(self) -> str:

@@ -7,8 +7,6 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._checkpoint import CheckpointStore
-from .._lock import lock_holder
 from .._map import item_counts
 from .._printable import printable
 
@@ -44,8 +42,8 @@ class StepStatus:
 
 
 def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
-    store = CheckpointStore(pipeline.run_dir(run_id))
-    holder = lock_holder(store.run_dir)
+    store = pipeline.checkpoints(run_id)
+    holder = pipeline._holder(run_id)
     rows = []
     for name in pipeline.step_names:
         decision = store.check(name, run_id=run_id)
@@ -98,6 +96,25 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
     return rows
 
 
+def _exists(pipeline: Pipeline, run_id: str) -> bool:
+    if pipeline._remote:
+        return pipeline.checkpoints(run_id).exists()  # type: ignore[attr-defined, no-any-return]
+    return pipeline.run_dir(run_id).is_dir()
+
+
+def _shown(pipeline: Pipeline, run_id: str) -> str:
+    return pipeline.checkpoints(run_id)._run_dir
+
+
+def _other_runs(pipeline: Pipeline) -> list[str]:
+    if pipeline._remote:
+        prefix = f"{pipeline.name}/runs/"
+        keys = pipeline._state_store().list_keys(prefix)
+        return sorted({key[len(prefix) :].partition("/")[0] for key in keys})
+    runs_dir = pipeline.state_dir / "runs"
+    return sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+
+
 def run_params(rows: list[StepStatus]) -> dict[str, str]:
     """The parameters of the run, as its latest finished step recorded them."""
     done = [row for row in rows if row.params is not None]
@@ -105,16 +122,15 @@ def run_params(rows: list[StepStatus]) -> dict[str, str]:
 
 
 def status_json(pipeline: Pipeline, run_id: str) -> str:
-    run_dir = pipeline.run_dir(run_id)
     rows = collect(pipeline, run_id)
     return json.dumps(
         {
             "format": STATUS_FORMAT,
             "pipeline": pipeline.name,
             "run_id": run_id,
-            "run_dir": str(run_dir),
-            "exists": run_dir.is_dir(),
-            "locked_by": lock_holder(run_dir),
+            "run_dir": _shown(pipeline, run_id),
+            "exists": _exists(pipeline, run_id),
+            "locked_by": pipeline._holder(run_id),
             "params": run_params(rows),
             "steps": [asdict(row) for row in rows],
         },
@@ -140,18 +156,16 @@ def _items(items: dict[str, int]) -> str:
 
 
 def print_status(pipeline: Pipeline, run_id: str) -> None:
-    run_dir = pipeline.run_dir(run_id)
-    print(f"{pipeline.name}, run {run_id}  ({run_dir})")
-    if not run_dir.is_dir():
-        runs_dir = run_dir.parent
-        others = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+    print(f"{pipeline.name}, run {run_id}  ({_shown(pipeline, run_id)})")
+    if not _exists(pipeline, run_id):
+        others = _other_runs(pipeline)
         shown = others[-_OTHER_RUNS:]
         cut = f" (the last {len(shown)} of {len(others)})" if len(others) > len(shown) else ""
         print(
             "  this run has not started yet"
             + (f"; other runs{cut}: {printable(', '.join(shown))}" if others else "")
         )
-    holder = lock_holder(run_dir)
+    holder = pipeline._holder(run_id)
     if holder:
         print(f"  running now: {printable(holder)}")
     rows = collect(pipeline, run_id)

@@ -1,0 +1,192 @@
+"""``make bench`` on object storage: a step on an ``s3://`` root against a plain boto3 PUT of
+the same output plus a marker, both against the same S3 API (moto's server on 127.0.0.1,
+started here), interleaved repeat by repeat, medians.
+
+Usage: ``.venv/bin/python benchmarks/s3.py [--repeats N] [--steps N] [--items N]``
+
+Rows:
+
+1. per step: ``pipeline.run(run_id=...)`` of N steps, each ``ctx.write_text`` of a 9-byte
+   output, a fresh run each repeat (so the lease, the marker listing and the journal are
+   counted, spread over the steps), vs per step a boto3 ``put_object`` of the output and one
+   of a marker of the same size as stalwart's. Target: <= 1.5x.
+2. skip path: the same finished run again (every step done), per step.
+3. journal of items (info): reading a ``SegmentedLog`` holding a snapshot of N records (one
+   JSON line each) and 32 segments - what a resume of a map step's journal reads.
+
+moto is not a fast server (about 10 ms a request here); what matters is the ratio, since both
+sides pay the same per request. The server runs without the test suite's request lock (it
+serves requests concurrently, like a real store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+import stalwart
+from stalwart._remote_state import open_store
+from stalwart._store import SegmentedLog
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+
+
+def serve() -> None:
+    """The server side (``s3.py --serve``, a process of its own): print the port, serve."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server(
+        "127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=True
+    )
+    print(server.server_port, flush=True)
+    server.serve_forever()
+
+
+def start_server() -> tuple[str, subprocess.Popen[str]]:
+    """moto in its own process (its CPU is not the client's), on a free port."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    endpoint = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    os.environ.update(
+        CREDENTIALS,
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    for name in list(os.environ):
+        if name.startswith(("STALWART_", "SLACK_")):
+            del os.environ[name]
+    return endpoint, proc
+
+
+def pipeline_of(steps: int, root: str) -> stalwart.Pipeline:
+    pipeline = stalwart.Pipeline("bench", root=root)
+    for n in range(steps):
+
+        def step(ctx: stalwart.Context) -> None:
+            ctx.write_text(f"{ctx.step}.txt", "9 bytes!\n")
+
+        pipeline.step(name=f"s{n:03d}")(step)
+    return pipeline
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve()
+        return 0
+    endpoint, server = start_server()
+    try:
+        return measure(args, endpoint)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def measure(args: argparse.Namespace, endpoint: str) -> int:
+    client: Any = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="bench")
+    root = "s3://bench/state"
+    pipeline = pipeline_of(args.steps, root)
+    pipeline.run(run_id="warm-up")  # s3fs, the probe, the bytecode: not counted
+    marker = "state/bench/runs/warm-up/.checkpoints/s000.done"
+    marker_json = client.get_object(Bucket="bench", Key=marker)["Body"].read()
+
+    def plain(run: str) -> None:
+        for n in range(args.steps):
+            prefix = f"plain/runs/{run}"
+            client.put_object(Bucket="bench", Key=f"{prefix}/s{n:03d}.txt", Body=b"9 bytes!\n")
+            client.put_object(
+                Bucket="bench", Key=f"{prefix}/.checkpoints/s{n:03d}.done", Body=marker_json
+            )
+
+    plain("warm-up")
+    ours: list[float] = []
+    theirs: list[float] = []
+    skips: list[float] = []
+    for repeat in range(args.repeats):
+        run = f"r{repeat}"
+        sides: list[tuple[list[float], Callable[[], object]]] = [
+            (ours, functools.partial(pipeline.run, run_id=run)),
+            (theirs, functools.partial(plain, run)),
+        ]
+        for samples, fn in sides if repeat % 2 == 0 else reversed(sides):
+            samples.append(timed(fn) / args.steps)
+        skips.append(timed(functools.partial(pipeline.run, run_id=run)) / args.steps)
+
+    journal = "bench/runs/items/.journal"
+    log = SegmentedLog(open_store(root), journal)
+    log.read()
+    log.append(b"first\n")
+    log.compact(
+        b"".join(
+            json.dumps({"item": n, "state": "done", "sha256": "0" * 64}).encode() + b"\n"
+            for n in range(args.items)
+        )
+    )
+    for n in range(32):
+        log.append(f"segment {n}\n".encode())
+    reads = [timed(SegmentedLog(open_store(root), journal).read) for _ in range(3)]
+
+    step, plain_step = statistics.median(ours), statistics.median(theirs)
+    ratio = step / plain_step
+    verdict = "PASS" if ratio <= 1.5 else "FAIL"
+    skip = statistics.median(skips)
+    rows = [
+        (
+            "per step on S3",
+            f"{step * 1000:.1f} ms",
+            f"{plain_step * 1000:.1f} ms",
+            f"{ratio:.2f}x",
+            "<= 1.5x",
+            verdict,
+        ),
+        ("skip path on S3 (per step)", f"{skip * 1000:.2f} ms", "-", "-", "-", "info"),
+        (
+            f"journal: {args.items} + 32 segments",
+            f"{statistics.median(reads):.3f} s",
+            "-",
+            "-",
+            "-",
+            "info",
+        ),
+    ]
+    python = sys.version.split()[0]
+    print(f"moto on {endpoint}, {args.steps} steps x {args.repeats} repeats, python {python}")
+    print(f"{'metric':<34} {'stalwart':>10} {'boto3 PUTs':>11} {'ratio':>6}  {'target':<8} result")
+    for row in rows:
+        print(f"{row[0]:<34} {row[1]:>10} {row[2]:>11} {row[3]:>6}  {row[4]:<8} {row[5]}")
+    print(
+        f"spread: stalwart {min(ours) * 1000:.1f}..{max(ours) * 1000:.1f} ms/step, "
+        f"boto3 {min(theirs) * 1000:.1f}..{max(theirs) * 1000:.1f} ms/step"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
