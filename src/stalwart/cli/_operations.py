@@ -22,6 +22,12 @@ EXIT_FAILED = 1
 
 def operations_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
     """Do ``runs``, ``report``, ``gc`` or ``backfill``; return the exit code."""
+    if pipeline._remote and args.command != "backfill":  # package-internal: the root's kind
+        raise UsageError(
+            f"'{args.command}' reads run summaries from a local state root; on an object-store "
+            f"root ({pipeline._root}) it is not supported yet (run, status, reset, backfill "
+            f"and deadletter are)"
+        )
     if args.command == "runs":
         return _runs(args, pipeline)
     if args.command == "report":
