@@ -75,6 +75,7 @@ class Pipeline:
         self._metrics = None if metrics is None else list(metrics)
         self.steps: list[Step] = []
         self._names: set[str] = set()  # beside ``steps``: declaring stays linear in steps
+        self._map_steps: set[str] = set()
         self.source: str | None = None
         """``file.py:name`` when the ``stalwart`` command loaded it (for resume hints)."""
 
@@ -178,6 +179,7 @@ class Pipeline:
             )
             self.steps.append(Step(step_name, driver))
             self._names.add(step_name)
+            self._map_steps.add(step_name)
             return function
 
         return register
@@ -346,6 +348,12 @@ class Pipeline:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
+        if self._remote and self._map_steps:
+            raise UsageError(
+                f"map steps ({', '.join(sorted(self._map_steps))}) keep their item journal in "
+                f"a local run directory: they do not run on an object-store root "
+                f"({self._root}) yet; use a local or shared-file-system root"
+            )
         if os.environ.get("SLACK_WEBHOOK_URL") or os.environ.get("STALWART_PUSHGATEWAY"):
             from ._environment_secrets import register_environment_secrets  # noqa: PLC0415
 
