@@ -121,11 +121,7 @@ class Pipeline:
 
         def register(function: StepFunction) -> StepFunction:
             _check_step_function(function)
-            step_name = validate_name(name or function.__name__, "step name")
-            if len(self._names) != len(self.steps):  # ``steps`` was edited in place
-                self._names = {s.name for s in self.steps}
-            if step_name in self._names:
-                raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
+            step_name = self._new_step_name(name or function.__name__)
             self.steps.append(Step(step_name, function, retry, timeout, http_retry))
             self._names.add(step_name)
             return function
@@ -159,11 +155,7 @@ class Pipeline:
             _check_step_function(function)
             from ._map import MapStep  # noqa: PLC0415 - only pipelines with map steps
 
-            step_name = validate_name(name or function.__name__, "step name")
-            if len(self._names) != len(self.steps):  # ``steps`` was edited in place
-                self._names = {s.name for s in self.steps}
-            if step_name in self._names:
-                raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
+            step_name = self._new_step_name(name or function.__name__)
             driver = MapStep(
                 function,
                 step=step_name,
@@ -183,6 +175,15 @@ class Pipeline:
             return function
 
         return register
+
+    def _new_step_name(self, name: str) -> str:
+        """``name``, checked: a valid step name that no step of this pipeline has yet."""
+        step_name = validate_name(name, "step name")
+        if len(self._names) != len(self.steps):  # ``steps`` was edited in place
+            self._names = {s.name for s in self.steps}
+        if step_name in self._names:
+            raise UsageError(f"pipeline {self.name!r} already has a step {step_name!r}")
+        return step_name
 
     @property
     def step_names(self) -> list[str]:
