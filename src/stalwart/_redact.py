@@ -14,7 +14,6 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "MASK",
@@ -61,7 +60,13 @@ def redact_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> di
     return {k: (MASK if is_secret_header(k) else v) for k, v in items}
 
 
+# urllib.parse (with ipaddress: ~4 ms) is imported by the functions that parse URLs, not at
+# import: the command line loads this module for its log filter on every start.
+
+
 def _redact_params(text: str) -> str:
+    from urllib.parse import parse_qsl, urlencode  # noqa: PLC0415 - see above
+
     if "=" not in text:
         return text
     pairs = parse_qsl(text, keep_blank_values=True)
@@ -74,6 +79,8 @@ def redact_url(url: str) -> str:
     """``https://u:p@host/x?token=abc&page=2`` -> ``https://***@host/x?token=***&page=2``.
 
     A registered secret URL (``register_secret``) becomes ``***`` as a whole."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415 - see above
+
     if _registry.is_registered(url):
         return MASK
     try:
@@ -98,6 +105,8 @@ def redact_url(url: str) -> str:
 def secrets_in_url(url: str) -> list[str]:
     """The secret parts of ``url`` (user-info, secret parameter values), as they appear
     decoded and encoded, for ``Scrubber``."""
+    from urllib.parse import parse_qsl, quote, quote_plus, urlsplit  # noqa: PLC0415 - see above
+
     found: list[str] = []
     try:
         parts = urlsplit(url)
@@ -169,6 +178,8 @@ _registry = _Registry()
 def register_secret(secret: str) -> None:
     """Treat ``secret`` (a webhook URL, a token) as secret in every URL and httpx log line
     stalwart emits from now on, in this process. Values under 4 characters are ignored."""
+    from urllib.parse import urlsplit  # noqa: PLC0415 - see above
+
     _registry.add(secret)
     try:
         parts = urlsplit(secret)
