@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_python
-from stalwart import Context, Pipeline
+from stalwart import Context, ItemContext, Pipeline
 from stalwart._errors import HttpStatusError
+from stalwart._map import ItemsFailed
 from stalwart.cli._report import render_report
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply
 
@@ -277,3 +278,19 @@ def test_item_counts_may_be_a_plain_number(root: Path) -> None:
     (root / "nightly" / "runs" / "r1" / ".checkpoints" / "extract.done").write_text("[]")
     html = render_report(pipeline, "r1")
     assert "items: 12" in html
+
+
+def test_a_map_steps_item_counts_come_from_its_journal(root: Path) -> None:
+    """A failed map step has no marker: its counts are the journal's, as ``status`` shows."""
+    pipeline = Pipeline("pages", root=root, alerters=[])
+
+    @pipeline.map(items=range(5), key=str)
+    def page(ctx: ItemContext, n: int) -> None:
+        if n == 3:
+            raise ValueError("bad page")
+        ctx.write_text(f"p/{n}.txt", "x")
+
+    with pytest.raises(ItemsFailed):
+        pipeline.run(run_id="r1")
+    html = render_report(pipeline, "r1")
+    assert "items: 4 done / 1 failed / 0 pending of 5" in html

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import UsageError
+from ._errors import StalwartError, UsageError
 from ._executors import ExecutorSpec, ItemExecutor, check_executor, open_executor
 from ._journal import Journal, Replay, worth_compacting
 from ._map_progress import Progress
@@ -71,7 +71,7 @@ SHOWN_DEAD_LETTERS = 5
 """Item dead letters named in the step's failure (the rest: ``deadletter list``)."""
 
 
-class ItemsFailed(Exception):
+class ItemsFailed(StalwartError):
     """Items of a map step failed for good (each is a dead letter of kind ``item``), or the
     step stopped starting items after ``max_failures``."""
 

@@ -20,6 +20,7 @@ from .._history import RunSummary, format_duration, list_runs, read_summary
 from .._records import NAME_RE, parse_record
 from .._reporting import resume_command
 from .._retention import format_size
+from ._status import item_summary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -275,7 +276,9 @@ def _steps_table(rows: Sequence[StepStatus], items: dict[str, str]) -> str:
             detail = escape(row.error or row.note)
             if row.dead_letter_id:
                 detail += f" [dead letter <code>{escape(row.dead_letter_id)}</code>]"
-        if row.step in items:
+        if row.items is not None:  # a map step: its journal's counts
+            detail += f'<br><span class="muted">{escape(item_summary(row.items))}</span>'
+        elif row.step in items:
             detail += f'<br><span class="muted">items: {escape(items[row.step])}</span>'
         took = format_duration(row.duration_s)
         out.append(

@@ -146,7 +146,7 @@ def _size(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def _items(items: dict[str, int]) -> str:
+def item_summary(items: dict[str, int]) -> str:
     """``items: 950 done / 30 failed / 20 pending of 1000`` (``, 2 skipped`` if any)."""
     shown = (
         f"items: {items['done']} done / {items['failed']} failed / {items['pending']} "
@@ -190,7 +190,7 @@ def print_status(pipeline: Pipeline, run_id: str) -> None:
             if row.dead_letter_id:
                 detail += f" [dead letter {row.dead_letter_id}]"
         if row.items is not None:
-            detail = f"{_items(row.items)}; {detail}" if detail else _items(row.items)
+            detail = f"{item_summary(row.items)}; {detail}" if detail else item_summary(row.items)
         detail = printable(detail)
         print(
             f"  {row.step:<16} {row.state:<11} {finished:<20} {took:>8} {row.runs or '':>4} "
