@@ -118,10 +118,21 @@ class Context:
         self.run_id = run_id
         self._run_dir = run_dir
         self.attempt = runs
-        self.log = ContextAdapter(
-            step_logger(step.name),
-            {"pipeline": services.pipeline, "run_id": run_id, "step": step.name, "attempt": runs},
-        )
+        self._log: ContextAdapter | None = None
+        self._log_context: dict[str, object] = {
+            "pipeline": services.pipeline,
+            "run_id": run_id,
+            "step": step.name,
+            "attempt": runs,
+        }
+
+    @property
+    def log(self) -> ContextAdapter:
+        """A logger (``stalwart.step.<step>``) whose records carry pipeline, run_id, step and
+        attempt. Made on first use: most steps, and most items of a map step, never log."""
+        if self._log is None:
+            self._log = ContextAdapter(step_logger(self._step.name), self._log_context)
+        return self._log
 
     @property
     def run_dir(self) -> Path:

@@ -13,7 +13,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._context import Context, Step
-from ._logging import ContextAdapter
 from ._scope import StepScope, derive_idempotency_key
 
 if TYPE_CHECKING:
@@ -82,5 +81,4 @@ class ItemContext(Context):
         )
         self.key = key
         """The item's stable id (``key=`` of ``@pipeline.map``)."""
-        # The step's logger (fetched by ``Context``), its context plus the item's key.
-        self.log = ContextAdapter(self.log.logger, {**(self.log.extra or {}), "item": key})
+        self._log_context["item"] = key  # ``ctx.log`` records carry the item's key too
