@@ -20,6 +20,7 @@ from ._context import Step
 from ._errors import UsageError
 from ._invoke import call_step
 from ._item_context import ItemContext, ItemScope
+from ._redact import scrub_registered
 from ._scope import current_scope
 from ._services import Emitter, RunServices, SharedHttp
 
@@ -151,8 +152,6 @@ def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
                 attempt, task.retry, operation=f"item {key} of step {task.step}", stacked=True
             )
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the item failed: reported
-        from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
-
         message = scrub_registered(str(exc) or repr(exc))
         detail = {"e": f"{type(exc).__name__}: {message}"[:1000]}
         ok = False
