@@ -16,6 +16,7 @@ from s3support import S3Server, objects
 from stalwart._remote_state import open_store
 from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
+from test_deadletter_runs import BODY as DEAD_LETTERS
 from test_step_model import Project
 
 
@@ -222,18 +223,6 @@ def test_status_and_reset_work_on_s3(tmp_path: Path, s3_root: str) -> None:
     again = project.run("--run-id", "r1")
     assert again.returncode == 0, again.stderr
     assert project.ran() == ["fetch", "report", "fetch", "report"]
-
-
-DEAD_LETTERS = """
-@pipeline.step()
-def upload(ctx):
-    trace(ctx)
-    ctx.http.post(os.environ["SINK"], content=b"report", dead_letter=True)
-
-@pipeline.step()
-def audit(ctx):
-    ctx.dead_letter({"row": 7}, reason="row 7 rejected")
-"""
 
 
 def letters(project: Project) -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
@@ -19,6 +18,7 @@ from ._errors import UsageError
 from ._logging import ContextAdapter, step_logger
 from ._records import InputRecord, OutputRecord, normalize_output_name
 from ._scope import StepScope
+from ._state_files import real_directories
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._policy import RetryPolicy
     from ._services import RunServices
 
-__all__ = ["Context", "Step", "StepFunction", "real_directories"]
+__all__ = ["Context", "Step", "StepFunction"]
 
 StepFunction = Callable[["Context"], object]
 
@@ -45,29 +45,6 @@ class Step(NamedTuple):
     """Seconds before the step is interrupted with ``StepTimeout``."""
     http_retry: RetryPolicy | None = None
     """The policy of the step's ``ctx.http`` calls (default: the client's)."""
-
-
-def real_directories(base: str, relative: str, *, mode: int = 0o700) -> None:
-    """Make every directory of ``relative`` (``a/b/c``) below ``base`` exist as a real
-    directory (created with ``mode``); refuse a symlink or a non-directory on the way, so
-    nothing planted in the state root can redirect stalwart's writes outside it."""
-    current = base
-    for part in relative.split("/"):
-        if not part:
-            continue
-        current = os.path.join(current, part)
-        try:
-            info = os.lstat(current)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(current, mode)
-            info = os.lstat(current)
-        if not stat.S_ISDIR(info.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
-            raise UsageError(
-                f"refusing to use {current}: it is {kind}; stalwart's state must be made of "
-                f"real directories inside {base}"
-            )
 
 
 def _output_name(name: object) -> str:

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._atomic import lazy_path
 from ._checkpoint import CheckpointStore
-from ._context import Step, StepFunction, real_directories
+from ._context import Step, StepFunction
 from ._errors import RunLockedError, UsageError
 from ._lock import RunLock
 from ._records import validate_name, validate_params
 from ._runner import Run
 from ._services import Emitter, RunServices, SharedHttp
+from ._state_files import real_directories
 from ._store import is_remote
 from ._time import today
 

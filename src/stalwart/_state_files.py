@@ -9,6 +9,7 @@ directory, a socket, a device - is ``NotRegularFile``: the caller reports it as 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -41,6 +42,7 @@ _KINDS = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
+    stat.S_IFREG: "a regular file",
 }
 
 
@@ -117,22 +119,35 @@ def set_aside_non_file(path: str) -> None:
     )
 
 
-def refuse_planted_links(base: str, relative: str) -> None:
-    """Check, creating nothing, that every existing part of ``relative`` (``a/b/c``) below
-    ``base`` is a real directory; ``UsageError`` naming the first symlink or non-directory.
-    What ``reset`` and ``deadletter`` call before touching anything: ``run`` refuses the
-    same things while it creates the directories."""
-    from ._errors import UsageError  # noqa: PLC0415 - only the commands that check need it
+def real_directories(base: str, relative: str, *, mode: int = 0o700, create: bool = True) -> None:
+    """Check that every part of ``relative`` (``a/b/c``) below ``base`` is a real directory,
+    making the missing ones with ``mode`` (with ``create=False``, creating nothing and
+    stopping at the first missing one); ``UsageError`` naming the first symlink or
+    non-directory, so nothing planted in the state root can redirect stalwart's writes
+    outside it. ``run`` creates its directories this way; ``reset`` and ``deadletter`` only
+    check before touching anything (``refuse_planted_links``)."""
+    from ._errors import UsageError  # noqa: PLC0415 - only when a directory is checked
 
     current = base
     for part in relative.split("/"):
+        if not part:
+            continue
         current = os.path.join(current, part)
         try:
             info = os.lstat(current)
         except FileNotFoundError:
-            return
+            if not create:
+                return
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current, mode)
+            info = os.lstat(current)
         if not stat.S_ISDIR(info.st_mode):
             raise UsageError(
                 f"refusing to use {current}: it is {describe_type(info.st_mode)}; stalwart's "
                 f"state must be made of real directories inside {base}"
             )
+
+
+def refuse_planted_links(base: str, relative: str) -> None:
+    """``real_directories`` that creates nothing: what ``reset`` and ``deadletter`` call."""
+    real_directories(base, relative, create=False)
