@@ -281,16 +281,3 @@ def test_the_history_commands_say_they_need_a_local_root(
     assert run_cli([command, *extra, "--log-format", "text"], pipeline=pipeline) == 2
     assert "not supported yet" in capsys.readouterr().err
 
-
-def test_a_map_step_on_an_object_store_root_is_refused_before_anything(
-    s3_server: S3Server, s3_root: str
-) -> None:
-    pipeline = stalwart.Pipeline("pages", root=s3_root, alerters=[])
-
-    @pipeline.map(items=[1, 2])
-    def page(ctx: stalwart.ItemContext, item: int) -> None:
-        ctx.write_text(f"p/{item}.txt", "x")
-
-    with pytest.raises(stalwart.UsageError, match=r"map steps \(page\) keep their item journal"):
-        pipeline.run(run_id="r1")
-    assert not any(key.startswith("pages/") for key in objects(s3_server, s3_root))

@@ -289,6 +289,9 @@ class FencedStore:
     def list_sizes(self, prefix: str) -> dict[str, int]:
         return self._store.list_sizes(prefix)
 
+    def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
+        return self._store.list_directory(prefix)
+
     def write(self, key: str, data: bytes) -> None:
         self.lease.check()
         self._store.write(key, data)

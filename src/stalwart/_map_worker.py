@@ -1,7 +1,8 @@
 """The worker side of a map step: run a chunk of items, return how each one ended.
 
 ``run_chunk`` runs where the executor puts it: a thread of the driver, a process of a pool,
-a Dask worker. It writes the items' outputs (atomic writes into the run directory) and
+a Dask worker. It writes the items' outputs (atomic writes into the run directory; one PUT
+each on object storage, through a store the worker opens itself) and
 returns one ``(key, ok, detail)`` per item; it never touches the step's journal or marker:
 the driver alone records what is done.
 """
@@ -13,13 +14,14 @@ import pickle
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._context import Step
 from ._errors import UsageError
 from ._invoke import call_step
 from ._item_context import ItemContext, ItemScope
+from ._map_state import item_context_type, worker_store
 from ._redact import scrub_registered
 from ._scope import current_scope
 from ._services import Emitter, RunServices, SharedHttp
@@ -75,6 +77,7 @@ def _services_here(task: ChunkTask) -> RunServices:
                 http=SharedHttp(None),
                 alerters=(),
                 emit=Emitter([]),
+                store=worker_store(task.root),  # s3://: opened here, with our credentials
             )
             _worker_services[(task.pipeline, task.root)] = found
         return found
@@ -93,7 +96,10 @@ def run_chunk(task: ChunkTask, services: RunServices | None = None) -> list[Outc
     services = services or _services_here(task)
     run_dir = os.path.join(task.root, task.pipeline, "runs", task.run_id)
     step = Step(task.step, fn)
-    return [_run_item(fn, task, services, run_dir, step, key, item) for key, item in task.items]
+    make = item_context_type(services)  # ItemContext, or on S3 one whose writes are PUTs
+    return [
+        _run_item(fn, task, services, run_dir, step, key, item, make) for key, item in task.items
+    ]
 
 
 def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
@@ -104,6 +110,7 @@ def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
     step: Step,
     key: str,
     item: Any,
+    make: Callable[..., ItemContext] = ItemContext,
 ) -> Outcome:
     from ._runner import _StepDeadLetters  # noqa: PLC0415 - the runner imports us lazily too
 
@@ -121,7 +128,7 @@ def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
 
     def attempt() -> None:
         scope.new_attempt()
-        ctx = ItemContext(
+        ctx = make(
             services=services,
             run_id=task.run_id,
             step=step,

@@ -8,6 +8,9 @@
   this step, downloaded on first use (or the copy of what the step wrote): for libraries that
   want a file name. Writing to it publishes nothing: write outputs with ``ctx.write_*`` or
   ``ctx.atomic_write``. ``ctx.url(name)`` is the object's ``s3://`` URL.
+
+``RemoteItemContext`` is the same for one item of a map step (an ``ItemContext``), on the
+driver's threads or in a worker process (Dask, ``processes``) that opened the store itself.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._atomic import FileDigest, atomic_write, lazy_path, replace_bytes
 from ._context import Context, _output_name
+from ._item_context import ItemContext
 from ._remote_state import run_key
 
 if TYPE_CHECKING:
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
 
     from ._store import StateStore
 
-__all__ = ["RemoteContext"]
+__all__ = ["RemoteContext", "RemoteItemContext"]
 
 
 class RemoteContext(Context):
@@ -99,3 +103,8 @@ class RemoteContext(Context):
             raise FileNotFoundError(errno.ENOENT, "no such output", self.url(clean))
         self._note_read(name)
         return data
+
+
+class RemoteItemContext(RemoteContext, ItemContext):
+    """An item's ``ItemContext`` on a store: ``ctx.key``, and the writes, reads and local
+    copies of ``RemoteContext`` (each output one PUT, made by the process running the item)."""
