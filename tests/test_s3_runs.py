@@ -280,4 +280,3 @@ def test_the_history_commands_say_they_need_a_local_root(
     extra = ["--keep-last", "1"] if command == "gc" else []
     assert run_cli([command, *extra, "--log-format", "text"], pipeline=pipeline) == 2
     assert "not supported yet" in capsys.readouterr().err
-

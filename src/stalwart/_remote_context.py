@@ -15,11 +15,14 @@ driver's threads or in a worker process (Dask, ``processes``) that opened the st
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from typing import IO, TYPE_CHECKING, Any
 
@@ -107,4 +110,43 @@ class RemoteContext(Context):
 
 class RemoteItemContext(RemoteContext, ItemContext):
     """An item's ``ItemContext`` on a store: ``ctx.key``, and the writes, reads and local
-    copies of ``RemoteContext`` (each output one PUT, made by the process running the item)."""
+    copies of ``RemoteContext`` (each output one PUT, made by the process running the item).
+
+    An item's local copies are files of one directory per process (no directory made and
+    removed per item: 100,000 items would pay that 100,000 times), removed when the item's
+    context is dropped, and the directory when the process exits."""
+
+    _names: dict[str, str] | None = None
+
+    def _local(self, clean: str) -> str:
+        names = self._names
+        if names is None:
+            names = self._names = {}
+            weakref.finalize(self, _remove_copies, names)
+        found = names.get(clean)
+        if found is None:
+            leaf = os.path.basename(clean)[-100:]
+            found = names[clean] = os.path.join(_item_copies(), f"{next(_numbers)}-{leaf}")
+        return found
+
+
+_numbers = itertools.count()
+_copies: list[str] = []
+_copies_lock = threading.Lock()
+
+
+def _item_copies() -> str:
+    """This process's directory of items' local copies (made on first use)."""
+    if not _copies:
+        with _copies_lock:
+            if not _copies:
+                directory = tempfile.mkdtemp(prefix="stalwart-items-")
+                atexit.register(shutil.rmtree, directory, ignore_errors=True)
+                _copies.append(directory)
+    return _copies[0]
+
+
+def _remove_copies(names: dict[str, str]) -> None:
+    for path in names.values():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
