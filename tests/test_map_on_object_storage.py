@@ -334,3 +334,19 @@ def test_an_item_reads_writes_and_opens_its_outputs_through_ctx(
     assert stored["files/runs/r1/pages/b.csv"] == b"b,1\n"
     gc.collect()  # the items' contexts are gone: so are their local copies
     assert os.listdir(_item_copies()) == []
+
+
+def doubled(ctx: stalwart.ItemContext, n: int) -> None:
+    """An item for worker processes (module level: cloudpickle sends it by value)."""
+    ctx.write_json(f"doubled/{n}.json", {"n": n * 2, "pid": os.getpid()})
+
+
+def test_worker_processes_open_the_store_themselves(s3_server: S3Server, s3_root: str) -> None:
+    pipeline = stalwart.Pipeline("procs", root=s3_root, alerters=[])
+    pipeline.map(items=list(range(6)), executor="processes", workers=2)(doubled)
+    pipeline.run(run_id="r1")
+    stored = objects(s3_server, s3_root)
+    written = [json.loads(stored[f"procs/runs/r1/doubled/{n}.json"]) for n in range(6)]
+    assert [w["n"] for w in written] == [n * 2 for n in range(6)]
+    assert os.getpid() not in {w["pid"] for w in written}  # PUT by the workers themselves
+    assert "procs/runs/r1/.checkpoints/doubled.done" in stored
