@@ -19,6 +19,7 @@ import stalwart
 from s3support import S3Server, objects
 from stalwart._journal import Entry, parse_journal
 from stalwart._map import ItemsFailed
+from stalwart._map_state import envelope_state, worker_store
 from stalwart._remote_context import _item_copies
 from stalwart._remote_state import COMPACT_AFTER, RemoteItemJournal, open_store
 from stalwart._store import LocalStore, StateStore
@@ -179,6 +180,7 @@ def test_force_and_reset_clear_the_item_journal_objects(s3_server: S3Server, s3_
     assert done_records(s3_server, s3_root) == Counter({str(n): 1 for n in range(4)})
     assert squares.pipeline.reset(run_id="r1", step="square") == ["square"]
     assert journal_parts(s3_server, s3_root) == {}
+    assert squares.pipeline.reset(run_id="r1", step="square") == []  # nothing left to clear
     assert f"{RUN}/.checkpoints/numbers.done" in objects(s3_server, s3_root)
     squares.calls.clear()
     squares.run()
@@ -288,6 +290,17 @@ def test_a_compaction_lands_with_the_next_commit_so_a_crash_before_keeps_the_jou
         ".step": Entry(".step", "started", '{"params":{"x":"2"}}')
     }
     assert [k.rpartition("/")[2][:5] for k in store.list_keys("p/j.items/")] == ["snap-"]
+    third = RemoteItemJournal(store, "p/j.items")
+    third.append("c", "done")  # reads the journal first: the snapshot keeps what was there
+    third.compact([*third.replay().entries, Entry("d", "skipped")])
+    third.close()
+    assert RemoteItemJournal(store, "p/j.items").replay().latest() == {
+        ".step": Entry(".step", "started", '{"params":{"x":"2"}}'),
+        "c": Entry("c", "done"),
+        "d": Entry("d", "skipped"),
+    }
+    with pytest.raises(ValueError, match="max_batch"):
+        RemoteItemJournal(store, "p/j.items", max_batch=0)
 
 
 def test_a_second_writer_of_the_item_journal_is_refused(store: StateStore) -> None:
@@ -350,3 +363,10 @@ def test_worker_processes_open_the_store_themselves(s3_server: S3Server, s3_root
     assert [w["n"] for w in written] == [n * 2 for n in range(6)]
     assert os.getpid() not in {w["pid"] for w in written}  # PUT by the workers themselves
     assert "procs/runs/r1/.checkpoints/doubled.done" in stored
+
+
+def test_where_a_map_steps_state_lives_follows_the_root(tmp_path: Any, s3_root: str) -> None:
+    assert worker_store(str(tmp_path)) is None  # a local root: the run directory
+    assert worker_store(s3_root) is not None  # opened by the worker, with its credentials
+    local = stalwart.Pipeline("p", root=tmp_path, alerters=[]).services()
+    assert envelope_state(local, "20260101T000000000000Z-00000000") is None  # none kept

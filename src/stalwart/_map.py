@@ -40,7 +40,13 @@ from ._errors import StalwartError, UsageError
 from ._executors import ExecutorSpec, ItemExecutor, check_executor, open_executor
 from ._journal import Journal, Replay, worth_compacting
 from ._map_progress import Progress
-from ._map_state import envelope_state, holding_run, item_dead_letters, open_item_journal
+from ._map_state import (
+    envelope_state,
+    holding_run,
+    item_dead_letters,
+    open_item_journal,
+)
+from ._map_state import item_journal_path as items_journal_path
 from ._map_worker import ChunkTask, RemoteRootRefused, run_chunk
 
 if TYPE_CHECKING:
@@ -84,10 +90,6 @@ class ItemsFailed(StalwartError):
         self.failed = failed
         self.not_started = not_started
         self.total = total
-
-
-def items_journal_path(run_dir: str, step: str) -> str:
-    return os.path.join(run_dir, ".checkpoints", f"{step}.items")
 
 
 def default_key(item: object) -> str:
