@@ -148,6 +148,7 @@ def test_log_records_of_items_in_one_chunk_carry_their_own_key(
     @pipeline.map(items=["a", "b", "c"], workers=1, chunk=3)
     def look(ctx: stalwart.ItemContext, item: str) -> None:
         ctx.log.info("item %s", item)
+        assert ctx.log is ctx.log  # made once
         logging.getLogger("elsewhere").info("not through ctx.log")
 
     caplog.set_level("INFO")
@@ -168,7 +169,7 @@ def services(root: Path) -> RunServices:
 
 
 def test_every_attribute_of_a_context_is_known_as_shared_or_the_items_own(root: Path) -> None:
-    # If Context gains an attribute, ItemContext.maker falls back to __init__ per item (slow):
+    # If Context gains an attribute, ItemContext._maker falls back to __init__ per item (slow):
     # this test says which of the two sets the new attribute belongs to.
     scope = ItemScope(item_key="k", pipeline="p", run_id="r", step="s", emit=Emitter([]))
     made = ItemContext(
@@ -198,7 +199,7 @@ def test_contexts_made_for_a_chunk_are_contexts_made_one_by_one(root: Path) -> N
         "runs": 2,
         "params": {"p": "1"},
     }
-    make = ItemContext.maker(**shared, new_scope=new_scope)
+    make = ItemContext._maker(**shared, new_scope=new_scope)
     first, second = make("a"), make("b")
     by_init = ItemContext(scope=new_scope("a"), key="a", **shared)
     made_scopes.clear()
@@ -218,3 +219,23 @@ def test_contexts_made_for_a_chunk_are_contexts_made_one_by_one(root: Path) -> N
     assert first._scope is first._scope  # made once
     assert key != second._scope.idempotency_key("POST", "/x", "0" * 64)
     assert made_scopes == ["a", "b"]
+
+
+def test_an_attribute_the_maker_does_not_know_falls_back_to_init(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stalwart._item_context as module  # noqa: PLC0415 - the module's own sets
+
+    monkeypatch.setattr(module, "_OWN", _OWN - {"_log"})  # as if Context had gained "_log"
+    make = ItemContext._maker(
+        services=services(root), run_id="r", step=Step("s", print), run_dir=str(root), runs=1,
+        params={},
+        new_scope=lambda key: ItemScope(
+            item_key=key, pipeline="p", run_id="r", step="s", emit=Emitter([])
+        ),
+    )  # fmt: skip
+    first, second = make("a"), make("b")
+    first.write_text("a.txt", "a")
+    assert (first.key, second.key, second.outputs) == ("a", "b", ())
+    assert first._scope.item_key == "a"  # type: ignore[attr-defined]
+    assert first._item_scope is not None  # made by __init__: eagerly

@@ -105,7 +105,7 @@ class ItemContext(Context):
     @property  # Context's attribute, made on first use here
     def _scope(self) -> StepScope:
         """The item's scope (its Idempotency-Keys, its dead-letter writer), made on first
-        use when the context came from ``maker``: most items neither call ``ctx.http`` nor
+        use when the context came from ``_maker``: most items neither call ``ctx.http`` nor
         keep a dead letter."""
         scope = self._item_scope
         if scope is None:
@@ -128,7 +128,7 @@ class ItemContext(Context):
         return self._log
 
     @classmethod
-    def maker(
+    def _maker(
         cls,
         *,
         services: RunServices,

@@ -115,7 +115,7 @@ class _ItemRunner:
         self.counts = StepScope(
             pipeline=task.pipeline, run_id=task.run_id, step=task.step, emit=services.emit
         )
-        self.new_context = ItemContext.maker(
+        self.new_context = ItemContext._maker(
             services=services,
             run_id=task.run_id,
             step=Step(task.step, fn),
