@@ -239,6 +239,21 @@ class RemoteDeadLetterStore(DeadLetterStore):
         names = [key[len(prefix) :] for key in self._store.list_keys(prefix)]
         return sorted(n[:-5] for n in names if n.endswith(".json") and ID_RE.match(n[:-5]))
 
+    def _size(self, envelope_id: str) -> int:
+        info = self._store.head(self._object(envelope_id))
+        if info is None:
+            raise FileNotFoundError(self._store.url(self._object(envelope_id)))
+        return info.size
+
+    def _remove(self, envelope_id: str) -> None:
+        self._store.delete([self._object(envelope_id)])
+
+    def _remove_lock(self, envelope_id: str) -> None:
+        # Its envelope is gone (ids are never reused): whoever locks it later finds nothing.
+        lock = f"{self._key}/.{validate_id(envelope_id)}.lock/"
+        with contextlib.suppress(Exception):
+            self._store.delete(self._store.list_keys(lock))
+
     @contextlib.contextmanager
     def _locked(self, envelope_id: str) -> Iterator[None]:
         lock = f"{self._key}/.{validate_id(envelope_id)}.lock"  # one letter at a time

@@ -9,7 +9,9 @@ operations and one promise: every write is whole or absent, never a part.
   only once every part is there);
 - ``create(key, data)``: write only if there is no object yet (``If-None-Match: *``); ``None``
   if there was one. What a lease is made of;
-- ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``delete(keys)``,
+- ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``list_dirs(prefix)``
+  (the names one level below ``prefix`` that hold objects: one delimited listing, however
+  many objects they hold), ``delete(keys)``,
   ``head(key)`` (size, last modified, and the store's clock when it answered: expiry is
   judged on the store's clock, never on ours), ``fetch(key)`` (``read`` and ``head`` in one
   request).
@@ -71,6 +73,7 @@ class StateStore(Protocol):
     def create(self, key: str, data: bytes) -> ObjectInfo | None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def list_sizes(self, prefix: str) -> dict[str, int]: ...
+    def list_dirs(self, prefix: str) -> list[str]: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None: ...
@@ -152,6 +155,14 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 sizes[key] = os.stat(self.url(key)).st_size
         return sizes
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        base = self.url(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         deleted = []
