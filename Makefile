@@ -41,8 +41,6 @@ chaos: $(STAMP)
 	STALWART_CHAOS_KILLS=1000 $(BIN)/python -m pytest -p no:cacheprovider -q -s --timeout=0 \
 		tests/reliability/test_kill_anywhere.py tests/test_deadletter_crash.py \
 		"tests/test_interrupt.py" -k "kill or sigkill"
-	STALWART_LEASE_ROUNDS=100 $(BIN)/python -m pytest -p no:cacheprovider -q --timeout=0 \
-		tests/test_s3_lease.py -k exactly_one
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache stalwart-data demo-data
