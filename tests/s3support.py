@@ -42,6 +42,8 @@ class S3Server:
 
         self.ahead = 0.0
         """Seconds the store's clock (its ``Date`` header) runs ahead of ours."""
+        self.requests: list[tuple[str, str, str]] = []
+        """Every request served: method, path (``/bucket/key``), query string."""
 
         server = self
 
@@ -53,6 +55,8 @@ class S3Server:
             if ignoring_conditions:
                 environ.pop("HTTP_IF_NONE_MATCH", None)
             with lock:  # one request at a time: conditional writes become atomic
+                request = (environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+                server.requests.append((*request, environ.get("QUERY_STRING", "")))
                 return list(moto_app(environ, start_response))
 
         self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Dated)

@@ -49,7 +49,7 @@ def test_three_failing_runs_alert_once_and_the_next_success_sends_a_recovery(
         assert not (root / "nightly" / ".alert-streak.json").exists()
 
 
-def pipeline_that_fails(root: Path, recorder: RecordingAlerter) -> Pipeline:
+def pipeline_that_fails(root: Path | str, recorder: RecordingAlerter) -> Pipeline:
     """Step ``a`` raises the exception class named in ``plan`` for each run, if any."""
     pipeline = Pipeline("streaky", root=root, alerters=[recorder])
 

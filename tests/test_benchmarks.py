@@ -227,6 +227,7 @@ def test_the_map_step_benchmark_prints_every_row(tmp_path: Path, dask_scheduler:
     assert result.returncode == 0, result.stderr[-3000:]
     for label in (
         "resume: decide",
+        "resume: keys and decision",
         "resume: whole process",
         "threads: per item",
         "threads: durable output",

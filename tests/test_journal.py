@@ -142,6 +142,72 @@ def test_group_commit_is_bounded_in_time(tmp_path: Path, spy: SyncSpy) -> None:
     journal.close()
 
 
+def test_lines_appended_together_commit_as_lines_appended_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(str(tmp_path / "journal"), max_batch=3, max_delay=3600)
+    writes: list[bytes] = []
+    synced_at: list[int] = []  # the journal's size at each fdatasync
+    real_write, real_datasync = os.write, os.fdatasync
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    def datasync(fd: int) -> None:
+        synced_at.append(os.fstat(fd).st_size)
+        real_datasync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", datasync)
+    journal.append("item-0", "done", durable=True)
+    journal.append_many([Entry(f"item-{n}", "done", "{}") for n in range(1, 8)], durable=True)
+    assert [data.count(b"\n") for data in writes] == [1, 2, 3, 2]  # up to the batch bound
+    line = len(b"item-1 done {}\n")
+    assert synced_at == [len(b"item-0 done\n") + 2 * line, len(b"item-0 done\n") + 5 * line]
+    assert (journal.commits, journal.waiting) == (2, 2)  # never more than 3 lines per sync
+    journal.append_many([Entry("note", "seen")])  # not durable: one write, no sync
+    assert (len(writes), journal.commits, journal.waiting) == (5, 2, 2)
+    journal.close()
+    replay = journal.replay()
+    assert [entry.id for entry in replay.entries] == [f"item-{n}" for n in range(8)] + ["note"]
+    assert replay.bad == 0
+
+
+def test_lines_appended_together_are_bounded_in_time(tmp_path: Path, spy: SyncSpy) -> None:
+    now = [100.0]
+    journal = Journal(
+        str(tmp_path / "journal"), max_batch=1000, max_delay=0.5, clock=lambda: now[0]
+    )
+    journal.append_many([Entry("a", "done")], durable=True)
+    now[0] += 0.5
+    journal.append_many([], durable=True)  # nothing to write: no commit either
+    assert journal.commits == 0
+    journal.append_many([Entry("b", "done"), Entry("c", "done")], durable=True)
+    assert (journal.commits, spy.datasyncs, journal.waiting) == (1, 1, 0)
+    journal.close()
+
+
+def test_a_bad_line_among_many_writes_none_of_them(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="journal state"):
+        journal.append_many([Entry("a", "done"), Entry("b", "Done")], durable=True)
+    assert not os.path.exists(journal.path)
+
+
+def test_a_short_write_of_many_lines_fails_and_the_next_append_cuts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(str(tmp_path / "journal"), max_batch=64)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:12]))  # a full disk
+    with pytest.raises(OSError, match="short write"):
+        journal.append_many([Entry("a", "done"), Entry("b", "done")], durable=True)
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append("c", "done", durable=True)
+    journal.close()
+    assert Path(journal.path).read_bytes() == b"a done\nc done\n"  # b's torn line cut off
+
+
 def test_lines_not_asked_to_be_durable_are_never_synced(journal: Journal, spy: SyncSpy) -> None:
     journal.append("a", "running")
     journal.commit()

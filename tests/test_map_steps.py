@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 
 import stalwart
+import stalwart._map
 from conftest import run_python
-from stalwart._map import ItemsFailed, _fn_payload, default_key, item_counts, journal_id
+from stalwart._map import (
+    BATCH,
+    ItemsFailed,
+    _fn_payload,
+    default_key,
+    item_counts,
+    journal_id,
+)
 from stalwart._map_worker import ChunkTask, RemoteRootRefused, run_chunk
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -332,6 +340,44 @@ def test_a_caller_executor_is_used_and_left_running(root: Path) -> None:
         squares.run()
         assert pool.submit(lambda: 1).result() == 1
     assert len(squares.calls) == 6
+
+
+class Reversing(cf.ThreadPoolExecutor):
+    """A broken executor: the outcomes of a chunk come back in reverse order."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        return super().submit(lambda: list(reversed(fn(*args, **kwargs))))
+
+
+def test_outcomes_that_do_not_match_their_items_are_never_journaled(root: Path) -> None:
+    with Reversing(1) as pool:
+        squares = Squares(root, list(range(4)), executor=pool, chunk=2)
+        with pytest.raises(RuntimeError, match="out of order \\(item '1' where '0'"):
+            squares.run()
+    assert done_lines(squares.pipeline, "square") == Counter()
+
+
+def test_fast_items_on_threads_share_chunks_of_up_to_one_batch(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+
+    def counted(task: ChunkTask, services: Any = None) -> Any:
+        sizes.append(len(task.items))
+        return run_chunk(task, services)
+
+    monkeypatch.setattr(stalwart._map, "run_chunk", counted)
+    pipeline = stalwart.Pipeline("fast", root=root, alerters=[], metrics=[])
+    seen: Counter[int] = Counter()
+    pipeline.map(items=range(2000), workers=2, name="fast")(lambda ctx, n: seen.update([n]))
+    pipeline.map(items=range(200), workers=2, chunk=8, name="given")(lambda ctx, n: None)
+    pipeline.run(run_id="r1")
+    fast, given = sizes[: len(sizes) - 25], sizes[len(sizes) - 25 :]
+    assert sum(fast) == 2000
+    assert fast[0] == 16  # nothing measured yet
+    assert max(fast) == BATCH  # then merged: fewer chunks, one journal batch each
+    assert seen == Counter(range(2000))
+    assert set(given) == {8}  # a chunk= given is kept
 
 
 def test_bad_options_are_refused_when_declared(root: Path) -> None:

@@ -280,6 +280,14 @@ def test_item_counts_may_be_a_plain_number(root: Path) -> None:
     assert "items: 12" in html
 
 
+def test_a_torn_marker_is_left_out_of_the_reports_parameters(root: Path) -> None:
+    pipeline = two_step_pipeline(root)
+    pipeline.run(run_id="r1", params={"day": "mon"})
+    (root / "nightly" / "runs" / "r1" / ".checkpoints" / "load.done").write_text("{torn")
+    html = render_report(pipeline, "r1")
+    assert "<td><code>day</code></td><td>mon</td>" in html  # from the other marker
+
+
 def test_a_map_steps_item_counts_come_from_its_journal(root: Path) -> None:
     """A failed map step has no marker: its counts are the journal's, as ``status`` shows."""
     pipeline = Pipeline("pages", root=root, alerters=[])

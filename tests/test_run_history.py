@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_python
+from stalwart import Pipeline
 from stalwart._history import format_duration, list_runs, runs_table
-from stalwart._run_summary import _write
 
 SCRIPT = REPO / "tests" / "scripts" / "ops_pipeline.py"
 
@@ -177,9 +177,12 @@ def test_odd_summaries_are_read_with_care(root: Path) -> None:
 
 
 def test_a_summary_that_cannot_be_written_is_logged_not_raised(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _write(str(tmp_path / "missing"), {"state": "running"})
+    pipeline = Pipeline("nightly", root=root, alerters=[])
+    pipeline.step(name="only")(lambda ctx: None)
+    (root / "nightly" / "runs" / "r1" / ".summary.json").mkdir(parents=True)  # not replaceable
+    assert pipeline.run(run_id="r1").ran == ("only",)
     assert "could not write the run summary" in caplog.text
 
 

@@ -100,6 +100,35 @@ def test_a_holder_that_cannot_renew_in_time_stops_itself(s3_root: str) -> None:
         lease.release()
 
 
+def test_a_removed_lease_leaves_nothing_and_the_run_is_free_at_once(
+    s3_server: S3Server, s3_root: str
+) -> None:
+    store = open_store(s3_root)
+    lease = Lease(store, "p/runs/r1/.lease", ttl=30)
+    with pytest.raises(RuntimeError, match="not held"):
+        lease.remove()
+    lease.acquire()
+    assert lease.renew()
+    lease.remove()  # while held: older epochs, then the newest
+    assert store.list_keys("p/runs/r1/.lease/") == []
+    assert not lease.held
+    with Lease(store, "p/runs/r1/.lease", ttl=30) as next_one:  # nobody holds it: epoch 1
+        assert store.list_keys("p/runs/r1/.lease/") == ["p/runs/r1/.lease/000000000001"]
+
+        taken = Lease(store, "p/runs/r1/.lease", ttl=5)  # a holder that lost the run
+        next_one._stop.set()
+        s3_server.ahead = 40
+        try:
+            assert lease_holder(store, "p/runs/r1/.lease/") is None
+            taken.acquire()
+        finally:
+            s3_server.ahead = 0
+        with pytest.raises(LeaseLostError, match="another process took the run over"):
+            next_one.remove()  # removes nothing
+        assert lease_holder(store, "p/runs/r1/.lease/") == taken.holder
+        taken.release()
+
+
 def test_the_lease_duration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lease_ttl() == 30
     monkeypatch.setenv("STALWART_LEASE_SECONDS", "5")
@@ -112,8 +141,17 @@ def test_the_lease_duration_comes_from_the_environment(monkeypatch: pytest.Monke
         lease_ttl()
 
 
-def test_exactly_one_of_many_processes_holds_each_round(s3_root: str) -> None:
-    processes, rounds = 8, 20
+ROUNDS = int(os.environ.get("STALWART_LEASE_ROUNDS", "100"))
+"""Rounds of the exclusion test (8 processes x 100 rounds, as the issue asks)."""
+
+
+def test_exactly_one_of_many_processes_holds_each_round(
+    s3_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The contenders run untraced: coverage's tracer makes 8 x 100 rounds take 80 s instead of
+    # 25 s on a busy 2-core machine, and the lease code they run is covered by the other tests.
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
+    processes, rounds = 8, ROUNDS
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()

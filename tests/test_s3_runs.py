@@ -14,7 +14,6 @@ import pytest
 import stalwart
 from s3support import S3Server, objects
 from stalwart._remote_state import open_store
-from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
 from test_deadletter_runs import BODY as DEAD_LETTERS
 from test_step_model import Project
@@ -269,14 +268,3 @@ def test_dead_letters_are_kept_replayed_and_discarded_on_s3(
     assert f"{s3_root}/p/deadletter" in unknown.stderr
     lock = f"p/deadletter/.{rows['row 7 rejected']['id']}.lock/"
     assert open_store(s3_root).list_keys(lock) != []  # released, not gone
-
-
-@pytest.mark.parametrize("command", ["runs", "report", "gc"])
-def test_the_history_commands_say_they_need_a_local_root(
-    s3_server: S3Server, s3_root: str, command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pipeline = stalwart.Pipeline("orders", root=s3_root)
-    pipeline.step(name="only")(lambda ctx: None)
-    extra = ["--keep-last", "1"] if command == "gc" else []
-    assert run_cli([command, *extra, "--log-format", "text"], pipeline=pipeline) == 2
-    assert "not supported yet" in capsys.readouterr().err

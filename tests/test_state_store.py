@@ -4,9 +4,11 @@ the segmented journal; a store that ignores conditional writes is refused."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from s3support import S3Server
 from stalwart._errors import DeadLetterError, RunLockedError, UsageError
 from stalwart._lease import FencedStore, Lease, lease_holder
 from stalwart._records import StepRecord
+from stalwart._remote_history import StoreRunHistory, VersionedRecord
 from stalwart._remote_state import (
     COMPACT_AFTER,
     RemoteCheckpointStore,
@@ -75,6 +78,101 @@ def test_listing_a_prefix_and_deleting(store: StateStore) -> None:
     assert store.delete(["p/a/1"]) == ["p/a/1"]
     assert store.list_keys("p/a/") == ["p/a/2"]
     assert store.url("p/a/2").endswith("/p/a/2")
+
+
+def test_the_directories_below_a_prefix_come_from_one_listing(store: StateStore) -> None:
+    for key in ("p/runs/r1/out", "p/runs/r1/.checkpoints/a.done", "p/runs/r2/out", "p/runs/x"):
+        store.write(key, b"x")
+    assert store.list_dirs("p/runs/") == ["r1", "r2"]  # not the object p/runs/x
+    assert store.list_dirs("p/runs") == ["r1", "r2"]
+    assert store.list_dirs("p/runs/r1/") == [".checkpoints"]
+    assert store.list_dirs("") == ["p"]
+    assert store.list_dirs("nothing/") == []
+    assert store.list_dirs("p/runs/x/") == []  # an object, not a directory
+    assert FencedStore(store, Lease(store, "p/.lease")).list_dirs("p/") == ["runs"]
+
+
+def test_a_versioned_record_loses_no_update_among_concurrent_writers(store: StateStore) -> None:
+    """Four writers add one ten times each, at once: every increment is kept (a plain
+    read-then-write would lose some), and only the newest version is left."""
+    start = threading.Barrier(4)
+
+    def add_ten() -> None:
+        record = VersionedRecord(store, "p/.counter", tries=200)
+        start.wait()
+        for _ in range(10):
+            record.swap(lambda value: {"n": (value or {"n": 0})["n"] + 1})
+
+    writers = [threading.Thread(target=add_ten) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    record = VersionedRecord(store, "p/.counter")
+    assert record.read() == {"n": 40}
+    assert len(store.list_keys("p/.counter/")) == 40  # fewer than 2 x keep: none deleted
+    assert record.swap(lambda value: None) == ({"n": 40}, None)  # closed: an empty version
+    assert record.read() is None
+    assert record.swap(lambda value: None) == (None, None)  # nothing to write
+    newest = store.list_keys("p/.counter/")[-1]
+    assert store.read(newest) == b""
+
+
+def test_old_versions_are_deleted_once_they_pile_up(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    record = VersionedRecord(store, "p/.counter", keep=4)
+    for _ in range(8):
+        record.swap(lambda value: {"n": (value or {"n": 0})["n"] + 1})
+    assert len(store.list_keys("p/.counter/")) == 8
+    record.swap(lambda value: {"n": (value or {"n": 0})["n"] + 1})  # 8 listed: tidy to 4 + 1
+    assert [k[-2:] for k in store.list_keys("p/.counter/")] == ["05", "06", "07", "08", "09"]
+    assert record.read() == {"n": 9}
+
+
+def test_a_versioned_record_gives_up_when_others_always_win(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    record = VersionedRecord(store, "p/.counter", tries=3)
+    writes: list[int] = []
+
+    def meddle(value: dict[str, object] | None) -> dict[str, object]:
+        number = len(writes) + 1  # another process creates the version this one wanted
+        store.write(f"p/.counter/{number:012d}", b'{"n": 0}')
+        writes.append(number)
+        return {"n": 1}
+
+    with pytest.raises(OSError, match="kept changing under this process"):
+        record.swap(meddle)
+    assert writes == [1, 2, 3]
+    store.write("p/.counter/000000000009", b"\xff torn")
+    assert record.read() is None  # unreadable: no value (a warning)
+
+
+class DeletesFail(LocalStore):
+    """A directory store whose deletions fail the way a network or a disk can (EIO)."""
+
+    def delete(self, keys: Iterable[str]) -> list[str]:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_failed_tidying_does_not_undo_an_update(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = VersionedRecord(DeletesFail(tmp_path), "p/.counter", keep=1)
+    with caplog.at_level(logging.INFO, "stalwart.history"):
+        for _ in range(3):
+            record.swap(lambda value: {"n": (value or {"n": 0})["n"] + 1})
+    assert record.read() == {"n": 3}
+    assert "could not delete old versions" in caplog.text
+
+
+def test_a_run_whose_deletion_fails_is_let_go_and_the_error_raised(tmp_path: Path) -> None:
+    store = DeletesFail(tmp_path)
+    store.write("p/runs/r1/out.txt", b"x")
+    history = StoreRunHistory(store, "p")
+    with pytest.raises(OSError, match="Input/output error"):
+        history.remove("r1", dry_run=False)
+    assert history.holder("r1") is None  # its lease was released, not left to expire
+    assert store.read("p/runs/r1/out.txt") == b"x"
 
 
 def test_keys_are_never_paths_out_of_the_store(tmp_path: Path) -> None:

@@ -6,12 +6,19 @@ streak's length) but not sent; a different step or error type starts a new strea
 alerts. The first run that succeeds after a failure sends a recovery notice through the same
 alerters, counting the failed runs. Interrupted runs neither extend nor end a streak.
 
-State: ``<root>/<pipeline>/.alert-streak.json`` (the open streak), replaced atomically under
-an ``flock`` on ``.alert-streak.lock`` so runs of different run IDs can end at once. What
-survives a crash: the file holds the old streak or the new one, never part of one (it is not
-fsync'ed: after a power cut it may hold the previous streak, which costs at most one
-duplicate alert or one missed recovery notice). When in
-doubt (the state cannot be read or written) a failure alerts: a lost streak costs one
+State: the open streak, read-modify-written by runs of different run IDs that may end at
+once (each holds its own run's lock, not the pipeline's):
+
+- on a local root, ``<root>/<pipeline>/.alert-streak.json``, replaced atomically under an
+  ``flock`` on ``.alert-streak.lock``. What survives a crash: the file holds the old streak or
+  the new one, never part of one (it is not fsync'ed: after a power cut it may hold the
+  previous streak, which costs at most one duplicate alert or one missed recovery notice);
+- on object storage, ``<pipeline>/.alert-streak/<n>``, versions each created once
+  (``If-None-Match: *``, the write the run's lease is made of; ``_remote_history.
+  VersionedRecord``): two runs that end at once never lose an update, and of two concurrent
+  successes exactly one closes the streak and sends the notice. A success costs one listing.
+
+When in doubt (the state cannot be read or written) a failure alerts: a lost streak costs one
 duplicate message, a wrong one could hide a new failure.
 """
 
@@ -28,9 +35,12 @@ from ._atomic import replace_bytes
 from ._time import utc_now
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ._services import RunServices
+
+    Streak = dict[str, Any]
+    Change = Callable[[Streak | None], Streak | None]
 
 __all__ = [
     "StreakDecision",
@@ -83,41 +93,75 @@ def _read(state_dir: str) -> dict[str, Any] | None:
     return data
 
 
-def note_failure(state_dir: str, run_id: str, step: str, error_type: str) -> StreakDecision:
-    """Record a failed run (``step`` empty: it failed before its first step) and decide
-    whether its alert is sent: only the first failure of a streak is."""
-    try:
-        with _locked(state_dir):
-            streak = _read(state_dir)
-            same = (
-                streak is not None
-                and streak.get("step") == step
-                and streak.get("error_type") == error_type
-            )
-            if streak is not None and same:
-                count = int(streak["count"]) + 1
-                first = str(streak.get("first_run_id", ""))
-                since = str(streak.get("since", ""))
-            else:
-                count, first, since = 1, run_id, utc_now()
-            data = {
-                "format": _FORMAT,
-                "step": step,
-                "error_type": error_type,
-                "count": count,
-                "first_run_id": first,
-                "last_run_id": run_id,
-                "since": since,
-            }
+def _valid(streak: dict[str, Any] | None) -> dict[str, Any] | None:
+    if streak is None or not isinstance(streak.get("count"), int):
+        return None
+    return streak
+
+
+def _swap_local(state_dir: str, change: Change) -> tuple[Streak | None, Streak | None]:
+    with _locked(state_dir):
+        old = _read(state_dir)
+        new = change(old)
+        path = os.path.join(state_dir, STREAK_FILE)
+        if new is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
             replace_bytes(
-                os.path.join(state_dir, STREAK_FILE),
-                (json.dumps(data, sort_keys=True) + "\n").encode("utf-8"),
+                path,
+                (json.dumps(new, sort_keys=True) + "\n").encode("utf-8"),
                 durable=False,  # a record for alerting: a power cut costs one duplicate alert
                 new_mode=0o600,
             )
-    except OSError as exc:
-        log.warning("could not record the alert streak in %s (%s); alerting", state_dir, exc)
+    return old, new
+
+
+def _swap(services: RunServices, change: Change) -> tuple[Streak | None, Streak | None]:
+    """Replace the pipeline's streak by ``change(streak)`` (``None``: no open streak); return
+    the old and the new one. See the module docstring for where it is and how."""
+    if services.store is None:
+        return _swap_local(services.state_dir, change)
+    from ._remote_history import VersionedRecord, pipeline_store  # noqa: PLC0415 - object storage
+
+    record = VersionedRecord(pipeline_store(services.store), f"{services.pipeline}/.alert-streak")
+    old, new = record.swap(lambda streak: change(_valid(streak)))
+    return _valid(old), new
+
+
+def note_failure(services: RunServices, run_id: str, step: str, error_type: str) -> StreakDecision:
+    """Record a failed run (``step`` empty: it failed before its first step) and decide
+    whether its alert is sent: only the first failure of a streak is."""
+
+    def extended(streak: Streak | None) -> Streak:
+        if streak is not None and (streak.get("step"), streak.get("error_type")) == (
+            step,
+            error_type,
+        ):
+            count = int(streak["count"]) + 1
+            first = str(streak.get("first_run_id", ""))
+            since = str(streak.get("since", ""))
+        else:
+            count, first, since = 1, run_id, utc_now()
+        return {
+            "format": _FORMAT,
+            "step": step,
+            "error_type": error_type,
+            "count": count,
+            "first_run_id": first,
+            "last_run_id": run_id,
+            "since": since,
+        }
+
+    try:
+        _old, new = _swap(services, extended)
+    except Exception as exc:  # noqa: BLE001 - when in doubt, alert
+        log.warning(
+            "could not record the alert streak of %s (%s); alerting", services.pipeline, exc
+        )
         return StreakDecision(send=True, streak=1, first_run_id=run_id)
+    now = new or {}  # never None: ``extended`` always returns a streak
+    count, first = int(now.get("count", 1)), str(now.get("first_run_id", run_id))
     return StreakDecision(send=count == 1, streak=count, first_run_id=first)
 
 
@@ -151,14 +195,10 @@ def log_suppressed(pipeline: str, run_id: str, step: str, error_type: str, count
 def notify_recovery(services: RunServices, run_id: str, duration_s: float) -> None:
     """After a successful run: if a failure streak was open, close it and send a recovery
     notice through the run's alerters (the log's included). Never raises (a side channel)."""
-    state_dir = services.state_dir
-    if not os.path.exists(os.path.join(state_dir, STREAK_FILE)):
-        return  # the common case: one stat
+    if services.store is None and not os.path.exists(os.path.join(services.state_dir, STREAK_FILE)):
+        return  # the common case on a local root: one stat
     try:
-        with _locked(state_dir):
-            streak = _read(state_dir)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(state_dir, STREAK_FILE))
+        streak, _closed = _swap(services, lambda _streak: None)
         if streak is None:
             return
         from ._alerts import Alert, LogAlerter, default_host, send_all  # noqa: PLC0415

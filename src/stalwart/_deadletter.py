@@ -101,8 +101,8 @@ class EnvelopeSummary:
 class DeadLetterStore:
     """The dead-letter envelopes of one pipeline, in ``directory`` (0700).
 
-    Disk access goes through ``_read``, ``_write``, ``_list`` and ``_locked`` only: the seam
-    for another backend.
+    Disk access goes through ``_read``, ``_write``, ``_list``, ``_locked``, ``_size``,
+    ``_remove`` and ``_remove_lock`` only: the seam for another backend.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, pipeline: str | None = None) -> None:
@@ -284,9 +284,21 @@ class DeadLetterStore:
             settled.append(row.id)
         return settled
 
-    def stored_size(self, envelope_id: str) -> int:
-        """The size of the envelope's file, in bytes."""
+    def _size(self, envelope_id: str) -> int:
         return os.lstat(self._path(envelope_id)).st_size
+
+    def _remove(self, envelope_id: str) -> None:
+        """Delete the envelope (called under its lock)."""
+        os.unlink(self._path(envelope_id))
+
+    def _remove_lock(self, envelope_id: str) -> None:
+        """Delete the lock of a removed envelope (once it was let go)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.directory / f".{envelope_id}.lock")
+
+    def stored_size(self, envelope_id: str) -> int:
+        """The size of the stored envelope, in bytes."""
+        return self._size(envelope_id)
 
     def remove_settled(self, envelope_id: str, settled: Collection[str]) -> int | None:
         """Delete the envelope if its state is one of ``settled`` (``gc``); return the bytes
@@ -300,11 +312,9 @@ class DeadLetterStore:
                     return None
             except (DeadLetterError, UsageError):
                 return None
-            path = self._path(envelope_id)
-            size = os.lstat(path).st_size
-            os.unlink(path)
-        with contextlib.suppress(OSError):  # its lock file goes too
-            os.unlink(self.directory / f".{envelope_id}.lock")
+            size = self._size(envelope_id)
+            self._remove(envelope_id)
+        self._remove_lock(envelope_id)  # its lock goes too
         return size
 
     def discard(self, envelope_id: str) -> Envelope:

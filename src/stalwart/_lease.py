@@ -253,6 +253,32 @@ class Lease:
                     self._epoch += 1
                     self._forget_older(keep_first=False)
 
+    def remove(self) -> None:
+        """Stop renewing and delete every epoch of this lease, leaving nothing behind: for
+        ``gc``, once the state the lease guards is deleted. ``LeaseLostError`` (nothing
+        deleted) unless the lease is certainly still held.
+
+        Why no one else can hold it meanwhile: while our epoch is live, a newcomer refuses; it
+        is deleted last, after the older ones, so a listing in between still shows it; once it
+        is gone a newcomer finds no epoch and creates epoch 1, where the create-only write lets
+        exactly one newcomer win. (Deleting a *released* or expired epoch instead would let
+        one newcomer number from it while another numbered from nothing.)"""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            raise RuntimeError(f"{self.path} is not held by this Lease")
+        self._stop.set()
+        thread.join()
+        self.check()
+        epochs = _epochs(self._store, self._prefix)
+        if any(number > self._epoch for number, _key in epochs):
+            self._lose("another process took the run over")
+            self.check()
+        older = [key for number, key in epochs if number < self._epoch]
+        if older:
+            self._store.delete(older)
+        self.check()
+        self._store.delete([self._key(self._epoch)])
+
     def __enter__(self) -> Lease:
         self.acquire()
         return self
@@ -291,6 +317,9 @@ class FencedStore:
 
     def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
         return self._store.list_directory(prefix)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        return self._store.list_dirs(prefix)
 
     def write(self, key: str, data: bytes) -> None:
         self.lease.check()

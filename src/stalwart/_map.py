@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import StalwartError, UsageError
 from ._executors import ExecutorSpec, ItemExecutor, check_executor, open_executor
-from ._journal import Journal, Replay, worth_compacting
+from ._journal import Entry, Journal, Replay, worth_compacting
 from ._map_progress import Progress
 from ._map_state import (
     envelope_state,
@@ -47,7 +47,7 @@ from ._map_state import (
     open_item_journal,
 )
 from ._map_state import item_journal_path as items_journal_path
-from ._map_worker import ChunkTask, RemoteRootRefused, run_chunk
+from ._map_worker import ChunkTask, Outcome, RemoteRootRefused, run_chunk
 
 if TYPE_CHECKING:
     from ._checkpoint import CheckpointStore
@@ -79,6 +79,10 @@ BATCH_DELAY_S = 0.2
 """Seconds a journal line waits for its ``fdatasync``, at most."""
 SHOWN_DEAD_LETTERS = 5
 """Item dead letters named in the step's failure (the rest: ``deadletter list``)."""
+CHUNK_S = 0.005
+"""On threads, without ``chunk=``: queued chunks are merged into one of up to ``BATCH``
+items while the items measured so far would fill it in this many seconds (fast items:
+fewer chunks, fewer wake-ups of the driver)."""
 
 
 class ItemsFailed(StalwartError):
@@ -558,12 +562,12 @@ class _Drive:
         """A chunk came back with no outcomes (its worker died, or it could not be sent):
         each of its items runs again alone; an item that fails so when alone failed."""
         if chunk.alone:
-            jid, key, item = chunk.items[0]
+            key = chunk.items[0][1]
             reason = (
                 f"{type(exc).__name__}: the worker running it died, or it could not be sent "
                 f"to one: {exc}"
             )
-            self.record(jid, key, item, False, {"e": reason[:1000], "a": 1})
+            self.record(chunk.items, [(key, False, {"e": reason[:1000], "a": 1})])
             return
         log.warning(
             "step %s: a chunk of %d item(s) came back without results (%s: %s); each runs "
@@ -580,30 +584,48 @@ class _Drive:
         """Interrupted: journal the chunks that already came back; the rest run next time."""
         for fut, chunk in list(inflight.items()):
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                by_key = {key: (jid, item) for jid, key, item in chunk.items}
                 with contextlib.suppress(Exception):
-                    for key, ok, detail in fut.result():
-                        jid, item = by_key[key]
-                        self.record(jid, key, item, ok, detail)
+                    self.record(chunk.items, fut.result())
             else:
                 fut.cancel()
 
     # -- recording ---------------------------------------------------------------------------
 
-    def record(self, jid: str, key: str, item: Any, ok: bool, detail: dict[str, Any]) -> None:
-        self.attempts += int(detail.get("a", 1))
-        self.retries += int(detail.get("r", 0))
-        kept = detail.get("k")
-        if kept:
-            ids = getattr(self.ctx._scope.dead_letter, "ids", None)
-            if isinstance(ids, list):
-                ids.extend(kept)  # kept on purpose by a successful item: not superseded
-        if ok:
-            self.journal.append(jid, "done", _compact(detail), durable=True)
-            self.done += 1
-            if self.progress is not None:
-                self.progress.add(done=1)
+    def record(self, items: list[tuple[str, str, Any]], outcomes: list[Outcome]) -> None:
+        """Journal how ``items`` (a chunk's ``(journal id, key, item)``) ended, ``outcomes``
+        in the same order: the ``done`` lines together (``Journal.append_many``, as few
+        writes as the group commit allows), each failed item kept as a dead letter first."""
+        done: list[Entry] = []
+        for (jid, key, item), (ended, ok, detail) in zip(items, outcomes, strict=True):
+            if ended != key:
+                raise RuntimeError(
+                    f"step {self.step}: the outcomes of a chunk came back out of order (item "
+                    f"{ended!r} where {key!r} was expected); they are not journaled"
+                )
+            self.attempts += int(detail.get("a", 1))
+            self.retries += int(detail.get("r", 0))
+            kept = detail.get("k")
+            if kept:
+                ids = getattr(self.ctx._scope.dead_letter, "ids", None)
+                if isinstance(ids, list):
+                    ids.extend(kept)  # kept on purpose by a successful item: not superseded
+            if ok:
+                done.append(Entry(jid, "done", _compact(detail)))
+            else:
+                self._record_done(done)
+                self._record_failed(jid, key, item, detail)
+        self._record_done(done)
+
+    def _record_done(self, done: list[Entry]) -> None:
+        if not done:
             return
+        self.journal.append_many(done, durable=True)
+        self.done += len(done)
+        if self.progress is not None:
+            self.progress.add(done=len(done))
+        done.clear()
+
+    def _record_failed(self, jid: str, key: str, item: Any, detail: dict[str, Any]) -> None:
         error = str(detail.get("e", "failed"))
         envelope_id = self._keep_item(key, item, error, int(detail.get("a", 1)))
         detail["dl"] = envelope_id
@@ -686,6 +708,9 @@ class _Window:
         local = drive.services.store is None  # a local root: Dask workers on this host only
         self.host = socket.gethostname() if executor.kind == "dask" and local else ""
         self.services = None if executor.remote else drive.services
+        self.grow_to = BATCH if executor.kind == "threads" and drive.spec.chunk is None else 0
+        self.item_s: float | None = None
+        """Seconds per item, measured by the last chunk that came back."""
 
     def _submit(self, chunk: _Chunk) -> None:
         chunk = chunk._replace(generation=self.generation)
@@ -694,12 +719,7 @@ class _Window:
 
     def run(self) -> None:
         while self.queue or self.suspects or self.inflight:
-            self.tripped = self.tripped or self.drive.tripped()
-            if not self.tripped:
-                if self.suspects and not self.inflight:
-                    self._submit(self.suspects.popleft())
-                while self.queue and not self.suspects and len(self.inflight) < self.size:
-                    self._submit(self.queue.popleft())
+            self._fill()
             if not self.inflight:
                 return
             finished, _ = cf.wait(
@@ -709,6 +729,28 @@ class _Window:
                 self.drive.journal.commit()  # the time bound of the group commit
             for fut in finished:
                 self._collect(fut, self.inflight.pop(fut))
+                self._fill()  # its successor starts now: the workers run while the next syncs
+
+    def _fill(self) -> None:
+        """Start chunks up to the window, unless the circuit breaker tripped."""
+        self.tripped = self.tripped or self.drive.tripped()
+        if self.tripped:
+            return
+        if self.suspects and not self.inflight:
+            self._submit(self.suspects.popleft())
+        while self.queue and not self.suspects and len(self.inflight) < self.size:
+            self._submit(self._next())
+
+    def _next(self) -> _Chunk:
+        """The next queued chunk; fast items on threads: merged with the following ones."""
+        chunk = self.queue.popleft()
+        if not self.grow_to or self.item_s is None or self.item_s * len(chunk.items) > CHUNK_S:
+            return chunk
+        want = min(self.grow_to, int(CHUNK_S / max(self.item_s, 1e-6)))
+        items = chunk.items
+        while self.queue and len(items) + len(self.queue[0].items) <= want:
+            items = items + self.queue.popleft().items
+        return chunk._replace(items=items)
 
     def _collect(self, fut: cf.Future[Any], chunk: _Chunk) -> None:
         """Journal a chunk's outcomes (the future is dropped then), or deal with its death."""
@@ -732,17 +774,18 @@ class _Window:
                 )
             self.drive.chunk_died(chunk, exc, self.suspects)
             return
-        by_key = {key: (jid, item) for jid, key, item in chunk.items}
-        for key, ok, detail in outcomes:
-            jid, item = by_key[key]
-            self.drive.record(jid, key, item, ok, detail)
+        self.drive.record(chunk.items, outcomes)
+        if self.grow_to and outcomes:
+            self.item_s = sum(detail.get("t", 0.0) for _, _, detail in outcomes) / len(outcomes)
 
 
 def _compact(detail: dict[str, Any]) -> str:
     """The detail of a journal line, compact JSON; the common case (an item with no output
     and no retry) formatted by hand, without the JSON encoder."""
-    if detail.keys() == {"a", "t"}:
-        return f'{{"a":{int(detail["a"])},"t":{float(detail["t"])!r}}}'
+    if len(detail) == 2:
+        attempts, seconds = detail.get("a"), detail.get("t")
+        if type(attempts) is int and type(seconds) is float:
+            return f'{{"a":{attempts},"t":{seconds!r}}}'
     return json.dumps(detail, separators=(",", ":"), ensure_ascii=True)
 
 

@@ -16,16 +16,15 @@ On a local root nothing here imports anything of object storage.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._item_context import ItemContext
 from ._journal import Journal
 from ._store import is_remote
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from ._deadletter import DeadLetterStore
     from ._remote_state import RemoteItemJournal
@@ -116,12 +115,11 @@ def worker_store(root: str) -> StateStore | None:
     return open_store(root)
 
 
-def item_context_type(services: RunServices) -> Callable[..., ItemContext]:
-    """What makes an item's context: ``ItemContext``, or on object storage the
-    ``RemoteItemContext`` bound to the store (its writes are single PUTs)."""
+def item_context_type(services: RunServices) -> type[ItemContext]:
+    """The class of an item's context: ``ItemContext``, or on object storage
+    ``RemoteItemContext`` (its writes are single PUTs to ``services.store``)."""
     if services.store is None:
         return ItemContext
     from ._remote_context import RemoteItemContext  # noqa: PLC0415 - object storage only
 
-    made: Callable[..., Any] = functools.partial(RemoteItemContext, store=services.store)
-    return made
+    return RemoteItemContext

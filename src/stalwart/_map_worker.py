@@ -14,7 +14,7 @@ import pickle
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._context import Step
@@ -23,7 +23,7 @@ from ._invoke import call_step
 from ._item_context import ItemContext, ItemScope
 from ._map_state import item_context_type, worker_store
 from ._redact import scrub_registered
-from ._scope import current_scope
+from ._scope import StepScope, current_scope
 from ._services import Emitter, RunServices, SharedHttp
 
 if TYPE_CHECKING:
@@ -93,85 +93,106 @@ def run_chunk(task: ChunkTask, services: RunServices | None = None) -> list[Outc
             f"{task.host}. Run the workers on {task.host}, or use executor='processes'"
         )
     fn = pickle.loads(task.fn) if isinstance(task.fn, bytes) else task.fn  # noqa: S301 - ours
-    services = services or _services_here(task)
-    run_dir = os.path.join(task.root, task.pipeline, "runs", task.run_id)
-    step = Step(task.step, fn)
-    make = item_context_type(services)  # ItemContext, or on S3 one whose writes are PUTs
-    return [
-        _run_item(fn, task, services, run_dir, step, key, item, make) for key, item in task.items
-    ]
-
-
-def _run_item(  # noqa: PLR0917 - one call site, the chunk's loop
-    fn: Any,
-    task: ChunkTask,
-    services: RunServices,
-    run_dir: str,
-    step: Step,
-    key: str,
-    item: Any,
-    make: Callable[..., ItemContext] = ItemContext,
-) -> Outcome:
-    from ._runner import _StepDeadLetters  # noqa: PLC0415 - the runner imports us lazily too
-
-    dead_letters = _StepDeadLetters(services, task.run_id, task.step)
-    scope = ItemScope(
-        item_key=key,
-        pipeline=task.pipeline,
-        run_id=task.run_id,
-        step=task.step,
-        emit=services.emit,
-        retry_policy=task.http_retry,
-        dead_letter=dead_letters,
-    )
-    contexts: list[ItemContext] = []
-
-    def attempt() -> None:
-        scope.new_attempt()
-        ctx = make(
-            services=services,
-            run_id=task.run_id,
-            step=step,
-            run_dir=run_dir,
-            scope=scope,
-            runs=task.runs,
-            key=key,
-            params=task.params,
-        )
-        contexts.append(ctx)
-        if task.timeout is None:  # the common case, without call_step's timer
-            result = fn(ctx, item)
-            if result is not None:  # a coroutine to await, or a value to refuse
-                call_step(lambda c: result, ctx, step=f"{task.step} item {key}", timeout=None)
-            return
-        call_step(lambda c: fn(c, item), ctx, step=f"{task.step} item {key}", timeout=task.timeout)
-
-    started = time.perf_counter()
-    token = current_scope.set(scope)
-    detail: dict[str, Any]
+    runner = _ItemRunner(task, fn, services or _services_here(task))
+    token = current_scope.set(runner.counts)
     try:
-        if task.retry is None:
-            attempt()
-        else:
-            from ._retry import call_with_retries  # noqa: PLC0415 - only retried items
-
-            call_with_retries(
-                attempt, task.retry, operation=f"item {key} of step {task.step}", stacked=True
-            )
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the item failed: reported
-        message = scrub_registered(str(exc) or repr(exc))
-        detail = {"e": f"{type(exc).__name__}: {message}"[:1000]}
-        ok = False
-    else:
-        outputs = contexts[-1].outputs
-        detail = {"o": [[o.name, o.size, o.sha256] for o in outputs]} if outputs else {}
-        ok = True
+        return [runner.run(key, item) for key, item in task.items]
     finally:
         current_scope.reset(token)
-    detail["a"] = max(1, len(contexts))
-    if scope.retries:
-        detail["r"] = scope.retries
-    detail["t"] = round(time.perf_counter() - started, 6)
-    if dead_letters.ids:
-        detail["k"] = list(dead_letters.ids)
-    return key, ok, detail
+
+
+class _ItemRunner:
+    """Runs the items of one chunk, one after another. What they share is made once per
+    chunk: the step, the run directory, the contexts' common parts, and ``counts``, the
+    scope the items' retries count into (each item's are the difference it made). An item's
+    own scope (Idempotency-Keys with its key, its dead-letter writer) is made only if it
+    uses ``ctx.http`` or keeps a dead letter."""
+
+    def __init__(self, task: ChunkTask, fn: Any, services: RunServices) -> None:
+        from ._runner import _StepDeadLetters  # noqa: PLC0415 - the runner imports us lazily too
+
+        self.task = task
+        self.fn = fn
+        self.services = services
+        self.dead_letters = _StepDeadLetters
+        self.counts = StepScope(
+            pipeline=task.pipeline, run_id=task.run_id, step=task.step, emit=services.emit
+        )
+        context = item_context_type(services)  # ItemContext; on S3 one whose writes are PUTs
+        self.new_context = context._maker(
+            services=services,
+            run_id=task.run_id,
+            step=Step(task.step, fn),
+            run_dir=os.path.join(task.root, task.pipeline, "runs", task.run_id),
+            runs=task.runs,
+            params=task.params,
+            new_scope=self.new_scope,
+        )
+
+    def new_scope(self, key: str) -> ItemScope:
+        task = self.task
+        return ItemScope(
+            item_key=key,
+            pipeline=task.pipeline,
+            run_id=task.run_id,
+            step=task.step,
+            emit=self.services.emit,
+            retry_policy=task.http_retry,
+            dead_letter=self.dead_letters(self.services, task.run_id, task.step),
+        )
+
+    def run(self, key: str, item: Any) -> Outcome:
+        task = self.task
+        contexts: list[ItemContext] = []
+        retries = self.counts.retries
+        started = time.perf_counter()
+        detail: dict[str, Any]
+        try:
+            if task.retry is None and task.timeout is None:  # the common case: one call
+                ctx = self.new_context(key)
+                contexts.append(ctx)
+                result = self.fn(ctx, item)
+                if result is not None:  # a coroutine to await, or a value to refuse
+                    call_step(lambda c: result, ctx, step=f"{task.step} item {key}", timeout=None)
+            else:
+                self._attempts(key, item, contexts)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the item failed: reported
+            message = scrub_registered(str(exc) or repr(exc))
+            detail = {"e": f"{type(exc).__name__}: {message}"[:1000]}
+            ok = False
+        else:
+            outputs = contexts[-1].outputs
+            detail = {"o": [[o.name, o.size, o.sha256] for o in outputs]} if outputs else {}
+            ok = True
+        detail["a"] = max(1, len(contexts))
+        if self.counts.retries != retries:
+            detail["r"] = self.counts.retries - retries
+        detail["t"] = round(time.perf_counter() - started, 6)
+        scope = contexts[-1]._item_scope if contexts else None
+        kept = getattr(scope.dead_letter, "ids", None) if scope is not None else None
+        if kept:
+            detail["k"] = list(kept)
+        return key, ok, detail
+
+    def _attempts(self, key: str, item: Any, contexts: list[ItemContext]) -> None:
+        """The item under its ``retry=`` or ``timeout=``: each attempt a fresh context (its
+        outputs its own), all with one scope: a retry repeats the first's Idempotency-Keys."""
+        task = self.task
+        scope = self.new_scope(key)
+        step = f"{task.step} item {key}"
+
+        def attempt() -> None:
+            scope.new_attempt()
+            ctx = self.new_context(key)
+            ctx._scope = scope
+            contexts.append(ctx)
+            call_step(lambda c: self.fn(c, item), ctx, step=step, timeout=task.timeout)
+
+        if task.retry is None:
+            attempt()
+            return
+        from ._retry import call_with_retries  # noqa: PLC0415 - only retried items
+
+        call_with_retries(
+            attempt, task.retry, operation=f"item {key} of step {task.step}", stacked=True
+        )

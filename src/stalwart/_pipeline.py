@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._deadletter import DeadLetterStore
     from ._executors import ExecutorSpec
+    from ._history import RunHistory
     from ._http import HttpClient
     from ._policy import RetryPolicy
     from ._remote_state import RunLease
@@ -258,6 +259,17 @@ class Pipeline:
 
         refuse_planted_links(self._root, f"{self.name}/deadletter")  # never followed out
         return DeadLetterStore(self.state_dir / "deadletter", pipeline=self.name)
+
+    def history(self) -> RunHistory:
+        """The pipeline's runs in its state root, as ``runs``, ``report`` and ``gc`` read them
+        (and ``gc`` deletes them): a local directory, or object storage."""
+        if self._remote:
+            from ._remote_history import StoreRunHistory  # noqa: PLC0415 - object storage only
+
+            return StoreRunHistory(self._state_store(), self.name)
+        from ._history import LocalRunHistory  # noqa: PLC0415 - the operating commands only
+
+        return LocalRunHistory(self._state_dir)
 
     def _state_store(self) -> StateStore:
         """The object store of an ``s3://`` root (made on first use; s3fs is imported then)."""

@@ -118,6 +118,9 @@ class RemoteItemContext(RemoteContext, ItemContext):
 
     _names: dict[str, str] | None = None
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(store=kwargs["services"].store, **kwargs)  # the run's store
+
     def _local(self, clean: str) -> str:
         names = self._names
         if names is None:

@@ -313,7 +313,15 @@ class RemoteItemJournal:
     def append(self, id: str, state: str, detail: str = "", *, durable: bool = False) -> None:
         """Append one line; with ``durable``, commit per the batch bounds (``_journal``).
         ``ValueError`` for a malformed line; the store's error if a commit fails."""
-        line = _line(Entry(id, state, detail))
+        self._add(id, _line(Entry(id, state, detail)), durable=durable)
+
+    def append_many(self, entries: Iterable[Entry], *, durable: bool = False) -> None:
+        """Append several lines, as ``append`` would one after another (a commit each time a
+        batch is full). ``ValueError`` (nothing appended) if any line is malformed."""
+        for id, line in [(entry.id, _line(entry)) for entry in entries]:
+            self._add(id, line, durable=durable)
+
+    def _add(self, id: str, line: bytes, *, durable: bool) -> None:
         # a snapshot must hold what is there already: read it before the first append
         latest = self._latest if self._latest is not None else self._load()[1]
         self._lines.append(line)
@@ -415,6 +423,21 @@ class RemoteDeadLetterStore(DeadLetterStore):
         prefix = f"{self._key}/"
         names = [key[len(prefix) :] for key in self._store.list_keys(prefix)]
         return sorted(n[:-5] for n in names if n.endswith(".json") and ID_RE.match(n[:-5]))
+
+    def _size(self, envelope_id: str) -> int:
+        info = self._store.head(self._object(envelope_id))
+        if info is None:
+            raise FileNotFoundError(self._store.url(self._object(envelope_id)))
+        return info.size
+
+    def _remove(self, envelope_id: str) -> None:
+        self._store.delete([self._object(envelope_id)])
+
+    def _remove_lock(self, envelope_id: str) -> None:
+        # Its envelope is gone (ids are never reused): whoever locks it later finds nothing.
+        lock = f"{self._key}/.{validate_id(envelope_id)}.lock/"
+        with contextlib.suppress(Exception):
+            self._store.delete(self._store.list_keys(lock))
 
     @contextlib.contextmanager
     def _locked(self, envelope_id: str) -> Iterator[None]:

@@ -61,12 +61,8 @@ def send_alert(
     from ._alert_hygiene import log_suppressed, note_failure  # noqa: PLC0415
     from ._alerts import Alert, LogAlerter, default_host, send_all  # noqa: PLC0415 - failing
 
-    streak = (
-        note_failure(services.state_dir, run_id, step, type(exc).__name__)
-        if services.store is None  # an object-store root keeps no streak: every failure alerts
-        else None
-    )
-    if streak is not None and not streak.send:  # the last run's failure again: one per streak
+    streak = note_failure(services, run_id, step, type(exc).__name__)
+    if not streak.send:  # the last run's failure again: one per streak
         log_suppressed(services.pipeline, run_id, step, type(exc).__name__, streak.streak)
         return True  # delivered, at the streak's first failure
     alert = Alert(

@@ -1,32 +1,36 @@
-"""``gc``: delete old runs' directories and their settled dead letters, to keep a state root
-that runs every night from growing forever.
+"""``gc``: delete old runs' state and their settled dead letters, to keep a state root that
+runs every night from growing forever. The same code for a directory and for object storage:
+where the runs are is a ``_history.RunHistory``.
 
-Never deleted: a run whose lock is held (it is running now: the lock is taken, without
-waiting, for the time of the deletion, so no run can start in it meanwhile), and a pending
-dead letter (it still needs a replay or a discard; its envelope holds all a replay needs, so
-it outlives its run's directory). Settled dead letters (``replayed``, ``discarded``,
-``superseded``) of a deleted run go with it; an unreadable one stays.
+Never deleted: a run whose lock is held (it is running now: the lock - ``flock``, or the lease
+on object storage - is taken, without waiting, for the time of the deletion, so no run can
+start in it meanwhile), and a pending dead letter (it still needs a replay or a discard; its
+envelope holds all a replay needs, so it outlives its run). Settled dead letters
+(``replayed``, ``discarded``, ``superseded``) of a deleted run go with it; an unreadable one
+stays.
 
-What survives a crash: a run directory is deleted file by file (``shutil.rmtree``, which
-never follows a symbolic link), so a crash can leave part of an old run behind - a run that
-``runs`` then lists, and that the next ``gc`` deletes. A dead letter is one file, deleted
-under the dead-letter lock after reading it again, so a replay in progress is never raced.
+What survives a crash: a run is deleted file by file (``shutil.rmtree``, which never follows a
+symbolic link) or object by object (batches of up to 1000; the summary, then the lease, last),
+so a crash can leave part of an old run behind - a run that ``runs`` then lists, and that the
+next ``gc`` deletes. A dead letter is one file or object, deleted under the dead-letter lock
+after reading it again, so a replay in progress is never raced.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._errors import RunLockedError, UsageError
-from ._history import list_runs, run_time
+from ._errors import UsageError
+from ._history import as_history, list_runs, run_time
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
+
+    from ._history import RunHistory
 
 __all__ = ["SETTLED", "GcResult", "collect_garbage", "format_size", "gc_report"]
 
@@ -64,59 +68,29 @@ def format_size(n: float) -> str:
     return f"{int(n)} B" if index == 0 else f"{n:.1f} {units[index]}"
 
 
-def _disk_usage(path: str) -> int:
-    """Bytes of the files under ``path`` (symbolic links counted as links, not followed)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in (*filenames, *dirnames):
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
-
-
 def _select(
-    state_dir: str,
+    history: RunHistory,
     step_names: Sequence[str],
     keep_last: int | None,
     older_than_days: float | None,
     now: float,
 ) -> list[str]:
     """The run IDs old enough to delete, newest first."""
-    runs = list_runs(state_dir, step_names, dead_letters=False)
+    runs = list_runs(history, step_names, dead_letters=False)
     if keep_last is not None:
         return [run.run_id for run in runs[keep_last:]]
     assert older_than_days is not None  # noqa: S101 - collect_garbage checked it
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - older_than_days * 86400))
     old = []
     for run in runs:
-        when = run.finished or run_time(run, os.path.join(state_dir, "runs", run.run_id))
+        when = run.finished or run_time(history, run)
         if when and when < cutoff:
             old.append(run.run_id)
     return old
 
 
-def _delete_run(run_dir: str, dry_run: bool) -> str | None:
-    """Delete ``run_dir`` holding its lock; return the holder instead if it is locked."""
-    from ._lock import RunLock, lock_holder  # noqa: PLC0415
-
-    if dry_run:
-        return lock_holder(run_dir)
-    lock = RunLock(os.path.join(run_dir, ".lock"))
-    try:
-        lock.acquire()
-    except RunLockedError as exc:
-        return exc.holder or "another process"
-    try:
-        shutil.rmtree(run_dir)
-    finally:
-        lock.release()
-    return None
-
-
 def collect_garbage(
-    state_dir: str,
+    where: RunHistory | str | os.PathLike[str],
     step_names: Sequence[str],
     *,
     keep_last: int | None = None,
@@ -124,24 +98,23 @@ def collect_garbage(
     dry_run: bool = False,
     now: float | None = None,
 ) -> GcResult:
-    """Delete the runs of ``state_dir`` (``<root>/<pipeline>``) beyond the newest
-    ``keep_last``, or finished more than ``older_than_days`` ago, and their settled dead
-    letters; see the module docstring for what is never deleted."""
+    """Delete the runs of ``where`` (a ``RunHistory``, or a ``<root>/<pipeline>`` directory)
+    beyond the newest ``keep_last``, or finished more than ``older_than_days`` ago, and their
+    settled dead letters; see the module docstring for what is never deleted."""
     if (keep_last is None) == (older_than_days is None):
         raise UsageError("gc needs exactly one of --keep-last N and --older-than DAYS")
     if keep_last is not None and keep_last < 0:
         raise UsageError(f"--keep-last must be 0 or more, not {keep_last}")
     if older_than_days is not None and not older_than_days >= 0:
         raise UsageError(f"--older-than must be 0 or more days, not {older_than_days}")
+    history = as_history(where)
     result = GcResult(dry_run=dry_run)
     chosen = _select(
-        state_dir, step_names, keep_last, older_than_days, time.time() if now is None else now
+        history, step_names, keep_last, older_than_days, time.time() if now is None else now
     )
     deleted: set[str] = set()
     for run_id in chosen:
-        run_dir = os.path.join(state_dir, "runs", run_id)
-        size = _disk_usage(run_dir)
-        holder = _delete_run(run_dir, dry_run)
+        holder, size = history.remove(run_id, dry_run=dry_run)
         if holder:
             result.locked.append((run_id, holder))
             continue
@@ -150,14 +123,12 @@ def collect_garbage(
         if not dry_run:
             log.info("gc: deleted run %s (%s)", run_id, format_size(size))
     if deleted:
-        _delete_dead_letters(state_dir, deleted, result)
+        _delete_dead_letters(history, deleted, result)
     return result
 
 
-def _delete_dead_letters(state_dir: str, runs: set[str], result: GcResult) -> None:
-    from ._deadletter import DeadLetterStore  # noqa: PLC0415
-
-    store = DeadLetterStore(os.path.join(state_dir, "deadletter"))
+def _delete_dead_letters(history: RunHistory, runs: set[str], result: GcResult) -> None:
+    store = history.deadletters()
     for envelope in store.list():
         if envelope.run_id not in runs:
             continue

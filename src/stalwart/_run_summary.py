@@ -1,13 +1,15 @@
-"""The run summary the runner keeps: ``<root>/<pipeline>/runs/<run_id>/.summary.json``,
-written when a run starts (state ``running``) and again when it ends (``succeeded``,
-``failed`` or ``interrupted``, with the duration, the failed step and its error type), so
-``runs`` reads one small file per run instead of every marker (see ``_history``).
+"""The run summary the runner keeps: ``<root>/<pipeline>/runs/<run_id>/.summary.json`` (the
+same key on object storage), written when a run starts (state ``running``) and again when it
+ends (``succeeded``, ``failed`` or ``interrupted``, with the duration, the failed step and its
+error type), so ``runs`` reads one small object per run instead of every marker (see
+``_history``).
 
-What survives a crash: the summary is replaced atomically (temp file, rename), never partly
-written, but without fsync (like the journal, it is a record for people, not the source of
-truth about what is done - the markers are): after a power cut it may show the run's
-previous state. This module is on every run's path: it defines no class (a dataclass costs
-about a millisecond of every start) and imports nothing the runner does not already.
+What survives a crash: the summary is replaced atomically, never partly written - locally a
+temp file and a rename, without fsync (like the journal, it is a record for people, not the
+source of truth about what is done - the markers are: after a power cut it may show the run's
+previous state); on object storage one PUT, through the run's lease (a holder that lost it
+writes no summary). This module is on every run's path: it defines no class (a dataclass
+costs about a millisecond of every start) and imports nothing the runner does not already.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ._time import utc_now
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from ._services import RunServices
 
 __all__ = ["SUMMARY_FILE", "SUMMARY_FORMAT", "RunState", "begin_run", "end_run"]
 
@@ -49,30 +53,41 @@ class RunState(Protocol):
     def duration_s(self) -> float: ...
     @property
     def params(self) -> Mapping[str, str]: ...
+    @property
+    def services(self) -> RunServices: ...
 
 
-def _write(run_dir: str, data: dict[str, Any]) -> None:
-    """Replace the run's summary (atomic, not fsync'ed); a failure is logged, never raised:
-    the run matters more than its summary."""
+def _write(run: RunState, data: dict[str, Any]) -> None:
+    """Replace the run's summary (see the module docstring); a failure is logged, never
+    raised: the run matters more than its summary."""
     data["format"] = SUMMARY_FORMAT
+    store = run.services.store
+    where = run.run_dir
     try:
-        payload = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        replace_bytes(
-            os.path.join(run_dir, SUMMARY_FILE),
-            payload + b"\n",
-            durable=False,
-            new_mode=0o600,
-            shared=False,  # the run directory is ours alone while the run lock is held
-        )
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("could not write the run summary in %s (%s); `runs` may lag", run_dir, exc)
+        payload = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+        if store is None:
+            replace_bytes(
+                os.path.join(run.run_dir, SUMMARY_FILE),
+                payload,
+                durable=False,
+                new_mode=0o600,
+                shared=False,  # the run directory is ours alone while the run lock is held
+            )
+        else:  # object storage: one PUT, through the run's lease
+            from ._remote_state import run_key  # noqa: PLC0415 - object storage only
+
+            key = f"{run_key(run.name, run.run_id)}/{SUMMARY_FILE}"
+            where = store.url(key)
+            store.write(key, payload)
+    except Exception as exc:  # noqa: BLE001 - a record for people: never fails the run
+        log.warning("could not write the run summary %s (%s); `runs` may lag", where, exc)
 
 
 def begin_run(run: RunState) -> str:
     """Record that ``run`` started (state ``running``); return its start time."""
     started = utc_now()
     _write(
-        run.run_dir,
+        run,
         {
             "pipeline": run.name,
             "run_id": run.run_id,
@@ -98,7 +113,7 @@ def end_run(
     ``interrupted``); a failed run names its step (empty: it failed before its first step),
     error type and message (secrets already masked)."""
     _write(
-        run.run_dir,
+        run,
         {
             "pipeline": run.name,
             "run_id": run.run_id,

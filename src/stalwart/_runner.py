@@ -174,8 +174,7 @@ class Run:
         propagates."""
         started = time.monotonic()
         outcome: Literal["success", "failure", "interrupted"] = "failure"
-        local = self.services.store is None  # summaries and streaks: local roots only
-        started_at = begin_run(self) if local else ""  # the run's summary, for `runs`
+        started_at = begin_run(self)  # the run's summary, for `runs`
         try:
             try:
                 self._prepare(force, from_step)
@@ -194,16 +193,15 @@ class Run:
             self.store.close()
             self._finish(outcome, self.duration_s)
             failure = self.failure
-            if local:
-                end_run(
-                    self,
-                    started=started_at,
-                    outcome=outcome,
-                    failed_step=failure.step if failure else "",
-                    error_type=failure.error_type if failure else "",
-                    error=failure.message if failure else "",
-                )
-            if outcome == "success" and local:
+            end_run(
+                self,
+                started=started_at,
+                outcome=outcome,
+                failed_step=failure.step if failure else "",
+                error_type=failure.error_type if failure else "",
+                error=failure.message if failure else "",
+            )
+            if outcome == "success":
                 notify_recovery(self.services, self.run_id, self.duration_s)
         return None
 

@@ -123,6 +123,20 @@ class S3Store:
         sizes = {item["Key"][strip:]: int(item["Size"]) for item in page.get("Contents", [])}
         return sizes, not page.get("IsTruncated")
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        full = self._key(prefix.rstrip("/")) + "/" if prefix.strip("/") else self._key("")
+        names: set[str] = set()
+        token: str | None = None
+        while True:  # CommonPrefixes: one entry per "directory", however many objects below
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list_objects_v2", Prefix=full, Delimiter="/", **extra)
+            names.update(
+                p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+            )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sorted(names)
+
     def delete(self, keys: Iterable[str]) -> list[str]:
         wanted = list(keys)
         for start in range(0, len(wanted), _DELETE_BATCH):

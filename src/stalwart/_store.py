@@ -9,8 +9,10 @@ operations and one promise: every write is whole or absent, never a part.
   only once every part is there);
 - ``create(key, data)``: write only if there is no object yet (``If-None-Match: *``); ``None``
   if there was one. What a lease is made of;
-- ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``list_directory(prefix)``
-  (the objects right under a prefix, from one listing request), ``delete(keys)``,
+- ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``list_dirs(prefix)``
+  (the names one level below ``prefix`` that hold objects: one delimited listing, however
+  many objects they hold), ``list_directory(prefix)`` (the objects right under a prefix,
+  with their sizes, from one listing request), ``delete(keys)``,
   ``head(key)`` (size, last modified, and the store's clock when it answered: expiry is
   judged on the store's clock, never on ours), ``fetch(key)`` (``read`` and ``head`` in one
   request).
@@ -75,6 +77,7 @@ class StateStore(Protocol):
     def list_keys(self, prefix: str) -> list[str]: ...
     def list_sizes(self, prefix: str) -> dict[str, int]: ...
     def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]: ...
+    def list_dirs(self, prefix: str) -> list[str]: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None: ...
@@ -169,6 +172,14 @@ class LocalStore:
                         key = os.path.relpath(entry.path, self.root)
                         sizes[key] = entry.stat(follow_symlinks=False).st_size
         return sizes, True
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        base = self.url(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         deleted = []

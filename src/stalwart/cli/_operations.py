@@ -1,8 +1,8 @@
-"""The commands for operating many runs: ``runs``, ``report``, ``gc`` and ``backfill``."""
+"""The commands for operating many runs: ``runs``, ``report``, ``gc`` and ``backfill``, on
+any state root: where the runs are is the pipeline's ``history()`` (``_history.RunHistory``)."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from .._errors import UsageError
@@ -22,12 +22,6 @@ EXIT_FAILED = 1
 
 def operations_command(args: argparse.Namespace, pipeline: Pipeline, err: TextIO) -> int:
     """Do ``runs``, ``report``, ``gc`` or ``backfill``; return the exit code."""
-    if pipeline._remote and args.command != "backfill":  # package-internal: the root's kind
-        raise UsageError(
-            f"'{args.command}' reads run summaries from a local state root; on an object-store "
-            f"root ({pipeline._root}) it is not supported yet (run, status, reset, backfill "
-            f"and deadletter are)"
-        )
     if args.command == "runs":
         return _runs(args, pipeline)
     if args.command == "report":
@@ -42,7 +36,7 @@ def _runs(args: argparse.Namespace, pipeline: Pipeline) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be 1 or more, not {args.limit}")
-    runs = list_runs(pipeline._state_dir, pipeline.step_names, limit=args.limit)
+    runs = list_runs(pipeline.history(), pipeline.step_names, limit=args.limit)
     print(runs_json(pipeline.name, runs) if args.json else runs_table(pipeline.name, runs))
     return EXIT_OK
 
@@ -52,14 +46,15 @@ def _report(args: argparse.Namespace, pipeline: Pipeline) -> int:
     from .._records import validate_name  # noqa: PLC0415
     from ._report import write_report  # noqa: PLC0415
 
+    history = pipeline.history()
     run_id = args.run_id
     if run_id is None:
-        newest = list_runs(pipeline._state_dir, pipeline.step_names, limit=1, dead_letters=False)
+        newest = list_runs(history, pipeline.step_names, limit=1, dead_letters=False)
         if not newest:
             raise UsageError(f"{pipeline.name} has no runs yet: nothing to report")
         run_id = newest[0].run_id
     validate_name(run_id, "run ID")
-    if not os.path.isdir(pipeline._run_dir(run_id)):
+    if not history.exists(run_id):
         raise UsageError(f"{pipeline.name} has no run {run_id!r} (see 'runs')")
     output = args.output or f"{pipeline.name}-{run_id}.html"
     write_report(pipeline, run_id, output)
@@ -71,7 +66,7 @@ def _gc(args: argparse.Namespace, pipeline: Pipeline) -> int:
     from .._retention import collect_garbage, gc_report  # noqa: PLC0415
 
     result = collect_garbage(
-        pipeline._state_dir,
+        pipeline.history(),
         pipeline.step_names,
         keep_last=args.keep_last,
         older_than_days=args.older_than,

@@ -10,13 +10,12 @@ HTML-escaped, so a hostile error message shows as text and never runs.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from .._history import RunSummary, format_duration, list_runs, read_summary
+from .._history import RunSummary, format_duration, list_runs
 from .._records import NAME_RE, parse_record
 from .._reporting import resume_command
 from .._retention import format_size
@@ -25,6 +24,8 @@ from ._status import item_summary
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .._deadletter import DeadLetterStore
+    from .._history import RunHistory
     from .._pipeline import Pipeline
     from ._status import StepStatus
 
@@ -88,15 +89,10 @@ def _moment(text: str) -> float | None:
         return None
 
 
-def read_attempts(run_dir: str, *, live: bool) -> list[Attempt]:
-    """Every start and end of a step in the run's journal, paired into attempts, in order.
-    A start without an end is ``running`` if ``live`` (the lock is held), else
+def read_attempts(raw: bytes, *, live: bool) -> list[Attempt]:
+    """Every start and end of a step in the run's journal (``raw``), paired into attempts, in
+    order. A start without an end is ``running`` if ``live`` (the lock is held), else
     ``interrupted`` (the process died)."""
-    try:
-        with open(os.path.join(run_dir, ".journal.jsonl"), "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return []
     attempts: dict[tuple[str, int], Attempt] = {}
     for line in raw.splitlines():
         try:
@@ -235,15 +231,16 @@ def _history_chart(runs: Sequence[RunSummary], current: str) -> str:
     return "".join(parts)
 
 
-def _marker_extras(run_dir: str, steps: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+def _marker_extras(
+    history: RunHistory, run_id: str, steps: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """Parameters and map-step item counts recorded in markers, where markers carry them."""
     params: dict[str, str] = {}
     items: dict[str, str] = {}
     for step in steps:
         try:
-            with open(os.path.join(run_dir, ".checkpoints", f"{step}.done"), "rb") as handle:
-                data = json.loads(handle.read(16 * 1024 * 1024))
-        except (OSError, ValueError, RecursionError):
+            data = json.loads(history.marker(run_id, step) or b"null")
+        except (ValueError, RecursionError):
             continue
         if not isinstance(data, dict):
             continue
@@ -291,11 +288,9 @@ def _steps_table(rows: Sequence[StepStatus], items: dict[str, str]) -> str:
     return "".join(out)
 
 
-def _dead_letters(pipeline: Pipeline, run_id: str) -> str:
-    from .._deadletter import DeadLetterStore  # noqa: PLC0415
+def _dead_letters(store: DeadLetterStore, run_id: str) -> str:
     from .._errors import DeadLetterError, UsageError  # noqa: PLC0415
 
-    store = DeadLetterStore(os.path.join(pipeline._state_dir, "deadletter"))  # internal
     rows = [e for e in store.list() if e.run_id == run_id]
     if not rows:
         return '<p class="muted">None.</p>'
@@ -329,7 +324,7 @@ def _resume(pipeline: Pipeline, run_id: str) -> str:
 
     services = RunServices(
         pipeline=pipeline.name,
-        root=os.fspath(pipeline.root),
+        root="",  # not part of the command: resume_command does not read it
         http=SharedHttp(None),
         alerters=(),
         emit=Emitter([]),
@@ -340,28 +335,20 @@ def _resume(pipeline: Pipeline, run_id: str) -> str:
 
 def render_report(pipeline: Pipeline, run_id: str) -> str:
     """The HTML page for run ``run_id`` of ``pipeline`` (see the module docstring)."""
-    from .._lock import lock_holder  # noqa: PLC0415
     from ._status import collect  # noqa: PLC0415
 
-    run_dir = os.fspath(pipeline.run_dir(run_id))
-    state_dir = pipeline._state_dir  # package-internal
-    history = list_runs(state_dir, pipeline.step_names, limit=HISTORY_RUNS, dead_letters=False)
-    this = next((r for r in history if r.run_id == run_id), None)
-    if this is None:
-        this = next(
-            (
-                r
-                for r in list_runs(state_dir, pipeline.step_names, dead_letters=False)
-                if r.run_id == run_id
-            ),
-            RunSummary(run_id=run_id, state="unknown"),
-        )
-    live = lock_holder(run_dir) is not None
-    attempts = read_attempts(run_dir, live=live)
+    history = pipeline.history()
+    every = list_runs(history, pipeline.step_names, dead_letters=False)  # reads each summary
+    recent = every[:HISTORY_RUNS]
+    this = next(
+        (r for r in every if r.run_id == run_id), RunSummary(run_id=run_id, state="unknown")
+    )
+    live = history.holder(run_id) is not None
+    attempts = read_attempts(history.journal(run_id), live=live)
     rows = collect(pipeline, run_id)
-    params, items = _marker_extras(run_dir, pipeline.step_names)
+    params, items = _marker_extras(history, run_id, pipeline.step_names)
     params = {**params, **dict(this.params)}
-    summary = read_summary(run_dir) or {}
+    summary = history.summaries([run_id])[run_id] or {}
     title = f"{pipeline.name} · run {run_id}"
     meta = (
         f"{_badge(this.state)} &nbsp; started {escape(this.started[:19].replace('T', ' '))} UTC"
@@ -407,12 +394,13 @@ def render_report(pipeline: Pipeline, run_id: str) -> str:
         f"{failure}"
         f"<section><h2>Timeline</h2>{_timeline(attempts, pipeline.step_names)}</section>"
         f"<section><h2>Steps</h2>{_steps_table(rows, items)}</section>"
-        f'<section id="dead-letters"><h2>Dead letters</h2>{_dead_letters(pipeline, run_id)}'
+        f'<section id="dead-letters"><h2>Dead letters</h2>'
+        f"{_dead_letters(history.deadletters(), run_id)}"
         "</section>"
         f"<section><h2>Parameters</h2>{params_html}</section>"
-        f"<section><h2>Last {len(history)} runs of {escape(pipeline.name)}</h2>"
-        f"{_history_chart(history, run_id)}</section>"
-        f'<p class="muted">Made by stalwart from {escape(run_dir)}.</p>'
+        f"<section><h2>Last {len(recent)} runs of {escape(pipeline.name)}</h2>"
+        f"{_history_chart(recent, run_id)}</section>"
+        f'<p class="muted">Made by stalwart from {escape(history.location(run_id))}.</p>'
         "</main></body></html>\n"
     )
 
