@@ -11,6 +11,7 @@ import gc
 import json
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -78,7 +79,7 @@ def done_records(server: S3Server, root: str) -> Counter[str]:
 
 
 def test_items_are_objects_and_a_resume_runs_only_what_is_left(
-    s3_server: S3Server, s3_root: str
+    s3_server: S3Server, s3_root: str, tmp_path: Path
 ) -> None:
     squares = Squares(s3_root, 30, workers=4)
     squares.failing = {"7"}
@@ -93,6 +94,9 @@ def test_items_are_objects_and_a_resume_runs_only_what_is_left(
     [row] = [r for r in collect(squares.pipeline, "r1") if r.step == "square"]
     assert row.items == {"total": 30, "done": 29, "failed": 1, "skipped": 0, "pending": 0}
     assert len(squares.alerts) == 1
+    page = tmp_path / "report.html"
+    assert run_cli(["report", "--run-id", "r1", "-o", str(page)], pipeline=squares.pipeline) == 0
+    assert "items: 29 done / 1 failed / 0 pending of 30" in page.read_text()
 
     squares.failing = set()
     squares.calls.clear()
