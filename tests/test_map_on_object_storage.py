@@ -22,7 +22,7 @@ from stalwart._journal import Entry, parse_journal
 from stalwart._map import ItemsFailed
 from stalwart._map_state import envelope_state, worker_store
 from stalwart._remote_context import _item_copies
-from stalwart._remote_state import COMPACT_AFTER, RemoteItemJournal, open_store
+from stalwart._remote_state import COMPACT_AFTER, RemoteItemJournal, _parse_part, open_store
 from stalwart._store import LocalStore, StateStore
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -239,8 +239,10 @@ def test_a_resume_never_lists_the_items_outputs(s3_server: S3Server, s3_root: st
     squares.pipeline._store = recording
     squares.calls.clear()
     recording.delete([f"{RUN}/.checkpoints/square.done"])  # killed before the marker
+    journal = journal_parts(s3_server, s3_root)
     squares.run()
     assert not squares.calls  # every item was done: decided from the journal alone
+    assert journal_parts(s3_server, s3_root) == journal  # and nothing to add to it
     everything = [p for p in recording.listed if p in (f"{RUN}/", f"{RUN}/out/")]
     assert everything == []  # 100,000 outputs would be 100 listing requests
     assert f"{RUN}/ (one page)" in recording.listed  # numbers.json's size: one request
@@ -374,3 +376,29 @@ def test_where_a_map_steps_state_lives_follows_the_root(tmp_path: Any, s3_root: 
     assert worker_store(s3_root) is not None  # opened by the worker, with its credentials
     local = stalwart.Pipeline("p", root=tmp_path, alerters=[]).services()
     assert envelope_state(local, "20260101T000000000000Z-00000000") is None  # none kept
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b'.step started {}\na done {"a":1}\nb failed\nc done \n',
+        b"a done",  # torn: no newline at the end
+        b"a  done\n",
+        b"a done\r\n",
+        b"\n",
+        b"a done\n\nb done\n",
+        b"\x00\x00\x00\n",
+        b"\xff done\n",
+        "é done\n".encode(),
+        b"a Done\n",
+        b"a d" + b"x" * 40 + b"\n",
+        b"x" * 256 + b" done\n",
+        b"x" * 257 + b" done\n",
+        b"a done x\tb\x00 \xc3\xa9\n",
+        b"a\tb done\n",
+        b"a done\nb\n",
+    ],
+)
+def test_each_object_of_the_journal_reads_as_the_journal_would(data: bytes) -> None:
+    assert _parse_part(data) == parse_journal(data)

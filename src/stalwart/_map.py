@@ -381,14 +381,17 @@ class _Drive:
             self.journal.compact([])
             replay = Replay([], 0)
         latest = _latest(replay)
-        if worth_compacting(replay):
+        started = {**header, "total": len(keyed)}
+        compacting = worth_compacting(replay)
+        if compacting:
             self.journal.compact([e for e in replay.latest().values() if e.id != HEADER])
-        self.journal.append(
-            HEADER,
-            "started",
-            json.dumps({**header, "total": len(keyed)}, separators=(",", ":"), sort_keys=True),
-            durable=True,
-        )
+        if compacting or before != started:  # the same header again: nothing to write
+            self.journal.append(
+                HEADER,
+                "started",
+                json.dumps(started, separators=(",", ":"), sort_keys=True),
+                durable=True,
+            )
         self._settle_discarded(replay, latest, {jid: key for jid, key, _ in keyed})
         return latest
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -297,7 +298,7 @@ class RemoteItemJournal:
         entries: list[Entry] = []
         bad = 0
         for part in self._log.read_parts():  # each on its own: a torn end stays torn
-            found = parse_journal(part)
+            found = _parse_part(part)
             entries += found.entries
             bad += found.bad
         latest: dict[str, Entry | bytes] = {entry.id: entry for entry in entries}
@@ -379,6 +380,31 @@ class RemoteItemJournal:
         self._waiting = 0
         self._latest = {entry.id: entry for entry in entries}
         self._rewrite = True
+
+
+_WHOLE_LINE: re.Pattern[str] | None = None
+
+
+def _parse_part(data: bytes) -> Replay:
+    """``_journal.parse_journal(data)``, about twice as fast for an object whose every line
+    is well-formed (what stalwart writes): one regular expression over the whole text, the
+    grammar of ``_journal`` (id: 1-256 printable ASCII characters but space; state:
+    ``[a-z][a-z_-]{0,31}``). Anything else - a torn end, an empty line, bytes that are not
+    UTF-8, one line the expression does not take - is parsed by ``parse_journal`` itself,
+    so both always agree (``tests/test_map_on_object_storage.py`` checks it)."""
+    global _WHOLE_LINE  # noqa: PLW0603 - compiled on first use: only object-storage maps
+    if not data.endswith(b"\n") or data.startswith(b"\n") or b"\n\n" in data:
+        return parse_journal(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return parse_journal(data)
+    if _WHOLE_LINE is None:
+        _WHOLE_LINE = re.compile(r"^([!-~]{1,256}) ([a-z][a-z_-]{0,31})(?: ([^\n]*))?$", re.M)
+    found = _WHOLE_LINE.findall(text)
+    if len(found) != data.count(b"\n"):
+        return parse_journal(data)
+    return Replay(list(map(Entry._make, found)), 0)
 
 
 def _read_back(entry: Entry) -> bytes:
