@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ._atomic import fsync_directory, replace_bytes
+from ._state_files import open_regular
 
 __all__ = ["Entry", "Journal", "Replay", "parse_journal", "worth_compacting"]
 
@@ -185,12 +186,12 @@ class Journal:
     def _open(self) -> int:
         if self._fd is not None:
             return self._fd
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_RDWR | os.O_APPEND  # open_regular: no symlink, FIFO or directory
         try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, self._mode)
+            fd = open_regular(self.path, flags | os.O_CREAT | os.O_EXCL, self._mode)
             self._created = True
         except FileExistsError:
-            fd = os.open(self.path, flags)
+            fd = open_regular(self.path, flags)
         try:
             _cut_torn_tail(fd)
         except BaseException:
@@ -202,9 +203,28 @@ class Journal:
     def append(self, id: str, state: str, detail: str = "", *, durable: bool = False) -> None:
         """Append one line; with ``durable``, commit per the batch bounds (see the module).
         ``ValueError`` for a malformed line, ``OSError`` if the disk refuses."""
-        line = _line(Entry(id, state, detail))
+        self._append(_line(Entry(id, state, detail)), durable)
+
+    def append_line(self, line: bytes, *, durable: bool = False) -> None:
+        """Append ``line`` as it is, for a journal whose lines have another format (the
+        run's step journal: JSON lines), with the same torn-tail cut, group commit and
+        failure handling as ``append``. ``ValueError`` unless ``line`` is one line ending in
+        a newline."""
+        if not line.endswith(b"\n") or b"\n" in line[:-1]:
+            raise ValueError("a journal line must be one line, ending in a newline")
+        self._append(line, durable)
+
+    def _append(self, line: bytes, durable: bool) -> None:
+        """One ``write`` of ``line``, then the group commit. A write that fails (or writes
+        only part of the line: a full disk) abandons the journal and raises ``OSError``; the
+        next append re-opens it and cuts what a short write left. A failed commit raises
+        and leaves the journal open: the caller abandons it (what waited is not durable)."""
         fd = self._open()
-        written = os.write(fd, line)
+        try:
+            written = os.write(fd, line)
+        except OSError:
+            self.abandon()
+            raise
         if written != len(line):  # a full disk part-way: the next open cuts the torn line
             self.abandon()
             raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
