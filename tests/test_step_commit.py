@@ -168,7 +168,8 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
     assert not marker.exists()  # withdrawn: nothing claims a step done that may not survive
     assert ("unlink", str(marker)) in calls.calls
     assert os.strerror(error) in err
-    assert str(marker) in err and str(run_dir / JOURNAL) in err
+    assert str(marker) in err
+    assert str(run_dir / JOURNAL) in err
     assert "the marker was withdrawn, the step will run again" in err
     assert "Traceback" not in err
     assert len(alerter.alerts) == 1
@@ -253,6 +254,36 @@ def test_a_done_record_that_cannot_be_written_leaves_a_synced_marker(
     assert [s for s in ("s0", "s1") if store.is_done(s, run_id="r1")] == ["s0", "s1"]
     records = [(r["step"], r["outcome"]) for r in journal_lines(store.run_dir)]
     assert records == [("s0", "running"), ("s1", "running"), ("s1", "done")]  # torn line cut
+
+
+def test_a_torn_tail_that_cannot_be_cut_leaves_a_synced_marker_and_no_merged_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The torn tail must be cut before anything is appended; if the disk refuses the cut
+    (EIO), nothing is appended at all: the records are lost with a warning, and the marker
+    syncs itself."""
+    ran: list[str] = []
+    pipeline = steps(tmp_path, ran, count=1)
+    run_dir = pipeline.run_dir("r1")
+    run_dir.mkdir(parents=True)
+    torn = b'{"step":"s0","runs":1,"outcome":"running"}\n{"step":"s0","ru'
+    (run_dir / JOURNAL).write_bytes(torn)
+
+    def failing_ftruncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    calls = Syscalls(monkeypatch)
+    monkeypatch.setattr(os, "ftruncate", failing_ftruncate)
+    with caplog.at_level(logging.WARNING, logger="stalwart.checkpoint"):
+        pipeline.run(run_id="r1")
+    marker = run_dir / ".checkpoints" / "s0.done"
+    assert ran == ["s0"]
+    assert (run_dir / JOURNAL).read_bytes() == torn  # never appended to a torn line
+    assert caplog.text.count(f"could not append step s0's record to {run_dir / JOURNAL}") == 2
+    assert ("fsync", str(marker)) in calls.calls
+    assert calls.of("fdatasync") == []
+    monkeypatch.undo()
+    assert CheckpointStore(run_dir).is_done("s0")
 
 
 # -- the marker decides: the journal never overrules it ----------------------------------------

@@ -84,9 +84,10 @@ class CheckpointStore:
     Crash safety: a marker is written to a temp file and renamed into place, so to any
     process it is complete or absent; a marker that is not complete (edited by hand, a power
     cut before the kernel wrote it, disk corruption) is reported as corrupt and its step runs
-    again. ``commit`` (the runner's) leaves the marker's own durability to the step's
-    ``done`` record; ``write_marker`` syncs it. Clearing markers fsyncs the directory, so a
-    cleared marker does not come back after a power cut.
+    again. ``commit`` (the runner's) gives the marker no fsync of its own - the step's
+    durable ``done`` record commits it, and a marker a power cut loses only re-runs its step;
+    ``write_marker`` syncs it. Clearing markers fsyncs the directory, so a cleared marker
+    does not come back after a power cut.
 
     Step records (starts, ends, failures: what ``status`` shows) are appended to
     ``.journal.jsonl`` (beside ``.checkpoints/``), one JSON line each, by the process holding

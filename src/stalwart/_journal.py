@@ -9,7 +9,12 @@ deciding needs no JSON parse::
     item-0017 done
 
 - ``id``: 1 to 256 printable ASCII characters, no space; ``state``: ``[a-z][a-z_-]*``;
-  ``detail``: any text without a line break (often compact JSON), may be empty.
+  ``detail``: any text without a line break (often compact JSON), may be empty. The run's
+  step journal keeps its older format, one JSON object per line, and is appended to with
+  ``append_line``: the same appender, commit and torn-tail cut, its own reader.
+- **Appending.** One ``write`` per line (``O_APPEND``), to a file opened only if it is a
+  regular file (``open_regular``: no symlink, FIFO or directory in its place). A write that
+  fails or is short abandons the file; the next append re-opens it.
 - **Group commit.** ``append(..., durable=True)`` asks for the line to be made durable. The
   journal calls ``fdatasync`` once per batch: when ``max_batch`` durable lines are waiting,
   or when the oldest waiting one is ``max_delay`` seconds old (checked at each append; no

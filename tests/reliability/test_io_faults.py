@@ -55,10 +55,11 @@ STREAMED = bytes(range(256)) * 10_240  # 2.5 MiB: the 1 MiB buffer spills inside
 
 
 class DiskFaults:
-    """Counts the ``os.open/write/fsync/fdatasync/replace`` calls that touch files under ``root`` and
-    makes the ``k``-th call of ``kind`` raise ``OSError(error)`` the way the kernel would (with
-    the file name for ``open`` and ``replace``). ``persistent``: every later call of that kind
-    fails too. Calls are labelled ``open(dir)``/``fsync(dir)`` when they are on a directory."""
+    """Counts the ``os.open/write/fsync/fdatasync/replace`` calls that touch files under
+    ``root`` and makes the ``k``-th call of ``kind`` raise ``OSError(error)`` the way the
+    kernel would (with the file name for ``open`` and ``replace``). ``persistent``: every later
+    call of that kind fails too. Calls are labelled ``open(dir)``/``fsync(dir)`` when they are
+    on a directory."""
 
     def __init__(
         self, root: Path, kind: str = "", k: int = 0, error: int = 0, *, persistent: bool = False

@@ -1,10 +1,11 @@
 """Kill anywhere: SIGKILL the reference pipeline at random file-system operations, many times.
 
-The killer (``killer.py``) counts ``os.open/write/fsync/fdatasync/ftruncate/replace/unlink/
-mkdir`` calls and kills the process at a chosen one (tearing a write in half), so every phase
-is hit: output writes, step commits (the marker's rename, the journal's ``fdatasync``), step
-records and the cut of a torn journal tail, dead-letter envelopes, temp clean-up. After every kill the
-state must be consistent; after the final resume it must equal a clean run's, with no debris.
+The killer (``killer.py``) counts the ``os`` calls ``open``, ``write``, ``fsync``,
+``fdatasync``, ``ftruncate``, ``replace``, ``unlink`` and ``mkdir``, and kills the process at
+a chosen one (tearing a write in half), so every phase is hit: output writes, step commits
+(the marker's rename, the journal's ``fdatasync``), step records and the cut of a torn
+journal tail, dead-letter envelopes, temp clean-up. After every kill the state must be
+consistent; after the final resume it must equal a clean run's, with no debris.
 
 CI: 50 kills (``STALWART_CHAOS_KILLS`` raises it; ``make chaos`` runs 1,000 with seed 2026).
 """
