@@ -221,7 +221,7 @@ def test_a_marker_that_can_neither_be_committed_nor_sync_itself_is_withdrawn(
     marker = run_dir / ".checkpoints" / "s0.done"
     assert code == 1, err
     assert not marker.exists()
-    assert "syncing it, as the journal could not take its record" in err
+    assert "syncing the marker itself: the journal could not take its record" in err
     assert str(marker) in err
 
 

@@ -266,13 +266,13 @@ class CheckpointStore:
                 self._steps.sync()  # the commit point
             except OSError as exc:
                 self._steps.abandon()  # what it held is not durable: re-opened on next use
-                _withdraw(path, exc, f"committing it through {self._steps.path}")
+                _withdraw(path, exc, f"committing the step through {self._steps.path}")
             return
         try:  # no journal line to commit it: the marker syncs itself
             _sync_file(path)
             fsync_directory(self._directory)
         except OSError as exc:
-            _withdraw(path, exc, "syncing it, as the journal could not take its record")
+            _withdraw(path, exc, "syncing the marker itself: the journal could not take its record")
 
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
         """Remove the markers of ``steps`` (and the item journals of map steps); return the
