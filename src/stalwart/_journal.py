@@ -219,26 +219,27 @@ class Journal:
             raise ValueError("a journal line must be one line, ending in a newline")
         self._append(line, durable)
 
-    def _append(self, line: bytes, durable: bool) -> None:
-        """One ``write`` of ``line``, then the group commit. A write that fails (or writes
-        only part of the line: a full disk) abandons the journal and raises ``OSError``; the
-        next append re-opens it and cuts what a short write left. A failed commit raises
-        and leaves the journal open: the caller abandons it (what waited is not durable)."""
+    def _append(self, data: bytes, durable: bool, lines: int = 1) -> None:
+        """One ``write`` of ``data`` (``lines`` whole lines), then the group commit. A write
+        that fails (or writes only part of ``data``: a full disk) abandons the journal and
+        raises ``OSError``; the next append re-opens it and cuts what a short write left. A
+        failed commit raises and leaves the journal open: the caller abandons it (what
+        waited is not durable)."""
         fd = self._open()
         try:
-            written = os.write(fd, line)
+            written = os.write(fd, data)
         except OSError:
             self.abandon()
             raise
-        if written != len(line):  # a full disk part-way: the next open cuts the torn line
+        if written != len(data):  # a full disk part-way: the next open cuts the torn line
             self.abandon()
-            raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+            raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
         if not durable:
             return
         now = self._clock()
         if not self._waiting:
             self._oldest = now
-        self._waiting += 1
+        self._waiting += lines
         if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
             self.commit()
 
@@ -253,19 +254,7 @@ class Journal:
             end = len(lines)
             if durable:
                 end = min(end, start + self.max_batch - self._waiting)
-            data = b"".join(lines[start:end])
-            fd = self._open()
-            written = os.write(fd, data)
-            if written != len(data):  # as in append: the next open cuts a torn line
-                self.abandon()
-                raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
-            if durable:
-                now = self._clock()
-                if not self._waiting:
-                    self._oldest = now
-                self._waiting += end - start
-                if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
-                    self.commit()
+            self._append(b"".join(lines[start:end]), durable, end - start)
             start = end
 
     def commit(self) -> None:
