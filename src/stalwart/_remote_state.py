@@ -36,7 +36,7 @@ from ._store import LocalStore, SegmentedLog, StateStore
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from ._records import StepRecord
+    from ._records import Marker, StepRecord
 
 __all__ = [
     "RemoteCheckpointStore",
@@ -151,6 +151,12 @@ class RemoteCheckpointStore(CheckpointStore):
     def exists(self) -> bool:
         """Has this run left anything in the store?"""
         return bool(self._store.list_keys(f"{self._key}/"))
+
+    def commit(self, marker: Marker, record: StepRecord) -> None:
+        """The step commit on a store: the marker is one PUT, durable when it returns, so
+        the ``done`` record needs no commit of its own (it is queued like every record)."""
+        self.write_marker(marker)
+        self.write_record(marker.step, record)
 
     def write_record(self, step: str, record: StepRecord) -> None:
         """Queue ``record`` for the journal (the writer thread appends it; ``close`` waits
