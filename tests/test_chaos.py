@@ -120,6 +120,7 @@ STAMPED_POST = """
     @pipeline.step()
     def upload(ctx):
         ctx.http.post(os.environ["SINK"] + "/events", json={"sent_at": time.time_ns()})
+        ctx.write_text("sent.txt", "sent")  # file-system calls after the POST, to kill at
 """
 
 TORN = """

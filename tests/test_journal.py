@@ -253,3 +253,74 @@ def test_small_or_mostly_current_journals_are_not_worth_compacting() -> None:
 
 def test_a_missing_journal_replays_empty(tmp_path: Path) -> None:
     assert Journal(str(tmp_path / "none")).replay() == Replay([], 0)
+
+
+def test_a_raw_line_is_appended_with_the_same_torn_tail_cut(journal: Journal) -> None:
+    """Another line format (the run's step journal: JSON lines) through the same appender."""
+    journal.append_line(b'{"step":"fetch","outcome":"done"}\n')
+    journal.close()
+    with open(journal.path, "ab") as handle:
+        handle.write(b'{"step":"fe')  # killed mid-append
+    journal.append_line(b'{"step":"load"}\n', durable=True)
+    journal.close()
+    with open(journal.path, "rb") as handle:
+        assert handle.read() == b'{"step":"fetch","outcome":"done"}\n{"step":"load"}\n'
+
+
+@pytest.mark.parametrize("line", [b"no newline", b"two\nlines\n", b""])
+def test_a_raw_line_must_be_one_line(journal: Journal, line: bytes) -> None:
+    with pytest.raises(ValueError, match="one line"):
+        journal.append_line(line)
+    assert not os.path.exists(journal.path)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "directory", "symlink"])
+def test_a_journal_that_is_not_a_regular_file_is_refused(tmp_path: Path, planted: str) -> None:
+    path = tmp_path / "journal"
+    if planted == "fifo":
+        os.mkfifo(path)  # opened for writing, it would swallow every line
+    elif planted == "directory":
+        path.mkdir()
+    else:
+        (tmp_path / "elsewhere").write_bytes(b"")
+        path.symlink_to(tmp_path / "elsewhere")
+    journal = Journal(str(path))
+    with pytest.raises(OSError, match="not a file"):
+        journal.append("a", "done")
+    if planted == "symlink":
+        assert (tmp_path / "elsewhere").read_bytes() == b""  # nothing written through it
+
+
+def test_a_failed_write_abandons_the_journal_and_the_next_append_starts_clean(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal.append("a", "done")
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, data[:3])  # part of the line reached the file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        journal.append("b", "done", durable=True)
+    assert journal.waiting == 0
+    monkeypatch.undo()
+    journal.append("c", "done")
+    journal.close()
+    replay = Journal(journal.path).replay()
+    assert [e.id for e in replay.entries] == ["a", "c"]
+    assert replay.bad == 0
+
+
+def test_a_short_write_abandons_the_journal(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:2]))
+    with pytest.raises(OSError, match=r"short write to .*journal \(2 of 7 bytes\)"):
+        journal.append("a", "done")
+    monkeypatch.undo()
+    journal.append("b", "done")
+    journal.close()
+    assert [e.id for e in Journal(journal.path).replay().entries] == ["b"]

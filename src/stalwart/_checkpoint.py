@@ -2,12 +2,14 @@
 
 Layout under the run directory ``<root>/<pipeline>/runs/<run_id>/``::
 
-    .checkpoints/<step>.done        JSON marker, written atomically after the step's outputs
-    .journal.jsonl                  append-only: each step's starts, ends, failures (runs, error)
+    .checkpoints/<step>.done        JSON marker, renamed into place after the step's outputs
+    .journal.jsonl                  append-only (``_journal``): each step's starts, ends,
+                                    failures (runs, error); a ``done`` record commits a step
     .lock                           flock'ed while a process runs this run
 
 Every disk access of this module goes through the few private methods of ``CheckpointStore``
-(read, write atomically, list, delete) and ``RunLock``: the seam a second backend plugs into.
+(read, write atomically, list, delete), its ``commit`` and ``RunLock``: the seam a second
+backend plugs into (``_remote_state``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import contextlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
+from ._journal import Journal
 from ._records import (
     NAME_RE,
     Marker,
@@ -78,16 +81,20 @@ def _parse_line(line: bytes | None) -> tuple[str, StepRecord] | None:
 class CheckpointStore:
     """The ``.done`` markers of one run (``run_dir`` = ``<root>/<pipeline>/runs/<run_id>``).
 
-    Crash safety: markers are written with ``atomic_write`` (temp, fsync, rename, fsync of the
-    directory), so a marker on disk is always complete; a marker that is not (edited by hand,
-    disk corruption) is reported as corrupt and its step runs again. Clearing markers fsyncs
-    the directory, so a cleared marker does not come back after a power cut.
+    Crash safety: a marker is written to a temp file and renamed into place, so to any
+    process it is complete or absent; a marker that is not complete (edited by hand, a power
+    cut before the kernel wrote it, disk corruption) is reported as corrupt and its step runs
+    again. ``commit`` (the runner's) gives the marker no fsync of its own - the step's
+    durable ``done`` record commits it, and a marker a power cut loses only re-runs its step;
+    ``write_marker`` syncs it. Clearing markers fsyncs the directory, so a cleared marker
+    does not come back after a power cut.
 
     Step records (starts, ends, failures: what ``status`` shows) are appended to
-    ``.journal.jsonl`` (beside ``.checkpoints/``) without fsync, one JSON line each, by the
-    process holding the run lock:
-    after a power cut the journal may lack its last lines; a torn last line is ignored. They
-    are statistics, never the source of truth about what is done (the markers are).
+    ``.journal.jsonl`` (beside ``.checkpoints/``), one JSON line each, by the process holding
+    the run lock, without fsync except the ``done`` record of ``commit``: after a power cut
+    the journal may lack its last lines; a torn or garbage last line is ignored with a
+    warning (and cut off before the next append). They are statistics, never the source of
+    truth about what is done: the markers are, and a record never makes a step skip.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
@@ -95,7 +102,8 @@ class CheckpointStore:
         self._directory = os.path.join(self._run_dir, ".checkpoints")
         self._records: dict[str, StepRecord] | None = None
         self._directory_ready = False
-        self._journal_fd: int | None = None
+        self._steps = Journal(os.path.join(self._run_dir, _JOURNAL))
+        """The step journal, appended to by this process (it holds the run lock)."""
 
     @property
     def run_dir(self) -> Path:
@@ -233,6 +241,39 @@ class CheckpointStore:
         a crash before it returns leaves no marker (the step runs again), never half of one."""
         self._write(f"{validate_name(marker.step, 'step name')}.done", marker.to_json())
 
+    def commit(self, marker: Marker, record: StepRecord) -> None:
+        """Commit a step that returned: rename its marker into place without fsyncs of its
+        own, then append its ``done`` ``record`` to the journal and make it durable with one
+        ``fdatasync`` (docs/crash-safety.md, "The step commit"). Call only after every
+        output is durable.
+
+        What a crash leaves: before the rename, no marker (the step runs again); after it,
+        a complete marker to any process, so after a process crash the step is skipped.
+        After a power cut the marker may be missing or empty until the kernel wrote it:
+        the step runs again, never skips on something its outputs do not back (they were
+        durable before the marker existed). If the journal cannot take the line (a full
+        disk, something planted in its place) the marker syncs itself instead (fsync of it
+        and of ``.checkpoints/``), with a warning. If the journal's commit fails, or the
+        marker cannot sync itself, the disk is failing: the marker is withdrawn (unlinked)
+        and ``OSError`` raised, naming it - the step failed, and runs again."""
+        step = validate_name(marker.step, "step name")
+        self._ensure_directory()
+        path = os.path.join(self._directory, f"{step}.done")
+        set_aside_non_file(path)  # a directory planted as a marker must not fail every run
+        replace_bytes(path, marker.to_json(), durable=False, new_mode=0o600, shared=False)
+        if self._append(step, record):
+            try:
+                self._steps.sync()  # the commit point
+            except OSError as exc:
+                self._steps.abandon()  # what it held is not durable: re-opened on next use
+                _withdraw(path, exc, f"committing the step through {self._steps.path}")
+            return
+        try:  # no journal line to commit it: the marker syncs itself
+            _sync_file(path)
+            fsync_directory(self._directory)
+        except OSError as exc:
+            _withdraw(path, exc, "syncing the marker itself: the journal could not take its record")
+
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
         """Remove the markers of ``steps`` (and the item journals of map steps); return the
         steps that had one."""
@@ -275,42 +316,55 @@ class CheckpointStore:
         return self._load_journal().get(validate_name(step, "step name"), StepRecord())
 
     def write_record(self, step: str, record: StepRecord) -> None:
-        """Append ``record`` to the journal (no fsync; see the class docstring)."""
-        validate_name(step, "step name")
+        """Append ``record`` to the journal (no fsync; see the class docstring). A record the
+        journal cannot take is a warning: statistics must not fail a run."""
+        self._append(validate_name(step, "step name"), record)
+
+    def _append(self, step: str, record: StepRecord) -> bool:
+        """One JSON line for ``record`` appended to the journal (not synced); False, with a
+        warning naming the file, if the journal could not take it."""
         records = self._load_journal()
         line = json.dumps({"step": step, **record_fields(record)}, separators=(",", ":"))
         records[step] = record
         try:
-            if self._journal_fd is None:
-                self._ensure_directory()
-                fd = open_regular(
-                    os.path.join(self._run_dir, _JOURNAL),
-                    os.O_RDWR | os.O_APPEND | os.O_CREAT,
-                    0o600,
-                )
-                try:  # a torn last line (killed mid-append) must not swallow the next record
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        line = "\n" + line
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._journal_fd = fd
-            os.write(self._journal_fd, (line + "\n").encode("utf-8"))
+            self._ensure_directory()
+            # A torn last line (killed mid-append, a power cut's zeros) is cut off first.
+            self._steps.append_line(f"{line}\n".encode())
         except OSError as exc:  # statistics, not state: a full disk must not fail the run here
-            self.close()  # the next append re-opens and steps over a torn line
-            log.warning(
+            log.warning(  # the journal was abandoned: the next append re-opens it
                 "could not append step %s's record to %s (%s); status may lag for this run",
                 step,
-                os.path.join(self._run_dir, _JOURNAL),
+                self._steps.path,
                 exc.strerror or exc,
             )
+            return False
+        return True
 
     def close(self) -> None:
-        """Close the journal (the runner calls it when the run ends)."""
-        if self._journal_fd is not None:
-            fd, self._journal_fd = self._journal_fd, None
-            os.close(fd)
+        """Close the journal (the runner calls it when the run ends). Nothing waits in it:
+        ``commit`` syncs before it returns."""
+        self._steps.abandon()
+
+
+def _withdraw(marker: str, exc: OSError, doing: str) -> NoReturn:
+    """Unlink a marker that could not be made durable (the disk is failing: nothing may
+    claim its step done), then raise ``exc`` again, saying so and naming the marker."""
+    with contextlib.suppress(OSError):
+        os.unlink(marker)
+    raise OSError(
+        exc.errno,
+        f"{exc.strerror or exc} ({doing}); the marker was withdrawn, the step will run again",
+        marker,
+    ) from None
+
+
+def _sync_file(path: str) -> None:
+    """``fsync`` the regular file at ``path``."""
+    fd = open_regular(path)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _ENDS = (".done", ".items")  # a step's marker; a map step's item journal (``_map``)

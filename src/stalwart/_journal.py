@@ -9,7 +9,12 @@ deciding needs no JSON parse::
     item-0017 done
 
 - ``id``: 1 to 256 printable ASCII characters, no space; ``state``: ``[a-z][a-z_-]*``;
-  ``detail``: any text without a line break (often compact JSON), may be empty.
+  ``detail``: any text without a line break (often compact JSON), may be empty. The run's
+  step journal keeps its older format, one JSON object per line, and is appended to with
+  ``append_line``: the same appender, commit and torn-tail cut, its own reader.
+- **Appending.** One ``write`` per line (``O_APPEND``), to a file opened only if it is a
+  regular file (``open_regular``: no symlink, FIFO or directory in its place). A write that
+  fails or is short abandons the file; the next append re-opens it.
 - **Group commit.** ``append(..., durable=True)`` asks for the line to be made durable. The
   journal calls ``fdatasync`` once per batch: when ``max_batch`` durable lines are waiting,
   or when the oldest waiting one is ``max_delay`` seconds old (checked at each append; no
@@ -38,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ._atomic import fsync_directory, replace_bytes
+from ._state_files import open_regular
 
 __all__ = ["Entry", "Journal", "Replay", "parse_journal", "worth_compacting"]
 
@@ -185,12 +191,12 @@ class Journal:
     def _open(self) -> int:
         if self._fd is not None:
             return self._fd
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_RDWR | os.O_APPEND  # open_regular: no symlink, FIFO or directory
         try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, self._mode)
+            fd = open_regular(self.path, flags | os.O_CREAT | os.O_EXCL, self._mode)
             self._created = True
         except FileExistsError:
-            fd = os.open(self.path, flags)
+            fd = open_regular(self.path, flags)
         try:
             _cut_torn_tail(fd)
         except BaseException:
@@ -202,18 +208,38 @@ class Journal:
     def append(self, id: str, state: str, detail: str = "", *, durable: bool = False) -> None:
         """Append one line; with ``durable``, commit per the batch bounds (see the module).
         ``ValueError`` for a malformed line, ``OSError`` if the disk refuses."""
-        line = _line(Entry(id, state, detail))
+        self._append(_line(Entry(id, state, detail)), durable)
+
+    def append_line(self, line: bytes, *, durable: bool = False) -> None:
+        """Append ``line`` as it is, for a journal whose lines have another format (the
+        run's step journal: JSON lines), with the same torn-tail cut, group commit and
+        failure handling as ``append``. ``ValueError`` unless ``line`` is one line ending in
+        a newline."""
+        if not line.endswith(b"\n") or b"\n" in line[:-1]:
+            raise ValueError("a journal line must be one line, ending in a newline")
+        self._append(line, durable)
+
+    def _append(self, data: bytes, durable: bool, lines: int = 1) -> None:
+        """One ``write`` of ``data`` (``lines`` whole lines), then the group commit. A write
+        that fails (or writes only part of ``data``: a full disk) abandons the journal and
+        raises ``OSError``; the next append re-opens it and cuts what a short write left. A
+        failed commit raises and leaves the journal open: the caller abandons it (what
+        waited is not durable)."""
         fd = self._open()
-        written = os.write(fd, line)
-        if written != len(line):  # a full disk part-way: the next open cuts the torn line
+        try:
+            written = os.write(fd, data)
+        except OSError:
             self.abandon()
-            raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+            raise
+        if written != len(data):  # a full disk part-way: the next open cuts the torn line
+            self.abandon()
+            raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
         if not durable:
             return
         now = self._clock()
         if not self._waiting:
             self._oldest = now
-        self._waiting += 1
+        self._waiting += lines
         if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
             self.commit()
 
@@ -228,19 +254,7 @@ class Journal:
             end = len(lines)
             if durable:
                 end = min(end, start + self.max_batch - self._waiting)
-            data = b"".join(lines[start:end])
-            fd = self._open()
-            written = os.write(fd, data)
-            if written != len(data):  # as in append: the next open cuts a torn line
-                self.abandon()
-                raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
-            if durable:
-                now = self._clock()
-                if not self._waiting:
-                    self._oldest = now
-                self._waiting += end - start
-                if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
-                    self.commit()
+            self._append(b"".join(lines[start:end]), durable, end - start)
             start = end
 
     def commit(self) -> None:

@@ -41,7 +41,7 @@ from ._store import LocalStore, SegmentedLog, StateStore
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from ._records import StepRecord
+    from ._records import Marker, StepRecord
 
 __all__ = [
     "RemoteCheckpointStore",
@@ -190,6 +190,12 @@ class RemoteCheckpointStore(CheckpointStore):
             or bool(self._markers())
             or bool(self._store.list_directory(f"{self._key}/")[0])
         )
+
+    def commit(self, marker: Marker, record: StepRecord) -> None:
+        """The step commit on a store: the marker is one PUT, durable when it returns, so
+        the ``done`` record needs no commit of its own (it is queued like every record)."""
+        self.write_marker(marker)
+        self.write_record(marker.step, record)
 
     def write_record(self, step: str, record: StepRecord) -> None:
         """Queue ``record`` for the journal (the writer thread appends it; ``close`` waits

@@ -2,8 +2,9 @@
 
 For each step: read the marker (skip if it is valid and its outputs are intact), record the
 start, call the step, and only after it returned - its outputs already durable, since every
-``ctx`` write is atomic - write its marker atomically. A crash anywhere before the marker
-means the step runs again next time. A step that raises an ``Exception`` is recorded and
+``ctx`` write is atomic - commit it: its marker renamed into place, then its ``done`` record
+made durable in the run's journal (``CheckpointStore.commit``). A crash anywhere before the
+marker means the step runs again next time. A step that raises an ``Exception`` is recorded and
 alerted, and the run ends with a ``Failure`` (a typed record the caller renders or raises);
 an interrupt is recorded and re-raised, never alerted.
 
@@ -477,8 +478,8 @@ class Run:
         current_scope.reset(token)
         duration = time.perf_counter() - t0
         finished = utc_now()
-        try:
-            self.store.write_marker(
+        try:  # the marker, then its "done" record, which commits it (crash-safety.md)
+            self.store.commit(
                 Marker(
                     pipeline=self.name,
                     step=step.name,
@@ -492,9 +493,10 @@ class Run:
                     outputs=ctx.outputs,
                     inputs=ctx.inputs,
                     params=self.params,
-                )
+                ),
+                self._end_record(scope, runs, started_at, "done", finished=finished),
             )
-        except Exception as exc:  # noqa: BLE001 - a marker that cannot be written: failed
+        except Exception as exc:  # noqa: BLE001 - a marker that cannot be committed: failed
             self._failed(
                 step,
                 exc=exc,
@@ -505,7 +507,6 @@ class Run:
                 started_at=started_at,
             )
             return False
-        self._ended(step, scope, runs, started_at, "done", finished=finished)
         for output in ctx.outputs:
             self.produced[output.name] = (step.name, output.sha256)
         self._supersede(
@@ -545,16 +546,28 @@ class Run:
     ) -> None:
         """Append how a step run ended to the run's journal (what ``status`` shows)."""
         self.store.write_record(
-            step.name,
-            StepRecord(
-                runs=runs,
-                started=started_at,
-                outcome=outcome,
-                finished=finished or utc_now(),
-                attempts=scope.attempts,
-                retries=scope.retries,
-                **more,  # type: ignore[arg-type]
-            ),
+            step.name, self._end_record(scope, runs, started_at, outcome, finished=finished, **more)
+        )
+
+    @staticmethod
+    def _end_record(
+        scope: StepScope,
+        runs: int,
+        started_at: str,
+        outcome: str,
+        *,
+        finished: str = "",
+        **more: str,
+    ) -> StepRecord:
+        """The journal record of a step run that ended with ``outcome``."""
+        return StepRecord(
+            runs=runs,
+            started=started_at,
+            outcome=outcome,
+            finished=finished or utc_now(),
+            attempts=scope.attempts,
+            retries=scope.retries,
+            **more,  # type: ignore[arg-type]
         )
 
     def _interrupted(

@@ -2,7 +2,8 @@
 
     python killer.py K script.py [args...]
 
-Counted operations: ``os.open``, ``os.write``, ``os.fsync``, ``os.replace``, ``os.unlink``,
+Counted operations: ``os.open``, ``os.write``, ``os.fsync``, ``os.fdatasync`` (the journal's
+commit of a step), ``os.ftruncate`` (its cut of a torn tail), ``os.replace``, ``os.unlink``,
 ``os.mkdir``. At operation K the process kills itself with SIGKILL - for a write, after
 writing half of the buffer, so a torn write is on disk. ``K=0`` kills nothing and, when
 ``KILLER_COUNT_FILE`` is set, writes the number of operations there at exit.
@@ -39,7 +40,7 @@ def _counted(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-for _name in ("open", "write", "fsync", "replace", "unlink", "mkdir"):
+for _name in ("open", "write", "fsync", "fdatasync", "ftruncate", "replace", "unlink", "mkdir"):
     setattr(os, _name, _counted(_name, getattr(os, _name)))
 
 

@@ -1,4 +1,5 @@
-"""Fail every I/O operation: the k-th ``os.open/write/fsync/replace`` raises ENOSPC or EIO.
+"""Fail every I/O operation: the k-th ``os.open/write/fsync/fdatasync/replace`` raises ENOSPC
+or EIO.
 
 For each operation kind a clean write is counted first; then, for every k from 1 to that
 count, the k-th call of that kind fails - once ("once"), or from then on, like a disk that
@@ -10,9 +11,10 @@ stays full ("from-then-on"). The directory fsync is covered too: it is an ``os.o
 - the error reaches the caller with its errno and names the destination;
 - a failed fsync is never retried (fsync calls counted).
 
-Then the same at the scale of a run: a marker write, and every operation of a three-step
-run through the CLI (exit 1, a message naming the file, no debris, a clean resume). Plus one
-real disk-full test on a 1 MiB tmpfs (root only, as in CI).
+Then the same at the scale of a run: a step's commit (its marker, then the journal's
+``fdatasync`` of its "done" record), and every operation of a three-step run through the CLI
+(exit 1, a message naming the file, no debris, a clean resume). Plus one real disk-full test
+on a 1 MiB tmpfs (root only, as in CI).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from stalwart.cli._status import collect
 from stalwart.testing import RecordingAlerter
 
 KINDS = ("open", "write", "fsync", "replace")
+RUN_KINDS = (*KINDS, "fdatasync")  # a run also commits each step through its journal
 MODES = {  # errno, and whether every later call of the kind fails too
     "ENOSPC-once": (errno.ENOSPC, False),
     "ENOSPC-from-then-on": (errno.ENOSPC, True),
@@ -52,10 +55,11 @@ STREAMED = bytes(range(256)) * 10_240  # 2.5 MiB: the 1 MiB buffer spills inside
 
 
 class DiskFaults:
-    """Counts the ``os.open/write/fsync/replace`` calls that touch files under ``root`` and
-    makes the ``k``-th call of ``kind`` raise ``OSError(error)`` the way the kernel would (with
-    the file name for ``open`` and ``replace``). ``persistent``: every later call of that kind
-    fails too. Calls are labelled ``open(dir)``/``fsync(dir)`` when they are on a directory."""
+    """Counts the ``os.open/write/fsync/fdatasync/replace`` calls that touch files under
+    ``root`` and makes the ``k``-th call of ``kind`` raise ``OSError(error)`` the way the
+    kernel would (with the file name for ``open`` and ``replace``). ``persistent``: every later
+    call of that kind fails too. Calls are labelled ``open(dir)``/``fsync(dir)`` when they are
+    on a directory."""
 
     def __init__(
         self, root: Path, kind: str = "", k: int = 0, error: int = 0, *, persistent: bool = False
@@ -75,7 +79,7 @@ class DiskFaults:
         return sum(1 for label in self.calls if label.partition("(")[0] == kind)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        for kind in KINDS:
+        for kind in RUN_KINDS:
             monkeypatch.setattr(os, kind, self._wrap(kind, getattr(os, kind)))
 
     def _label(self, kind: str, args: tuple[Any, ...]) -> str | None:
@@ -237,8 +241,8 @@ def arm_during(patch: pytest.MonkeyPatch, faults: DiskFaults, *methods: str) -> 
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_fault_writing_a_marker_keeps_the_old_marker_and_says_which(
+@pytest.mark.parametrize("kind", RUN_KINDS)
+def test_a_fault_committing_a_step_keeps_the_old_marker_or_none_and_says_which(
     tmp_path: Path, kind: str, mode: str, figures: Counter[str]
 ) -> None:
     error, persistent = MODES[mode]
@@ -252,31 +256,45 @@ def test_a_fault_writing_a_marker_keeps_the_old_marker_and_says_which(
         (run_dir / "out.txt").write_text("stale!")  # a changed output: the step runs again
         with pytest.MonkeyPatch.context() as patch:
             faults.install(patch)
-            arm_during(patch, faults, "write_marker")
+            arm_during(patch, faults, "commit")
             return cli(pipeline)
 
     clean = DiskFaults(root)
     assert faulty_run(clean)[0] == 0
     old = marker.read_bytes()
     n = clean.count(kind)
+    if kind == "fsync":  # the marker has no fsync of its own: the journal's commit covers it
+        assert n == 0, clean.calls
+        return
     assert n >= 1, clean.calls
     for k in range(1, n + 1):
         faults = DiskFaults(root, kind, k, error, persistent=persistent)
         code, err = faulty_run(faults)
-        tally(figures, "marker write", faults)
+        tally(figures, "step commit", faults)
         where = f"{kind}#{k} ({faults.injected[0] if faults.injected else 'not reached'})"
         assert faults.injected, where
+        journal = str(run_dir / ".journal.jsonl")
+        if code == 0:  # the "done" record's write failed: the marker synced itself instead
+            assert (kind, k) == ("write", 2), f"{where}: {err}"
+            assert f"could not append step one's record to {journal}" in err
+            assert faults.count("fsync") == 2  # the marker, then .checkpoints/
+            assert marker.read_bytes() != old, where
+            assert temps_under(run_dir) == [], where
+            continue
         assert code == 1, f"{where}: {err}"
         assert str(marker) in err, f"{where}: the message does not name the marker:\n{err}"
         assert "Traceback" not in err
         assert os.strerror(error) in err
-        if faults.replaced_before_fault:
-            assert Marker.from_json(marker.read_bytes()).run_id == "r1"
+        if faults.replaced_before_fault:  # the commit failed: the new marker was withdrawn
+            assert not marker.exists(), where
+            assert "the marker was withdrawn" in err
         else:
             assert marker.read_bytes() == old, where
         assert temps_under(run_dir) == [], where
-        if kind == "fsync":
-            assert faults.count("fsync") == k, f"{where}: a failed fsync was retried"
+        if kind == "fdatasync":
+            assert faults.count("fdatasync") == k, f"{where}: a failed fdatasync was retried"
+        assert cli(pipeline)[0] == 0, where  # and the step commits at the next run
+        assert Marker.from_json(marker.read_bytes()).run_id == "r1"
 
 
 def test_a_marker_that_cannot_be_written_fails_the_step_and_pages_a_human(tmp_path: Path) -> None:
@@ -286,7 +304,7 @@ def test_a_marker_that_cannot_be_written_fails_the_step_and_pages_a_human(tmp_pa
     faults = DiskFaults(root, "replace", 1, errno.ENOSPC)
     with pytest.MonkeyPatch.context() as patch:
         faults.install(patch)
-        arm_during(patch, faults, "write_marker")
+        arm_during(patch, faults, "commit")
         code, err = cli(pipeline)
     assert faults.injected == ["replace"]
     assert code == 1, err
@@ -365,7 +383,7 @@ def check_state(root: Path, expected: dict[str, bytes]) -> None:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", RUN_KINDS)
 def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
     tmp_path: Path, kind: str, mode: str, figures: Counter[str]
 ) -> None:
@@ -396,8 +414,8 @@ def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
             assert "Traceback" not in err, where
         assert temps_under(root) == [], where
         check_state(root, expected)
-        if kind == "fsync":
-            assert faults.count("fsync") == k, f"{where}: a failed fsync was retried"
+        if kind in ("fsync", "fdatasync"):
+            assert faults.count(kind) == k, f"{where}: a failed {kind} was retried"
         # The disk is healthy again: a plain resume completes the run.
         code, err = cli(three_steps(root, RecordingAlerter()))
         assert code == 0, f"{where}: the resume failed\n{err}"

@@ -1,9 +1,11 @@
 """Kill anywhere: SIGKILL the reference pipeline at random file-system operations, many times.
 
-The killer (``killer.py``) counts ``os.open/write/fsync/replace/unlink/mkdir`` calls and kills
-the process at a chosen one (tearing a write in half), so every phase is hit: output writes,
-marker writes, step records, dead-letter envelopes, temp clean-up. After every kill the
-state must be consistent; after the final resume it must equal a clean run's, with no debris.
+The killer (``killer.py``) counts the ``os`` calls ``open``, ``write``, ``fsync``,
+``fdatasync``, ``ftruncate``, ``replace``, ``unlink`` and ``mkdir``, and kills the process at
+a chosen one (tearing a write in half), so every phase is hit: output writes, step commits
+(the marker's rename, the journal's ``fdatasync``), step records and the cut of a torn
+journal tail, dead-letter envelopes, temp clean-up. After every kill the state must be
+consistent; after the final resume it must equal a clean run's, with no debris.
 
 CI: 50 kills (``STALWART_CHAOS_KILLS`` raises it; ``make chaos`` runs 1,000 with seed 2026).
 """
@@ -52,7 +54,8 @@ def run(
 def check_consistent(
     root: Path, reference: dict[str, bytes], only: str | None = None, seen: set[str] | None = None
 ) -> None:
-    """Every output that exists is whole; every marker parses and its outputs exist.
+    """Every output that exists is whole; every marker parses and its outputs exist; every
+    line of the step journal but a torn last one parses.
 
     ``only`` limits the run directories checked to one (a run touches only its own run
     directory, and the shared dead letters); envelopes named in ``seen`` were checked before
@@ -65,6 +68,10 @@ def check_consistent(
             path = run_dir / name
             if path.exists():
                 assert path.read_bytes() == content, f"{path} is not a clean run's output"
+        journal = run_dir / ".journal.jsonl"
+        lines = journal.read_bytes().split(b"\n")[:-1] if journal.is_file() else []
+        for line in lines:  # whole lines only: a torn tail is cut before the next append
+            assert isinstance(json.loads(line), dict), f"{journal}: {line!r}"
         checkpoints = run_dir / ".checkpoints"
         for marker in checkpoints.glob("*.done") if checkpoints.is_dir() else []:
             data = json.loads(marker.read_bytes())
