@@ -268,17 +268,3 @@ def test_dead_letters_are_kept_replayed_and_discarded_on_s3(
     assert f"{s3_root}/p/deadletter" in unknown.stderr
     lock = f"p/deadletter/.{rows['row 7 rejected']['id']}.lock/"
     assert open_store(s3_root).list_keys(lock) != []  # released, not gone
-
-
-def test_a_map_step_on_an_object_store_root_is_refused_before_anything(
-    s3_server: S3Server, s3_root: str
-) -> None:
-    pipeline = stalwart.Pipeline("pages", root=s3_root, alerters=[])
-
-    @pipeline.map(items=[1, 2])
-    def page(ctx: stalwart.ItemContext, item: int) -> None:
-        ctx.write_text(f"p/{item}.txt", "x")
-
-    with pytest.raises(stalwart.UsageError, match=r"map steps \(page\) keep their item journal"):
-        pipeline.run(run_id="r1")
-    assert not any(key.startswith("pages/") for key in objects(s3_server, s3_root))

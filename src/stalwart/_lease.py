@@ -315,6 +315,9 @@ class FencedStore:
     def list_sizes(self, prefix: str) -> dict[str, int]:
         return self._store.list_sizes(prefix)
 
+    def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
+        return self._store.list_directory(prefix)
+
     def list_dirs(self, prefix: str) -> list[str]:
         return self._store.list_dirs(prefix)
 

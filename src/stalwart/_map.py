@@ -40,9 +40,17 @@ from ._errors import StalwartError, UsageError
 from ._executors import ExecutorSpec, ItemExecutor, check_executor, open_executor
 from ._journal import Entry, Journal, Replay, worth_compacting
 from ._map_progress import Progress
+from ._map_state import (
+    envelope_state,
+    holding_run,
+    item_dead_letters,
+    open_item_journal,
+)
+from ._map_state import item_journal_path as items_journal_path
 from ._map_worker import ChunkTask, Outcome, RemoteRootRefused, run_chunk
 
 if TYPE_CHECKING:
+    from ._checkpoint import CheckpointStore
     from ._context import Context
     from ._deadletter import StepDeadLetters
     from ._policy import RetryPolicy
@@ -52,10 +60,12 @@ __all__ = [
     "ItemCounts",
     "ItemsFailed",
     "MapStep",
+    "checkpoint_item_counts",
     "default_key",
     "item_counts",
     "items_journal_path",
     "journal_id",
+    "replay_counts",
 ]
 
 log = logging.getLogger("stalwart.map")
@@ -84,10 +94,6 @@ class ItemsFailed(StalwartError):
         self.failed = failed
         self.not_started = not_started
         self.total = total
-
-
-def items_journal_path(run_dir: str, step: str) -> str:
-    return os.path.join(run_dir, ".checkpoints", f"{step}.items")
 
 
 def default_key(item: object) -> str:
@@ -167,6 +173,24 @@ def item_counts(run_dir: str, step: str) -> ItemCounts | None:
         replay = journal.replay()
     except OSError:
         return None
+    return replay_counts(replay)
+
+
+def checkpoint_item_counts(checkpoints: CheckpointStore, step: str) -> ItemCounts | None:
+    """``item_counts`` for the run of ``checkpoints`` (a ``CheckpointStore``; on object
+    storage its ``item_journal``)."""
+    remote = getattr(checkpoints, "item_journal", None)
+    if remote is None:
+        return item_counts(str(checkpoints.run_dir), step)
+    journal = remote(step)
+    try:
+        return None if journal is None else replay_counts(journal.replay())
+    except OSError:
+        return None
+
+
+def replay_counts(replay: Replay) -> ItemCounts | None:
+    """The counts a journal's lines give (``None`` for an empty journal)."""
     if not replay.entries and not replay.bad:
         return None
     latest = _latest(replay)
@@ -313,8 +337,8 @@ class _Drive:
         self.run_dir: str = ctx._run_dir
         self.step = spec.step
         self.context = {"pipeline": self.services.pipeline, "run_id": ctx.run_id, "step": self.step}
-        self.journal = Journal(
-            items_journal_path(self.run_dir, self.step), max_batch=BATCH, max_delay=BATCH_DELAY_S
+        self.journal = open_item_journal(  # a file, or segment objects on S3
+            self.services, ctx.run_id, self.step, max_batch=BATCH, max_delay=BATCH_DELAY_S
         )
         self.done = self.failed = self.skipped = 0
         self.attempts = self.retries = 0
@@ -357,14 +381,17 @@ class _Drive:
             self.journal.compact([])
             replay = Replay([], 0)
         latest = _latest(replay)
-        if worth_compacting(replay):
+        started = {**header, "total": len(keyed)}
+        compacting = worth_compacting(replay)
+        if compacting:
             self.journal.compact([e for e in replay.latest().values() if e.id != HEADER])
-        self.journal.append(
-            HEADER,
-            "started",
-            json.dumps({**header, "total": len(keyed)}, separators=(",", ":"), sort_keys=True),
-            durable=True,
-        )
+        if compacting or before != started:  # the same header again: nothing to write
+            self.journal.append(
+                HEADER,
+                "started",
+                json.dumps(started, separators=(",", ":"), sort_keys=True),
+                durable=True,
+            )
         self._settle_discarded(replay, latest, {jid: key for jid, key, _ in keyed})
         return latest
 
@@ -375,15 +402,13 @@ class _Drive:
         failed = {jid for jid, state in latest.items() if state == "failed" and jid in keys}
         if not failed:
             return
-        directory = self.services.deadletter_dir
         details = {e.id: e.detail for e in replay.entries if e.id in failed}
         for jid, detail in details.items():
             try:
-                envelope_id = json.loads(detail).get("dl")
-                with open(os.path.join(directory, f"{envelope_id}.json"), "rb") as handle:
-                    state = json.load(handle).get("state")
-            except (OSError, ValueError, AttributeError, TypeError):
+                envelope_id = str(json.loads(detail).get("dl"))
+            except (ValueError, AttributeError):
                 continue
+            state = envelope_state(self.services, envelope_id)
             if state == "discarded":
                 self.journal.append(jid, "skipped", json.dumps({"dl": envelope_id}), durable=True)
                 latest[jid] = "skipped"
@@ -455,7 +480,7 @@ class _Drive:
     def _end(self, total: int, not_started: int) -> None:
         if self.failures or not_started:
             self.journal.close()
-            counts = item_counts(self.run_dir, self.step)
+            counts = replay_counts(self.journal.replay())
             failed_now = counts.failed if counts is not None else len(self.failures)
             key, error, _ = self.failures[0] if self.failures else ("", "", "")
             parts = [f"{failed_now} of {total} items failed"]
@@ -476,6 +501,8 @@ class _Drive:
 
     def _executor_ready(self) -> ItemExecutor:
         executor = open_executor(self.spec.executor, self.spec.workers)
+        if self.services.store is not None:
+            return executor  # object storage: workers on any host write the outputs there
         try:
             here = socket.gethostname()
             elsewhere = {w: h for w, h in executor.worker_hosts().items() if h != here}
@@ -627,9 +654,9 @@ class _Drive:
     def _keep_item(self, key: str, item: Any, error: str, attempts: int) -> str:
         """Keep the failed item as a dead letter of kind ``item`` (replay runs it again)."""
         if self._writer is None:
-            from ._deadletter import DeadLetterStore, StepDeadLetters  # noqa: PLC0415
+            from ._deadletter import StepDeadLetters  # noqa: PLC0415
 
-            store = DeadLetterStore(self.services.deadletter_dir, pipeline=self.services.pipeline)
+            store = item_dead_letters(self.services)
             self._writer = StepDeadLetters(
                 store, run_id=self.ctx.run_id, step=self.step, emit=self.services.emit
             )
@@ -681,7 +708,8 @@ class _Window:
         self.tripped = False
         self.size = executor.workers * 2
         self.fn = _fn_payload(drive.spec.fn) if executor.remote else drive.spec.fn
-        self.host = socket.gethostname() if executor.kind == "dask" else ""
+        local = drive.services.store is None  # a local root: Dask workers on this host only
+        self.host = socket.gethostname() if executor.kind == "dask" and local else ""
         self.services = None if executor.remote else drive.services
         self.grow_to = BATCH if executor.kind == "threads" and drive.spec.chunk is None else 0
         self.item_s: float | None = None
@@ -770,7 +798,6 @@ def replay_item(spec: MapStep, services: RunServices, store: Any, envelope_id: s
     journal and the envelope is marked ``replayed``, so the next run does not run it again.
     Returns the item's key. ``DeadLetterError`` if it cannot be replayed or fails again."""
     from ._errors import DeadLetterError  # noqa: PLC0415
-    from ._lock import RunLock  # noqa: PLC0415
     from ._time import utc_now  # noqa: PLC0415
 
     envelope = store.load(envelope_id)
@@ -786,9 +813,8 @@ def replay_item(spec: MapStep, services: RunServices, store: Any, envelope_id: s
             f"dead letter {envelope_id}: item {key!r} was not JSON, so it was kept as text only; "
             f"re-run step {spec.step} of run {run_id} to run it again"
         )
-    run_dir = services.run_dir(run_id)
-    journal = Journal(items_journal_path(run_dir, spec.step))
-    with RunLock(os.path.join(run_dir, ".lock")):
+    with holding_run(services, run_id) as held:  # on S3: the lease, and the store it fences
+        journal = open_item_journal(held, run_id, spec.step)
         params = _header(journal.replay()).get("params") or {}
         task = ChunkTask(
             fn=spec.fn,
@@ -804,7 +830,7 @@ def replay_item(spec: MapStep, services: RunServices, store: Any, envelope_id: s
             host="",
             items=[(key, envelope.document.get("item"))],
         )
-        [(_, ok, detail)] = run_chunk(task, services)
+        [(_, ok, detail)] = run_chunk(task, held)
         with store._locked(envelope_id):  # package-internal: no replay of it meanwhile
             envelope = store.load(envelope_id)
             if not ok:

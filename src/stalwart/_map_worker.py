@@ -1,7 +1,8 @@
 """The worker side of a map step: run a chunk of items, return how each one ended.
 
 ``run_chunk`` runs where the executor puts it: a thread of the driver, a process of a pool,
-a Dask worker. It writes the items' outputs (atomic writes into the run directory) and
+a Dask worker. It writes the items' outputs (atomic writes into the run directory; one PUT
+each on object storage, through a store the worker opens itself) and
 returns one ``(key, ok, detail)`` per item; it never touches the step's journal or marker:
 the driver alone records what is done.
 """
@@ -20,6 +21,7 @@ from ._context import Step
 from ._errors import UsageError
 from ._invoke import call_step
 from ._item_context import ItemContext, ItemScope
+from ._map_state import item_context_type, worker_store
 from ._redact import scrub_registered
 from ._scope import StepScope, current_scope
 from ._services import Emitter, RunServices, SharedHttp
@@ -75,6 +77,7 @@ def _services_here(task: ChunkTask) -> RunServices:
                 http=SharedHttp(None),
                 alerters=(),
                 emit=Emitter([]),
+                store=worker_store(task.root),  # s3://: opened here, with our credentials
             )
             _worker_services[(task.pipeline, task.root)] = found
         return found
@@ -115,7 +118,8 @@ class _ItemRunner:
         self.counts = StepScope(
             pipeline=task.pipeline, run_id=task.run_id, step=task.step, emit=services.emit
         )
-        self.new_context = ItemContext._maker(
+        context = item_context_type(services)  # ItemContext; on S3 one whose writes are PUTs
+        self.new_context = context._maker(
             services=services,
             run_id=task.run_id,
             step=Step(task.step, fn),

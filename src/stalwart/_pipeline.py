@@ -362,12 +362,6 @@ class Pipeline:
             raise UsageError(f"pipeline {self.name!r} has no steps")
         if from_step is not None:
             self._check_step(from_step)
-        if self._remote and self._map_steps:
-            raise UsageError(
-                f"map steps ({', '.join(sorted(self._map_steps))}) keep their item journal in "
-                f"a local run directory: they do not run on an object-store root "
-                f"({self._root}) yet; use a local or shared-file-system root"
-            )
         if os.environ.get("SLACK_WEBHOOK_URL") or os.environ.get("STALWART_PUSHGATEWAY"):
             from ._environment_secrets import register_environment_secrets  # noqa: PLC0415
 

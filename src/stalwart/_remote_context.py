@@ -8,20 +8,27 @@
   this step, downloaded on first use (or the copy of what the step wrote): for libraries that
   want a file name. Writing to it publishes nothing: write outputs with ``ctx.write_*`` or
   ``ctx.atomic_write``. ``ctx.url(name)`` is the object's ``s3://`` URL.
+
+``RemoteItemContext`` is the same for one item of a map step (an ``ItemContext``), on the
+driver's threads or in a worker process (Dask, ``processes``) that opened the store itself.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from typing import IO, TYPE_CHECKING, Any
 
 from ._atomic import FileDigest, atomic_write, lazy_path, replace_bytes
 from ._context import Context, _output_name
+from ._item_context import ItemContext
 from ._remote_state import run_key
 
 if TYPE_CHECKING:
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
 
     from ._store import StateStore
 
-__all__ = ["RemoteContext"]
+__all__ = ["RemoteContext", "RemoteItemContext"]
 
 
 class RemoteContext(Context):
@@ -99,3 +106,50 @@ class RemoteContext(Context):
             raise FileNotFoundError(errno.ENOENT, "no such output", self.url(clean))
         self._note_read(name)
         return data
+
+
+class RemoteItemContext(RemoteContext, ItemContext):
+    """An item's ``ItemContext`` on a store: ``ctx.key``, and the writes, reads and local
+    copies of ``RemoteContext`` (each output one PUT, made by the process running the item).
+
+    An item's local copies are files of one directory per process (no directory made and
+    removed per item: 100,000 items would pay that 100,000 times), removed when the item's
+    context is dropped, and the directory when the process exits."""
+
+    _names: dict[str, str] | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(store=kwargs["services"].store, **kwargs)  # the run's store
+
+    def _local(self, clean: str) -> str:
+        names = self._names
+        if names is None:
+            names = self._names = {}
+            weakref.finalize(self, _remove_copies, names)
+        found = names.get(clean)
+        if found is None:
+            leaf = os.path.basename(clean)[-100:]
+            found = names[clean] = os.path.join(_item_copies(), f"{next(_numbers)}-{leaf}")
+        return found
+
+
+_numbers = itertools.count()
+_copies: list[str] = []
+_copies_lock = threading.Lock()
+
+
+def _item_copies() -> str:
+    """This process's directory of items' local copies (made on first use)."""
+    if not _copies:
+        with _copies_lock:
+            if not _copies:
+                directory = tempfile.mkdtemp(prefix="stalwart-items-")
+                atexit.register(shutil.rmtree, directory, ignore_errors=True)
+                _copies.append(directory)
+    return _copies[0]
+
+
+def _remove_copies(names: dict[str, str]) -> None:
+    for path in names.values():
+        with contextlib.suppress(OSError):
+            os.unlink(path)

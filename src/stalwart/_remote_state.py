@@ -5,6 +5,8 @@ The keys mirror the local layout, below the store's root (``s3://bucket/prefix``
 
     <pipeline>/runs/<run_id>/<output>                   step outputs, one PUT each
     <pipeline>/runs/<run_id>/.checkpoints/<step>.done   markers, one PUT each
+    <pipeline>/runs/<run_id>/.checkpoints/<step>.items/seg-<n>, snap-<n>
+                                                        a map step's item journal
     <pipeline>/runs/<run_id>/.journal/seg-<n>, snap-<n>  the step journal (``SegmentedLog``)
     <pipeline>/runs/<run_id>/.lease/<epoch>             the run's lease (``_lease``)
     <pipeline>/deadletter/<id>.json                     dead-letter envelopes
@@ -13,6 +15,7 @@ The keys mirror the local layout, below the store's root (``s3://bucket/prefix``
 ``RemoteCheckpointStore`` and ``RemoteDeadLetterStore`` are the local classes with their
 storage seam (read, write, list, delete, sizes, the journal, the lock) pointed at the store;
 everything else (what a marker must hold to count, envelopes, replay) is the same code.
+``RemoteItemJournal`` is ``_journal.Journal`` (a map step's item lines) on the store.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,20 +33,23 @@ from ._checkpoint import CheckpointStore
 from ._clock import monotonic, sleep
 from ._deadletter import ID_RE, DeadLetterStore, validate_id
 from ._errors import DeadLetterError, RunLockedError, UsageError
+from ._journal import Entry, Replay, _line, parse_journal
 from ._lease import FencedStore, Lease, lease_holder
 from ._records import record_fields, validate_name
 from ._store import LocalStore, SegmentedLog, StateStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from ._records import Marker, StepRecord
 
 __all__ = [
     "RemoteCheckpointStore",
     "RemoteDeadLetterStore",
+    "RemoteItemJournal",
     "RunLease",
     "deadletter_key",
+    "item_journal_key",
     "open_store",
     "reset_run",
     "run_holder",
@@ -81,6 +88,11 @@ def deadletter_key(pipeline: str) -> str:
     return f"{validate_name(pipeline, 'pipeline name')}/deadletter"
 
 
+def item_journal_key(run: str, step: str) -> str:
+    """The prefix of the item journal of map step ``step`` of the run at key ``run``."""
+    return f"{run}/.checkpoints/{validate_name(step, 'step name')}.items"
+
+
 class RemoteCheckpointStore(CheckpointStore):
     """``CheckpointStore`` on a ``StateStore``: a marker is one PUT; the journal is a
     ``SegmentedLog`` written by a background thread (one segment per flush of the records
@@ -97,19 +109,16 @@ class RemoteCheckpointStore(CheckpointStore):
         self._key = key
         self._journal = SegmentedLog(store, f"{key}/.journal")
         self._present: set[str] | None = None
-        self._sizes: dict[str, int] | None = None
+        self._levels: dict[str, dict[str, int]] = {}
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
-    def _listing(self) -> dict[str, int]:
-        if self._sizes is None:
-            self._sizes = self._store.list_sizes(f"{self._key}/")
-        return self._sizes
-
     def _markers(self) -> set[str]:
+        """What ``.checkpoints/`` holds (``<step>.done``, ``<step>.items/seg-<n>``...),
+        listed once (one request), then kept current."""
         if self._present is None:
             prefix = f"{self._key}/.checkpoints/"
-            self._present = {k[len(prefix) :] for k in self._listing() if k.startswith(prefix)}
+            self._present = {k[len(prefix) :] for k in self._store.list_keys(prefix)}
         return self._present
 
     def _read(self, name: str) -> bytes | None:
@@ -122,22 +131,41 @@ class RemoteCheckpointStore(CheckpointStore):
         self._markers().add(name)
 
     def _list(self) -> list[str]:
+        """The markers and item journals (``<step>.items``, however many objects each)."""
         prefix = f"{self._key}/.checkpoints/"
-        return sorted(key[len(prefix) :] for key in self._store.list_keys(prefix))
+        keys = self._store.list_keys(prefix)
+        return sorted({key[len(prefix) :].partition("/")[0] for key in keys})
 
     def _delete(self, names: list[str]) -> list[str]:
-        present = set(self._list())
-        found = [name for name in names if name in present]
-        if found:
-            self._store.delete([f"{self._key}/.checkpoints/{name}" for name in found])
-            self._markers().difference_update(found)
-        return found
+        """Delete markers and item journals (every object of one): markers first, then each
+        journal newest object first (a crash part-way leaves an older state of it)."""
+        prefix = f"{self._key}/.checkpoints/"
+        wanted = set(names)
+        found: dict[str, list[str]] = {}
+        for key in self._store.list_keys(prefix):
+            name = key[len(prefix) :].partition("/")[0]
+            if name in wanted:
+                found.setdefault(name, []).append(key)
+        doomed = sorted(found.items(), key=lambda item: not item[0].endswith(".done"))
+        keys = [key for _, some in doomed for key in sorted(some, reverse=True)]
+        if keys:
+            self._store.delete(keys)
+            self._present = None  # listed again when next asked
+        return [name for name in names if name in found]
 
     def _ensure_directory(self) -> None:
         """Object storage has no directories."""
 
     def _size(self, output: str) -> int:
-        listed = self._listing().pop(f"{self._key}/{output}", None)  # used once: then asked
+        """The output's size: from one listing of its "directory" (the first 1,000 objects
+        right under it, so a directory of 100,000 item outputs costs one request, not 100),
+        used once per output; then, or if it was not listed, one HEAD."""
+        directory = output.rpartition("/")[0]
+        sizes = self._levels.get(directory)
+        if sizes is None:
+            prefix = f"{self._key}/{directory}/" if directory else f"{self._key}/"
+            sizes = self._levels[directory] = self._store.list_directory(prefix)[0]
+        listed = sizes.pop(f"{self._key}/{output}", None)  # used once: then asked
         if listed is not None:
             return listed
         info = self._store.head(f"{self._key}/{output}")
@@ -145,12 +173,23 @@ class RemoteCheckpointStore(CheckpointStore):
             raise FileNotFoundError(output)
         return info.size
 
+    def item_journal(self, step: str) -> RemoteItemJournal | None:
+        """The item journal of map step ``step`` (``None`` if the run has none, as listed)."""
+        if not any(name.startswith(f"{step}.items/") for name in self._markers()):
+            return None
+        return RemoteItemJournal(self._store, item_journal_key(self._key, step))
+
     def _journal_stream(self) -> Iterable[bytes | None]:
         return self._journal.read().splitlines()
 
     def exists(self) -> bool:
-        """Has this run left anything in the store?"""
-        return bool(self._store.list_keys(f"{self._key}/"))
+        """Has this run left anything in the store? (Every run takes its lease first; no
+        listing of the whole run, which may hold 100,000 item outputs.)"""
+        return (
+            bool(self._store.list_keys(f"{self._key}/.lease/"))
+            or bool(self._markers())
+            or bool(self._store.list_directory(f"{self._key}/")[0])
+        )
 
     def commit(self, marker: Marker, record: StepRecord) -> None:
         """The step commit on a store: the marker is one PUT, durable when it returns, so
@@ -208,6 +247,178 @@ class RemoteCheckpointStore(CheckpointStore):
         if writer is not None:
             self._queue.put(None)
             writer.join()
+
+
+class RemoteItemJournal:
+    """A map step's item journal on a ``StateStore``: ``_journal.Journal``'s lines
+    (``<id> <state> <detail>``) and group commit, where a store has no append.
+
+    Each commit is one new immutable segment object (``SegmentedLog``: created once, whole or
+    absent); every ``COMPACT_AFTER`` commits, a snapshot of the latest line of each id
+    replaces them (created, then the older objects deleted). ``compact`` (start afresh, or
+    fold) is written as a snapshot at the next commit, with the lines appended by then.
+
+    Crash safety: a line is durable once the commit that carries it returned. A SIGKILL
+    loses the lines not committed yet (at most ``max_batch``, or ``max_delay`` seconds of
+    them): their items run again; nothing committed is lost, and a crash mid-compaction
+    leaves the old objects or the snapshot, never a mix. Each object is parsed on its own:
+    a line of one that is torn or garbage (a part that does not end with a newline ends
+    with a torn line) is counted in ``Replay.bad``, never read as ``done``.
+
+    One writer at a time: the run's holder (its store is fenced by the lease); a second
+    writer's segment is refused (``RuntimeError``).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        key: str,
+        *,
+        max_batch: int = 1,
+        max_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch < 1 or max_delay < 0:
+            raise ValueError("max_batch must be at least 1 and max_delay not negative")
+        self.path = store.url(key)
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._clock = clock
+        self._log = SegmentedLog(store, key)
+        self._lines: list[bytes] = []
+        """Appended, not committed yet."""
+        self._latest: dict[str, Entry | bytes] | None = None
+        """The latest line of each id (what a snapshot holds); encoded once, when needed."""
+        self._rewrite = False
+        self._waiting = 0
+        self._oldest = 0.0
+        self.commits = 0
+        """How many times lines were made durable (objects written)."""
+
+    @property
+    def waiting(self) -> int:
+        """Durable lines appended but not yet committed."""
+        return self._waiting
+
+    def _load(self) -> tuple[Replay, dict[str, Entry | bytes]]:
+        entries: list[Entry] = []
+        bad = 0
+        for part in self._log.read_parts():  # each on its own: a torn end stays torn
+            found = _parse_part(part)
+            entries += found.entries
+            bad += found.bad
+        latest: dict[str, Entry | bytes] = {entry.id: entry for entry in entries}
+        self._latest = latest
+        return Replay(entries, bad), latest
+
+    def replay(self) -> Replay:
+        """The whole journal (lines appended and not committed are committed first).
+        ``OSError`` if the store cannot be read."""
+        self.sync()
+        return self._load()[0]
+
+    def append(self, id: str, state: str, detail: str = "", *, durable: bool = False) -> None:
+        """Append one line; with ``durable``, commit per the batch bounds (``_journal``).
+        ``ValueError`` for a malformed line; the store's error if a commit fails."""
+        self._add(id, _line(Entry(id, state, detail)), durable=durable)
+
+    def append_many(self, entries: Iterable[Entry], *, durable: bool = False) -> None:
+        """Append several lines, as ``append`` would one after another (a commit each time a
+        batch is full). ``ValueError`` (nothing appended) if any line is malformed."""
+        for id, line in [(entry.id, _line(entry)) for entry in entries]:
+            self._add(id, line, durable=durable)
+
+    def _add(self, id: str, line: bytes, *, durable: bool) -> None:
+        # a snapshot must hold what is there already: read it before the first append
+        latest = self._latest if self._latest is not None else self._load()[1]
+        self._lines.append(line)
+        latest[id] = line
+        if not durable:
+            return
+        now = self._clock()
+        if not self._waiting:
+            self._oldest = now
+        self._waiting += 1
+        if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit if a durable line waits (one object written)."""
+        if self._waiting:
+            self.sync()
+
+    def sync(self) -> None:
+        """Commit every line appended so far: one segment, or the snapshot that replaces the
+        journal when one is due (``compact``, or ``COMPACT_AFTER`` segments)."""
+        if not self._lines and not self._rewrite:
+            return
+        if self._rewrite or self._log.segments + 1 >= COMPACT_AFTER:
+            self._log.replace(self._snapshot())
+            self._rewrite = False
+        else:
+            self._log.append(b"".join(self._lines))
+        self._lines.clear()
+        self._waiting = 0
+        self.commits += 1
+
+    def _snapshot(self) -> bytes:
+        latest = self._latest or {}
+        parts: list[bytes] = []
+        for key, value in latest.items():
+            line = _read_back(value) if isinstance(value, Entry) else value
+            latest[key] = line  # encoded once: the next snapshot only joins
+            parts.append(line)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Commit what was appended. Idempotent."""
+        self.sync()
+
+    def abandon(self) -> None:
+        """Drop what was appended and not committed (those items run again)."""
+        self._lines.clear()
+        self._waiting = 0
+
+    def compact(self, entries: Iterable[Entry]) -> None:
+        """Replace the journal by ``entries``: written as one snapshot by the next commit
+        (with the lines appended by then), so a crash before it leaves the journal as it was."""
+        self._lines.clear()
+        self._waiting = 0
+        self._latest = {entry.id: entry for entry in entries}
+        self._rewrite = True
+
+
+_WHOLE_LINE: re.Pattern[str] | None = None
+
+
+def _parse_part(data: bytes) -> Replay:
+    """``_journal.parse_journal(data)``, about twice as fast for an object whose every line
+    is well-formed (what stalwart writes): one regular expression over the whole text, the
+    grammar of ``_journal`` (id: 1-256 printable ASCII characters but space; state:
+    ``[a-z][a-z_-]{0,31}``). Anything else - a torn end, an empty line, bytes that are not
+    UTF-8, one line the expression does not take - is parsed by ``parse_journal`` itself,
+    so both always agree (``tests/test_map_on_object_storage.py`` checks it)."""
+    global _WHOLE_LINE  # noqa: PLW0603 - compiled on first use: only object-storage maps
+    if not data.endswith(b"\n") or data.startswith(b"\n") or b"\n\n" in data:
+        return parse_journal(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return parse_journal(data)
+    if _WHOLE_LINE is None:
+        _WHOLE_LINE = re.compile(r"^([!-~]{1,256}) ([a-z][a-z_-]{0,31})(?: ([^\n]*))?$", re.M)
+    found = _WHOLE_LINE.findall(text)
+    if len(found) != data.count(b"\n"):
+        return parse_journal(data)
+    return Replay(list(map(Entry._make, found)), 0)
+
+
+def _read_back(entry: Entry) -> bytes:
+    """A line that was read (so checked then), as it was: no second check, ~10x faster
+    than ``_line`` for the 100,000 lines of a snapshot."""
+    if entry.detail:
+        return f"{entry.id} {entry.state} {entry.detail}\n".encode()
+    return f"{entry.id} {entry.state}\n".encode()
 
 
 class RemoteDeadLetterStore(DeadLetterStore):

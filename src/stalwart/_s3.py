@@ -115,6 +115,14 @@ class S3Store:
             if not page.get("IsTruncated") or not token:
                 return sizes
 
+    def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
+        """The objects right under ``prefix`` (not below a further ``/``) with their sizes,
+        from one request (at most 1,000 objects), and whether that was all of them."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        page = self._call("list_objects_v2", Prefix=self._key(prefix), Delimiter="/")
+        sizes = {item["Key"][strip:]: int(item["Size"]) for item in page.get("Contents", [])}
+        return sizes, not page.get("IsTruncated")
+
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix.rstrip("/")) + "/" if prefix.strip("/") else self._key("")
         names: set[str] = set()

@@ -11,7 +11,8 @@ operations and one promise: every write is whole or absent, never a part.
   if there was one. What a lease is made of;
 - ``list_keys(prefix)`` (``list_sizes``: with each object's size), ``list_dirs(prefix)``
   (the names one level below ``prefix`` that hold objects: one delimited listing, however
-  many objects they hold), ``delete(keys)``,
+  many objects they hold), ``list_directory(prefix)`` (the objects right under a prefix,
+  with their sizes, from one listing request), ``delete(keys)``,
   ``head(key)`` (size, last modified, and the store's clock when it answered: expiry is
   judged on the store's clock, never on ours), ``fetch(key)`` (``read`` and ``head`` in one
   request).
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ._atomic import fsync_directory, replace_bytes, temp_name_for
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 REMOTE_SCHEMES = ("s3://",)
+_READERS = 8  # parallel reads of a log's parts
 
 
 class ObjectInfo(NamedTuple):
@@ -73,6 +76,7 @@ class StateStore(Protocol):
     def create(self, key: str, data: bytes) -> ObjectInfo | None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def list_sizes(self, prefix: str) -> dict[str, int]: ...
+    def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]: ...
     def list_dirs(self, prefix: str) -> list[str]: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
@@ -156,6 +160,19 @@ class LocalStore:
                 sizes[key] = os.stat(self.url(key)).st_size
         return sizes
 
+    def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
+        """The objects right under ``prefix`` (``a/b/``: ``a/b/x``, not ``a/b/c/y``) with their
+        sizes, and whether that is all of them (always, on a directory)."""
+        base = self.url(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        sizes = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(base) as it:
+            for entry in it:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False):
+                        key = os.path.relpath(entry.path, self.root)
+                        sizes[key] = entry.stat(follow_symlinks=False).st_size
+        return sizes, True
+
     def list_dirs(self, prefix: str) -> list[str]:
         base = self.url(prefix.rstrip("/")) if prefix.strip("/") else self.root
         try:
@@ -215,17 +232,28 @@ class SegmentedLog:
                     found.append((int(number), key))
         return sorted(segments), sorted(snapshots)
 
-    def read(self) -> bytes:
-        """The whole log: the newest snapshot, then the segments after it, in order."""
+    def read_parts(self) -> list[bytes]:
+        """The log's objects, each whole and apart, in order: the newest snapshot, then the
+        segments after it (fetched in parallel: a resume reads up to ``COMPACT_AFTER`` of
+        them). A reader that must tell a torn last line from a whole one parses each part on
+        its own (a part that does not end with a newline ends with a torn line)."""
         segments, snapshots = self._numbered()
         covered = snapshots[-1][0] if snapshots else 0
-        parts = []
-        if snapshots:
-            parts.append(self._store.read(snapshots[-1][1]) or b"")
+        keys = [snapshots[-1][1]] if snapshots else []
         later = [key for number, key in segments if number > covered]
-        parts.extend(self._store.read(key) or b"" for key in later)
+        keys += later
+        if len(keys) > 2:
+            with ThreadPoolExecutor(min(_READERS, len(keys))) as pool:
+                found = list(pool.map(self._store.read, keys))
+        else:
+            found = [self._store.read(key) for key in keys]
         self.segments = len(later)
         self._next = max([covered, *(number for number, _ in segments)]) + 1
+        return [part or b"" for part in found]
+
+    def read(self) -> bytes:
+        """The whole log: the newest snapshot, then the segments after it, in order."""
+        parts = self.read_parts()
         return b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
 
     def append(self, data: bytes) -> None:
@@ -252,4 +280,19 @@ class SegmentedLog:
         old += [key for number, key in snapshots if number < last]
         self._store.delete(old)
         self._next = last + 1
+        self.segments = 0
+
+    def replace(self, data: bytes) -> None:
+        """Make ``data`` the whole log: one new snapshot (numbered after everything there,
+        created once, never over an object), then delete every older segment and snapshot.
+        A crash before the snapshot leaves the log as it was; after it, the log is ``data``
+        (what the delete missed is older than the snapshot, so no reader reads it)."""
+        segments, snapshots = self._numbered()
+        number = max([0, *(n for n, _ in segments), *(n for n, _ in snapshots)]) + 1
+        key = f"{self._prefix}{self.SNAPSHOT}{number:012d}"
+        if self._store.create(key, data) is None:
+            raise RuntimeError(f"{self._store.url(key)} exists: another process writes this log")
+        old = [key for _, key in sorted([*segments, *snapshots], reverse=True)]  # newest first
+        self._store.delete(old)
+        self._next = number + 1
         self.segments = 0

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._map import item_counts
+from .._map import checkpoint_item_counts
 from .._printable import printable
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
         decision = store.check(name, run_id=run_id)
         record = store.read_record(name)
         marker = decision.marker
-        counts = item_counts(str(store.run_dir), name)
+        counts = checkpoint_item_counts(store, name)
         items = {**counts._asdict(), "pending": counts.pending} if counts else None
         if decision.done and marker is not None:
             rows.append(
