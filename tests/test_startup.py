@@ -51,6 +51,8 @@ NEVER_ON_THE_RUN_PATH = {
     "datetime",  # python-json-logger's imports: none is on the run path
     "uuid",
     "platform",
+    "dataclasses",  # the run's records are NamedTuples (dataclasses loads inspect, ast, dis)
+    "inspect",
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
