@@ -53,6 +53,10 @@ NEVER_ON_THE_RUN_PATH = {
     "platform",
     "dataclasses",  # the run's records are NamedTuples (dataclasses loads inspect, ast, dis)
     "inspect",
+    "argparse",  # `[run] [--run-id ID]` is parsed without it (tests/test_cli_fast_path.py)
+    "gettext",
+    "locale",
+    "stalwart.cli._parser",
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
