@@ -57,6 +57,7 @@ NEVER_ON_THE_RUN_PATH = {
     "gettext",
     "locale",
     "stalwart.cli._parser",
+    "stalwart._printable",  # text logs only: a run under cron (stderr not a TTY) logs JSON
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
