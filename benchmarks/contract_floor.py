@@ -38,10 +38,11 @@ runs it byte-compiled, as an installed package runs (``python -c "import contrac
 Left out: retries, alerts, metrics, dead letters, status, secrets in logs (none is used by
 these runs: no HTTP call, no alerter, no secret).
 
-``python contract_floor.py chain N DIR [--syncs 3|4] [run ...]`` runs ``N`` steps in ``DIR``
-(outputs in ``DIR``, markers in ``DIR/.checkpoints``) with the run ID ``bench`` unless
-``run ...`` says otherwise; step ``i`` writes ``out-<i>.txt`` holding ``step <i>\\n``, as in
-``workloads.py``.
+``python contract_floor.py chain N ROOT [--syncs 3|4] [run ...]`` runs ``N`` steps with the
+run ID ``bench`` (unless ``run ...`` says otherwise) in the documented layout: outputs in
+``ROOT/bench/runs/<run_id>/``, markers in its ``.checkpoints/``, as stalwart's pipeline
+``bench`` with the root ``ROOT``; step ``i`` writes ``out-<i>.txt`` holding ``step <i>\\n``,
+as in ``workloads.py``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def parse_args(argv: list[str]) -> Args:
             raise argparse.ArgumentTypeError(f"invalid run ID {text!r}")
         return text
 
-    parser = argparse.ArgumentParser(prog="contract_floor.py chain N DIR")
+    parser = argparse.ArgumentParser(prog="contract_floor.py chain N ROOT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run the chain")
     run.add_argument("--run-id", type=run_id, default=_today())
@@ -262,9 +263,11 @@ class Journal:
             os.close(self.fd)
 
 
-def run_chain(steps: int, state: str, args: Args, syncs: int = 4) -> int:
-    """Run ``steps`` steps in ``state`` as the documented runner would; returns how many ran."""
+def run_chain(steps: int, root: str, args: Args, syncs: int = 4) -> int:
+    """Run ``steps`` steps under ``root`` as the documented runner would; returns how many
+    ran."""
     run_started = time.time()
+    state = os.path.join(root, PIPELINE, "runs", args.run_id)
     markers = os.path.join(state, MARKERS)
     os.makedirs(markers, exist_ok=True)
     lock = _lock_and_sweep(state)
@@ -336,7 +339,7 @@ def run_chain(steps: int, state: str, args: Args, syncs: int = 4) -> int:
     journal.close()
     elapsed = time.time() - run_started
     _summary(state, args.run_id, "succeeded", started_text)
-    os.path.exists(os.path.join(os.path.dirname(os.path.abspath(state)), STREAK))
+    os.path.exists(os.path.join(root, PIPELINE, STREAK))
     os.close(lock)
     log.info(
         "run %s of %s: success in %.2f s (ran %d, skipped %d, failed 0)",
@@ -357,11 +360,11 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] != "chain":
         print(
-            "usage: contract_floor.py chain N DIR [--syncs 3|4] [run [--run-id ID] ...]",
+            "usage: contract_floor.py chain N ROOT [--syncs 3|4] [run [--run-id ID] ...]",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    steps, state, rest = int(argv[1]), argv[2], argv[3:]
+    steps, root, rest = int(argv[1]), os.path.abspath(argv[2]), argv[3:]
     syncs = 4
     if rest[:1] == ["--syncs"] and len(rest) >= 2 and rest[1] in ("3", "4"):
         syncs, rest = int(rest[1]), rest[2:]
@@ -373,9 +376,8 @@ def main(argv: list[str]) -> int:
     import signal  # noqa: PLC0415 - part of the contract (SIGTERM), imported where it is used
 
     signal.signal(signal.SIGTERM, _terminate)
-    os.makedirs(state, exist_ok=True)
     try:
-        run_chain(steps, state, args, syncs)
+        run_chain(steps, root, args, syncs)
     except Terminated:
         log.error("terminated (SIGTERM); the unfinished step was not marked done")  # noqa: TRY400 - no traceback for a signal
         return EXIT_TERMINATED

@@ -205,8 +205,9 @@ def _shape(lines: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
 def test_the_contract_floor_writes_durably_skips_when_done_and_logs_like_stalwart(
     tmp_path: Path,
 ) -> None:
-    state = tmp_path / "contract"
-    first = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    root = tmp_path / "contract"
+    state = root / "bench" / "runs" / "bench"  # the documented layout, as stalwart's
+    first = run_python([str(CONTRACT_FLOOR), "chain", "2", str(root)])
     assert first.returncode == 0, first.stderr
     for index in range(2):
         output = state / f"out-{index}.txt"
@@ -231,7 +232,7 @@ def test_the_contract_floor_writes_durably_skips_when_done_and_logs_like_stalwar
     assert "ran 2, skipped 0" in ran[-1]["message"]
 
     before = _mtimes(state)
-    second = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    second = run_python([str(CONTRACT_FLOOR), "chain", "2", str(root)])
     assert second.returncode == 0, second.stderr
     assert _mtimes(state) == before
     skipped = _json_lines(second.stderr)
@@ -252,10 +253,11 @@ def test_the_contract_floor_writes_durably_skips_when_done_and_logs_like_stalwar
 def test_the_contract_floor_re_runs_a_step_whose_output_changed_and_honours_force(
     tmp_path: Path,
 ) -> None:
-    state = tmp_path / "contract"
-    assert run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)]).returncode == 0
+    root = tmp_path / "contract"
+    state = root / "bench" / "runs" / "bench"
+    assert run_python([str(CONTRACT_FLOOR), "chain", "2", str(root)]).returncode == 0
     (state / "out-1.txt").write_bytes(b"x")  # not the recorded size: step_001 must run again
-    again = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state)])
+    again = run_python([str(CONTRACT_FLOOR), "chain", "2", str(root)])
     assert again.returncode == 0, again.stderr
     messages = [line["message"] for line in _json_lines(again.stderr)]
     assert "step step_000 already done, skipping" in messages
@@ -263,14 +265,14 @@ def test_the_contract_floor_re_runs_a_step_whose_output_changed_and_honours_forc
     assert (state / "out-1.txt").read_bytes() == b"step 1\n"
 
     forced = run_python(
-        [str(CONTRACT_FLOOR), "chain", "2", str(state), "run", "--run-id", "bench", "--force"]
+        [str(CONTRACT_FLOOR), "chain", "2", str(root), "run", "--run-id", "bench", "--force"]
     )
     assert forced.returncode == 0, forced.stderr
     messages = [line["message"] for line in _json_lines(forced.stderr)]
     assert "step step_000 started" in messages
     assert "step step_001 started" in messages
 
-    bad = run_python([str(CONTRACT_FLOOR), "chain", "2", str(state), "run", "--run-id", "../x"])
+    bad = run_python([str(CONTRACT_FLOOR), "chain", "2", str(root), "run", "--run-id", "../x"])
     assert bad.returncode == 2
     assert "invalid run ID" in bad.stderr
 
@@ -318,12 +320,13 @@ def test_the_contract_floor_commits_with_three_syncs_when_asked(tmp_path: Path) 
     assert run_python([str(CONTRACT_FLOOR), "chain", "2", str(four)]).returncode == 0
     done = run_python([str(CONTRACT_FLOOR), "chain", "2", str(three), "--syncs", "3"])
     assert done.returncode == 0, done.stderr
+    runs = three / "bench" / "runs" / "bench"
     for index in range(2):
-        name = f"step_{index:03d}.done"
-        ours, theirs = (json.loads((d / ".checkpoints" / name).read_text()) for d in (three, four))
+        name = f"bench/runs/bench/.checkpoints/step_{index:03d}.done"
+        ours, theirs = (json.loads((root / name).read_text()) for root in (three, four))
         assert ours["outputs"] == theirs["outputs"]
         assert ours["runs"] == theirs["runs"] == 1
-    journal = [json.loads(line) for line in (three / ".journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (runs / ".journal.jsonl").read_text().splitlines()]
     assert [(r["step"], r["outcome"]) for r in journal] == [
         ("step_000", "running"),
         ("step_000", "done"),
@@ -331,9 +334,9 @@ def test_the_contract_floor_commits_with_three_syncs_when_asked(tmp_path: Path) 
         ("step_001", "done"),
     ]
     # a forced re-run counts the earlier start (read back from the journal)
-    forced = [str(CONTRACT_FLOOR), "chain", "2", str(three), "--syncs", "3", "run", "--force"]
-    assert run_python(forced).returncode == 0
-    marker = json.loads((three / ".checkpoints" / "step_001.done").read_text())
+    forced = [str(CONTRACT_FLOOR), "chain", "2", str(three), "--syncs", "3", "run"]
+    assert run_python([*forced, "--run-id", "bench", "--force"]).returncode == 0
+    marker = json.loads((runs / ".checkpoints" / "step_001.done").read_text())
     assert marker["runs"] == 2
 
 
