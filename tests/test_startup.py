@@ -58,6 +58,7 @@ NEVER_ON_THE_RUN_PATH = {
     "locale",
     "stalwart.cli._parser",
     "stalwart._printable",  # text logs only: a run under cron (stderr not a TTY) logs JSON
+    "stalwart._store",  # object storage: only for a root with a scheme (s3://)
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 
