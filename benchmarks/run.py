@@ -428,16 +428,16 @@ def plain_declare(steps: int) -> dict[str, Callable[..., None]]:
 
 
 def _declare_ms(declare: Callable[[], object], size: int, *, collector: bool = True) -> float:
-    """One sample: the median of up to 10 declarations, ~20,000 steps in all (a 2k
-    declaration takes a few ms: one scheduler hiccup would be its whole sample), each after
-    a garbage collection, so that no sample pays for the previous one's garbage.
+    """One sample: the median of 3 to 10 declarations (~20,000 steps in all; one of 100,000:
+    a 2k declaration takes a few ms, and one scheduler hiccup would be its whole sample),
+    each after a garbage collection, so that no sample pays for the previous one's garbage.
 
     ``collector=False`` pauses the garbage collector while declaring: its full passes walk
     every object of the process, so they make any growing structure (a plain dict of the
     same functions too) super-linear at these sizes; paused, what is left is the
     declaration's own work."""
     times = []
-    for _ in range(max(1, min(10, 20_000 // size))):
+    for _ in range(max(1 if size > 20_000 else 3, min(10, 20_000 // size))):
         gc.collect()
         if not collector:
             gc.disable()
@@ -471,6 +471,9 @@ def bench_declare(cfg: Config, tmp: Path) -> list[Metric]:
         for size in (small, large)
     }
     root = tmp / "declare"
+    for size in rows:  # warm-up: the heap grows to its size once, outside the samples
+        workloads.build_chain(size, root)
+        plain_declare(size)
     for repeat in range(cfg.repeats):
         progress(f"declaring steps: repeat {repeat + 1}/{cfg.repeats}")
         sides = [(size, m, True) for size, m in rows.items()]
