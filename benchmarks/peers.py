@@ -644,6 +644,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=None, help="repeats per metric (5)")
     parser.add_argument("--quick", action="store_true", help="one repeat: a smoke run")
+    parser.add_argument(
+        "--peer-fsync",
+        action="store_true",
+        help="Luigi and Prefect fsync each output and its directory (they do not by default)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="per run, seconds (300)")
     parser.add_argument(
         "--tools",
@@ -673,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(workdir)
+    if args.peer_fsync:  # read by peers/luigi_chain.py and peers/prefect_chain.py
+        os.environ["PEERS_FSYNC"] = "1"
     tools = setup_tools(args.tool_names)
     try:
         results = measure(tools, args.repeats, workdir, args.timeout)
@@ -682,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "repeats": args.repeats,
         "quick": args.quick,
+        "peer_fsync": args.peer_fsync,
         "timeout_s": args.timeout,
         "workdir": str(workdir) if args.keep or args.workdir else None,
     }
@@ -692,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python: {machine['python']} ({machine['base_interpreter']})")
     print(f"state on: {machine['state_filesystem']}")
     print("versions: " + ", ".join(f"{t.name} {t.version}" for t in tools))
-    print(f"repeats: {args.repeats} (each a new process, tools interleaved)\n")
+    print(f"repeats: {args.repeats} (each a new process, tools interleaved)")
+    fsync = "yes (--peer-fsync)" if args.peer_fsync else "no (their default)"
+    print(f"Luigi and Prefect fsync each output and its directory: {fsync}\n")
     print(render_table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(to_json(results, machine, settings), indent=2) + "\n")

@@ -5,7 +5,9 @@ Step ``i`` of a chain writes ``out-<i>.txt`` holding ``step <i>\\n`` with ``ctx.
 
 The script form, ``python workloads.py chain N ROOT``, is the whole-process workload: a
 pipeline file as a user writes it, run through ``pipeline.main()`` (the CLI, so it logs JSON
-lines to stderr as it would under cron) with the run ID ``bench``.
+lines to stderr as it would under cron) with the run ID ``bench``. ``timed-chain N ROOT``
+does the same and prints, on stdout, the seconds ``pipeline.main()`` took (the per-step row
+as users run it: the CLI, JSON logs to a file).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ if TYPE_CHECKING:  # a pipeline file imports only what it uses: pathlib costs ~8
     from collections.abc import Callable
     from pathlib import Path
 
-__all__ = ["RUN_ID", "build_chain", "large_write", "retried"]
+__all__ = ["RUN_ID", "build_chain", "large_write", "make_step", "retried"]
 
 RUN_ID = "bench"
 PIPELINE = "bench"
 
 
-def _make_step(index: int) -> Callable[[stalwart.Context], None]:
+def make_step(index: int) -> Callable[[stalwart.Context], None]:
     name, text = output_name(index), f"step {index}\n"
 
     def step(ctx: stalwart.Context) -> None:
@@ -42,7 +44,7 @@ def build_chain(steps: int, root: str | Path) -> stalwart.Pipeline:
     default (the runner clears ``STALWART_*`` and ``SLACK_*`` from the environment)."""
     pipeline = stalwart.Pipeline(PIPELINE, root=root)
     for index in range(steps):
-        pipeline.step()(_make_step(index))
+        pipeline.step()(make_step(index))
     return pipeline
 
 
@@ -59,11 +61,22 @@ def retried(fn: Callable[[], int]) -> Callable[[], int]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "chain":
-        print("usage: workloads.py chain N ROOT", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in ("chain", "timed-chain"):
+        print("usage: workloads.py chain|timed-chain N ROOT", file=sys.stderr)
         return 2
-    build_chain(int(argv[1]), argv[2]).main(["--run-id", RUN_ID])
-    return 0  # not reached: main() exits
+    pipeline = build_chain(int(argv[1]), argv[2])
+    if argv[0] == "chain":
+        pipeline.main(["--run-id", RUN_ID])  # exits
+    import time  # noqa: PLC0415 - the timed form only
+
+    started = time.perf_counter()
+    try:
+        pipeline.main(["--run-id", RUN_ID])
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    print(time.perf_counter() - started)
+    return 0
 
 
 if __name__ == "__main__":

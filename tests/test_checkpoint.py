@@ -3,7 +3,6 @@ run's marker records, records, clearing, and the lock's own rules."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import json
@@ -29,6 +28,7 @@ from stalwart._checkpoint import (
     validate_name,
 )
 from stalwart._errors import RunLockedError, UsageError
+from stalwart._records import InputRecord
 
 SHA = "a" * 64
 
@@ -378,9 +378,23 @@ def test_records_survive_a_new_store_and_keep_the_latest(store: CheckpointStore)
     assert mode == 0o600
 
 
-def test_marker_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        marker().step = "other"  # type: ignore[misc]
+def test_records_are_immutable_values_that_print_their_fields() -> None:
+    """``Marker``, ``OutputRecord`` and ``InputRecord``: built with keywords, equal when
+    their fields are, never changed in place, shown field by field."""
+    first = marker()
+    assert first == marker()
+    assert first != marker(runs=2)
+    assert first.outputs == (OutputRecord(name="orders.json", size=3, sha256=SHA),)
+    assert (first.params, first.inputs, first.format) == ({}, (), 1)  # the defaults
+    assert repr(first.outputs[0]) == f"OutputRecord(name='orders.json', size=3, sha256='{SHA}')"
+    assert repr(first).startswith("Marker(pipeline='orders', step='fetch', run_id='r1', ")
+    read = InputRecord(name="orders.json", step="fetch", sha256=SHA)
+    assert read == InputRecord(name="orders.json", step="fetch", sha256=SHA)
+    assert hash(read) == hash(InputRecord(name="orders.json", step="fetch", sha256=SHA))
+    for record, field in ((first, "step"), (first.outputs[0], "size"), (read, "step")):
+        with pytest.raises(AttributeError):
+            setattr(record, field, "other")
+    assert Marker.from_json(first.to_json()) == first
 
 
 # -- the run lock -----------------------------------------------------------------------------

@@ -51,6 +51,14 @@ NEVER_ON_THE_RUN_PATH = {
     "datetime",  # python-json-logger's imports: none is on the run path
     "uuid",
     "platform",
+    "dataclasses",  # the run's records are NamedTuples (dataclasses loads inspect, ast, dis)
+    "inspect",
+    "argparse",  # `[run] [--run-id ID]` is parsed without it (tests/test_cli_fast_path.py)
+    "gettext",
+    "locale",
+    "stalwart.cli._parser",
+    "stalwart._printable",  # text logs only: a run under cron (stderr not a TTY) logs JSON
+    "stalwart._store",  # object storage: only for a root with a scheme (s3://)
 }
 NOT_ON_A_RERUN = {"pathlib", "hashlib"}  # only handing out a Path, only hashing an output
 

@@ -1,7 +1,8 @@
 """A chain of N Luigi tasks, each requiring the previous one.
 
 Each task's output is a ``LocalTarget`` written through ``target.open("w")`` (Luigi's own
-atomic file: a temp file renamed into place on close; Luigi does not fsync). The chain is
+atomic file: a temp file renamed into place on close; Luigi does not fsync; with
+``PEERS_FSYNC=1`` the file and its directory are fsynced after it). The chain is
 run with ``luigi.build([...], local_scheduler=True)``, Luigi's serverless mode. A re-run
 of a finished chain asks the last task's ``complete()`` (its output exists) and stops
 there: that is how Luigi decides "already done".
@@ -16,12 +17,31 @@ keeps the file clean where Luigi is installed too.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import luigi  # type: ignore[import-not-found,unused-ignore]
+
+FSYNC = os.environ.get("PEERS_FSYNC") == "1"
+"""``peers.py --peer-fsync``: make each output durable as stalwart and the floor do."""
+
+
+def make_durable(path: str) -> None:
+    """``fsync`` the file, then its directory (the rename into place): what the tool itself
+    does not do, added for an honest comparison with tools that do."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Step(luigi.Task):  # type: ignore[misc,unused-ignore]
@@ -41,6 +61,8 @@ class Step(luigi.Task):  # type: ignore[misc,unused-ignore]
     def run(self) -> None:
         with self.output().open("w") as out:
             out.write(f"step {self.index}\n")
+        if FSYNC:
+            make_durable(self.output().path)
 
 
 def main(argv: list[str]) -> int:

@@ -26,6 +26,7 @@ is installed.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,24 @@ from prefect.client.orchestration import (  # type: ignore[import-not-found,unus
     get_client,
 )
 
+FSYNC = os.environ.get("PEERS_FSYNC") == "1"
+"""``peers.py --peer-fsync``: make each output durable as stalwart and the floor do."""
+
+
+def make_durable(path: str) -> None:
+    """``fsync`` the file, then its directory (the rename into place): what the tool itself
+    does not do, added for an honest comparison with tools that do."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @task(cache_policy=INPUTS, persist_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def write_step(state: str, index: int, previous: str | None) -> str:
@@ -43,6 +62,8 @@ def write_step(state: str, index: int, previous: str | None) -> str:
     del previous  # only there to chain the calls, and part of the cache key
     path = Path(state) / f"out-{index}.txt"
     path.write_text(f"step {index}\n")
+    if FSYNC:
+        make_durable(str(path))
     return str(path)
 
 

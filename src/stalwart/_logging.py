@@ -22,7 +22,6 @@ import types
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
-from ._printable import printable
 from ._scope import current_scope
 from ._time import utc_text
 
@@ -106,6 +105,8 @@ class TextFormatter(logging.Formatter):
     ``[pipeline/run_id/step #attempt]``, message, ``(other=fields)``, then any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
+        from ._printable import printable  # noqa: PLC0415 - text only: JSON runs never need it
+
         fields = extra_fields(record)
         where = "/".join(str(fields.pop(k)) for k in ("pipeline", "run_id", "step") if k in fields)
         attempt = fields.pop("attempt", None)

@@ -34,16 +34,26 @@ _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-amz-security-token"}
 )
 _SAFE_HEADERS = frozenset({"idempotency-key", "content-type", "content-length", "accept"})
-_SECRET_WORDS = re.compile(
+# Compiled on first use (re caches them): the command line loads this module for its log
+# filter on every start, and a run without HTTP never asks (~0.5 ms of every start).
+_HEADER_WORDS = (
     r"token|secret|passw(or)?d|api[-_]?key|apikey|(^|[-_])key($|[-_])|session|signature|"
-    r"credential|auth",
-    re.IGNORECASE,
+    r"credential|auth"
 )
-_SECRET_PARAMS = re.compile(
+_PARAM_WORDS = (
     r"token|key|secret|passw(or)?d|signature|(^|[-_])sig($|[-_])|auth|session|credential|"
-    r"(^|[-_])code($|[-_])",
-    re.IGNORECASE,
+    r"(^|[-_])code($|[-_])"
 )
+
+
+def _is_secret_word(name: str) -> bool:
+    return re.search(_HEADER_WORDS, name, re.IGNORECASE) is not None
+
+
+def _is_secret_param(name: str) -> bool:
+    return re.search(_PARAM_WORDS, name, re.IGNORECASE) is not None
+
+
 _MIN_SECRET = 4
 """Shorter values would mask innocent text and protect nothing: they are left alone."""
 
@@ -52,7 +62,7 @@ def is_secret_header(name: str) -> bool:
     lowered = name.lower()
     if lowered in _SAFE_HEADERS:
         return False
-    return lowered in _SECRET_HEADERS or _SECRET_WORDS.search(lowered) is not None
+    return lowered in _SECRET_HEADERS or _is_secret_word(lowered)
 
 
 def redact_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
@@ -70,9 +80,9 @@ def _redact_params(text: str) -> str:
     if "=" not in text:
         return text
     pairs = parse_qsl(text, keep_blank_values=True)
-    if not any(_SECRET_PARAMS.search(k) for k, _ in pairs):
+    if not any(_is_secret_param(k) for k, _ in pairs):
         return text
-    return urlencode([(k, MASK if _SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*")
+    return urlencode([(k, MASK if _is_secret_param(k) else v) for k, v in pairs], safe="*")
 
 
 def redact_url(url: str) -> str:
@@ -119,10 +129,10 @@ def secrets_in_url(url: str) -> list[str]:
     for text in (parts.query, parts.fragment):
         for raw in text.split("&"):
             key, _, value = raw.partition("=")
-            if value and _SECRET_PARAMS.search(key):
+            if value and _is_secret_param(key):
                 found.append(value)
         for k, v in parse_qsl(text, keep_blank_values=True):
-            if v and _SECRET_PARAMS.search(k):
+            if v and _is_secret_param(k):
                 found += [v, quote(v, safe=""), quote_plus(v)]
     return found
 

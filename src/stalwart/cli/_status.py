@@ -61,7 +61,7 @@ def collect(pipeline: Pipeline, run_id: str) -> list[StepStatus]:
                     runs=marker.runs,
                     attempts=marker.attempts,
                     retries=marker.retries,
-                    outputs=tuple(asdict(o) for o in marker.outputs),
+                    outputs=tuple(o._asdict() for o in marker.outputs),
                     params=dict(marker.params),
                     items=items,
                 )
