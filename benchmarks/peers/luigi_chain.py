@@ -17,31 +17,13 @@ keeps the file clean where Luigi is installed too.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import luigi  # type: ignore[import-not-found,unused-ignore]
-
-FSYNC = os.environ.get("PEERS_FSYNC") == "1"
-"""``peers.py --peer-fsync``: make each output durable as stalwart and the floor do."""
-
-
-def make_durable(path: str) -> None:
-    """``fsync`` the file, then its directory (the rename into place): what the tool itself
-    does not do, added for an honest comparison with tools that do."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from durable import FSYNC, make_durable
 
 
 class Step(luigi.Task):  # type: ignore[misc,unused-ignore]

@@ -26,34 +26,16 @@ is installed.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
+from durable import FSYNC, make_durable
 from prefect import flow, task  # type: ignore[import-not-found,unused-ignore]
 from prefect.cache_policies import INPUTS  # type: ignore[import-not-found,unused-ignore]
 from prefect.client.orchestration import (  # type: ignore[import-not-found,unused-ignore]
     get_client,
 )
-
-FSYNC = os.environ.get("PEERS_FSYNC") == "1"
-"""``peers.py --peer-fsync``: make each output durable as stalwart and the floor do."""
-
-
-def make_durable(path: str) -> None:
-    """``fsync`` the file, then its directory (the rename into place): what the tool itself
-    does not do, added for an honest comparison with tools that do."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @task(cache_policy=INPUTS, persist_result=True)  # type: ignore[untyped-decorator,unused-ignore]
