@@ -75,3 +75,34 @@ def test_list_filters_by_run_id(tmp_path: Path) -> None:
     assert {row["run_id"] for row in letters(project)} == {"r1", "r2"}
     assert [row["run_id"] for row in letters(project, "--run-id", "r2")] == ["r2"]
     assert letters(project, "--run-id", "r9") == []
+
+
+RETRIED = """
+@pipeline.step()
+def extract(ctx):
+    ctx.write_text("a.txt", "a")  # no dead letter anywhere yet: the run notes it once
+
+tries = []
+
+@pipeline.step(retry=stalwart.RetryPolicy(attempts=2, initial=0.01, maximum=0.01))
+def load(ctx):
+    tries.append(1)
+    if len(tries) == 1:
+        ctx.dead_letter({"row": 1}, reason="first attempt")
+        raise stalwart.Transient("first attempt fails")
+    ctx.dead_letter({"row": 2}, reason="kept by the attempt that succeeded")
+
+@pipeline.step()
+def report(ctx):
+    ctx.write_text("b.txt", "b")
+"""
+
+
+def test_letters_kept_after_an_empty_listing_are_still_settled(tmp_path: Path) -> None:
+    # The run lists the dead-letter directory once while it is empty; a later step's
+    # failed attempt keeps a letter in this same run: its success still supersedes it.
+    project = Project(tmp_path, RETRIED)
+    done = project.run("--run-id", "r1")
+    assert done.returncode == 0, done.stderr
+    rows = {row["reason"]: row["state"] for row in letters(project)}
+    assert rows == {"first attempt": "superseded", "kept by the attempt that succeeded": "pending"}

@@ -24,6 +24,7 @@ from stalwart._logging import (
 )
 from stalwart._scope import StepScope, current_scope
 from stalwart._services import Emitter
+from stalwart._time import utc_text
 from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply, WaitRecorder
 
@@ -171,6 +172,15 @@ def test_text_without_run_context_keeps_attempt_as_a_field() -> None:
 def test_rfc3339_is_utc_with_milliseconds() -> None:
     assert rfc3339(0.5) == "1970-01-01T00:00:00.500Z"
     assert rfc3339(1795000000.9999) == "2026-11-18T11:06:40.999Z"
+
+
+def test_timestamps_in_turn_of_second_and_back_each_name_their_own_second() -> None:
+    # The text of the last second is reused: each call must still name its own second,
+    # whether it comes after another one, the same one, or an earlier one.
+    for seconds in (1795000000.25, 1795000000.75, 1795000001.0, 1795000000.5, 86399.001, 0.0):
+        whole = datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert rfc3339(seconds) == f"{whole}.{int((seconds % 1) * 1000):03d}Z"
+        assert utc_text(seconds) == f"{whole}.{int((seconds % 1) * 10**6):06d}Z"
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,7 @@ log = logging.getLogger("stalwart.checkpoint")
 _MAX_MARKER = 16 * 1024 * 1024
 _MAX_RECORD_LINE = 1024 * 1024  # a record is < 3 kB (its error is cut at 2,000 characters)
 _JOURNAL = ".journal.jsonl"  # in the run directory, beside .checkpoints/ (markers only)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # a journal line; built once, it is hot
 
 
 def _journal_lines(path: str) -> Iterator[bytes | None]:
@@ -324,7 +325,7 @@ class CheckpointStore:
         """One JSON line for ``record`` appended to the journal (not synced); False, with a
         warning naming the file, if the journal could not take it."""
         records = self._load_journal()
-        line = json.dumps({"step": step, **record_fields(record)}, separators=(",", ":"))
+        line = _COMPACT.encode({"step": step, **record_fields(record)})
         records[step] = record
         try:
             self._ensure_directory()

@@ -174,6 +174,11 @@ def _json_default(value: Any) -> Any:
     return "__could_not_encode__"
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+"""What ``json.dumps(..., default=_json_default, ensure_ascii=False)`` builds per call, built
+once (it keeps no state between calls)."""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``timestamp``, ``level``, ``logger``, ``message``, then
     ``exc_info`` (the traceback) and ``stack_info`` if any, then the record's extra fields
@@ -207,7 +212,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 line[key] = value
-        return json.dumps(line, default=_json_default, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 def json_formatter() -> logging.Formatter:

@@ -19,6 +19,9 @@ from typing import Any, NamedTuple
 
 from ._errors import UsageError
 
+_MARKER_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""A marker's JSON (``json.dumps`` with these options), built once: it is on every step."""
+
 __all__ = [
     "MARKER_FORMAT",
     "NAME_RE",
@@ -135,7 +138,7 @@ class Marker(NamedTuple):
             ]
         if self.params:
             data["params"] = dict(self.params)
-        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return (_MARKER_ENCODER.encode(data) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Marker":

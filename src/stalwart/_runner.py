@@ -159,6 +159,9 @@ class Run:
         self.skipped: list[str] = []
         self.duration_s = 0.0
         self.failure: Failure | None = None
+        self._no_letters = False
+        """The dead-letter directory held no envelope when a step last succeeded, and no step
+        kept one since: the next step with none of its own need not list it again."""
 
     @property
     def resume(self) -> str:
@@ -314,13 +317,21 @@ class Run:
     def _supersede(self, step: str, *, keep: set[str], dead_letters: bool = True) -> None:
         """The step succeeded: the pending dead letters that its earlier, failed runs kept in
         this run are settled (``superseded``), so ``replay --all`` does not send them again.
-        Those its successful attempt kept itself (``keep``: rejected rows...) stay pending."""
+        Those its successful attempt kept itself (``keep``: rejected rows...) stay pending.
+
+        ``dead_letters``: this step kept some in this run, or ran before (``runs > 1``).
+        Without them, only envelopes on disk when the run began could concern the step; so
+        once a listing found none, later steps that kept none skip it (one per run)."""
         if self.services.store is None:
+            if self._no_letters and not dead_letters:
+                return  # nothing there at the last listing; nothing kept since
+            self._no_letters = False
             try:
                 names = os.listdir(self.services.deadletter_dir)
             except OSError:
                 return
             if not any(name.endswith(".json") for name in names):
+                self._no_letters = True
                 return  # the common case: no dead letter at all, nothing imported
         elif not dead_letters:
             return  # object storage: no listing unless this step kept dead letters

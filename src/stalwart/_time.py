@@ -10,13 +10,23 @@ import time
 
 __all__ = ["parse_utc", "today", "utc_now", "utc_text"]
 
+_last_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted, and its text: a step's records and log lines mostly
+fall in the same second, and ``gmtime``/``strftime`` are most of the cost. Replaced as one
+tuple, so threads never see a second with another second's text."""
+
 
 def utc_text(seconds: float, *, digits: int = 6) -> str:
     """``seconds`` since the epoch as UTC RFC 3339 with ``digits`` fractional digits (6 for
     records, 3 for log lines): ``2026-11-28T03:00:00.123456Z``."""
+    global _last_second  # noqa: PLW0603 - a one-entry cache, replaced whole
     whole = int(seconds)
     fraction = int((seconds - whole) * 10**digits)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:0{digits}d}Z"
+    cached, text = _last_second
+    if cached != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _last_second = (whole, text)
+    return f"{text}.{fraction:0{digits}d}Z"
 
 
 def utc_now() -> str:
