@@ -18,11 +18,11 @@ import pytest
 
 import stalwart
 from s3support import S3Server, objects
-from stalwart._journal import Entry, parse_journal
+from stalwart._journal import Entry, _parse_lines, parse_journal
 from stalwart._map import ItemsFailed
 from stalwart._map_state import envelope_state, worker_store
 from stalwart._remote_context import _item_copies
-from stalwart._remote_state import COMPACT_AFTER, RemoteItemJournal, _parse_part, open_store
+from stalwart._remote_state import COMPACT_AFTER, RemoteItemJournal, open_store
 from stalwart._store import LocalStore, StateStore
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -401,4 +401,4 @@ def test_where_a_map_steps_state_lives_follows_the_root(tmp_path: Any, s3_root: 
     ],
 )
 def test_each_object_of_the_journal_reads_as_the_journal_would(data: bytes) -> None:
-    assert _parse_part(data) == parse_journal(data)
+    assert parse_journal(data) == _parse_lines(data)

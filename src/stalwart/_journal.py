@@ -38,6 +38,7 @@ The journal is never the only proof that work is done: steps keep their ``.done`
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -45,7 +46,7 @@ from typing import NamedTuple
 from ._atomic import fsync_directory, replace_bytes
 from ._state_files import open_regular
 
-__all__ = ["Entry", "Journal", "Replay", "parse_journal", "worth_compacting"]
+__all__ = ["Entry", "GroupCommit", "Journal", "Replay", "parse_journal", "worth_compacting"]
 
 _STATE_CHARACTERS = "abcdefghijklmnopqrstuvwxyz_-"
 
@@ -100,9 +101,33 @@ def _line(entry: Entry) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
+_WHOLE_LINE = r"^([!-~]{1,256}) ([a-z][a-z_-]{0,31})(?: ([^\n]*))?$"
+"""One line of the grammar above (``_is_id``, ``_is_state``), for ``re.findall``: compiled on
+first use (``re``'s own cache), so importing this module compiles nothing."""
+
+
 def parse_journal(data: bytes) -> Replay:
     """The well-formed lines of ``data``; a line that is not (torn, garbage, not UTF-8, no
-    newline at the end of the data) is counted in ``bad``, never guessed at."""
+    newline at the end of the data) is counted in ``bad``, never guessed at.
+
+    Data whose every line is well-formed (what stalwart writes) is read by one regular
+    expression, about twice as fast as line by line; anything else - a torn end, an empty
+    line, bytes that are not UTF-8, one line the expression does not take - is read line by
+    line (``_parse_lines``), so both always agree."""
+    if not data.endswith(b"\n") or data.startswith(b"\n") or b"\n\n" in data:
+        return _parse_lines(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _parse_lines(data)
+    found = re.findall(_WHOLE_LINE, text, re.M)
+    if len(found) != data.count(b"\n"):
+        return _parse_lines(data)
+    return Replay(list(map(Entry._make, found)), 0)
+
+
+def _parse_lines(data: bytes) -> Replay:
+    """``parse_journal``, line by line."""
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or a line cut short
     bad = 1 if tail.strip(b"\x00") else 0
@@ -142,7 +167,48 @@ def _cut_torn_tail(fd: int) -> None:
     os.ftruncate(fd, keep)
 
 
-class Journal:
+class GroupCommit:
+    """The group commit of a journal (see the module): durable lines wait until
+    ``max_batch`` of them do, or the oldest is ``max_delay`` seconds old; then ``sync``.
+    ``Journal`` (a file) and, on object storage, ``_remote_state.RemoteItemJournal`` (segment
+    objects) share it; each says what ``sync`` writes."""
+
+    def __init__(self, *, max_batch: int, max_delay: float, clock: Callable[[], float]) -> None:
+        if max_batch < 1 or max_delay < 0:
+            raise ValueError("max_batch must be at least 1 and max_delay not negative")
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._clock = clock
+        self._waiting = 0
+        self._oldest = 0.0
+        self.commits = 0
+        """How many times lines were made durable (``fdatasync`` calls, objects written)."""
+
+    @property
+    def waiting(self) -> int:
+        """Durable lines appended but not yet committed."""
+        return self._waiting
+
+    def _appended_durable(self, lines: int = 1) -> None:
+        """``lines`` durable lines were appended: commit if a bound is reached."""
+        now = self._clock()
+        if not self._waiting:
+            self._oldest = now
+        self._waiting += lines
+        if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make the durable lines appended so far durable (nothing if no such line waits)."""
+        if self._waiting:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every line appended so far durable now."""
+        raise NotImplementedError
+
+
+class Journal(GroupCommit):
     """The journal at ``path``, opened for appending on first use (``O_APPEND``, one
     ``write`` per line). One process appends at a time (the caller's lock)."""
 
@@ -155,24 +221,11 @@ class Journal:
         mode: int = 0o600,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch < 1 or max_delay < 0:
-            raise ValueError("max_batch must be at least 1 and max_delay not negative")
+        super().__init__(max_batch=max_batch, max_delay=max_delay, clock=clock)
         self.path = path
-        self.max_batch = max_batch
-        self.max_delay = max_delay
         self._mode = mode
-        self._clock = clock
         self._fd: int | None = None
         self._created = False
-        self._waiting = 0
-        self._oldest = 0.0
-        self.commits = 0
-        """How many times the journal was made durable (``fdatasync`` calls)."""
-
-    @property
-    def waiting(self) -> int:
-        """Durable lines appended but not yet committed."""
-        return self._waiting
 
     def replay(self) -> Replay:
         """Read the whole journal (empty if there is none). ``OSError`` if it cannot be read."""
@@ -234,14 +287,8 @@ class Journal:
         if written != len(data):  # a full disk part-way: the next open cuts the torn line
             self.abandon()
             raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
-        if not durable:
-            return
-        now = self._clock()
-        if not self._waiting:
-            self._oldest = now
-        self._waiting += lines
-        if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
-            self.commit()
+        if durable:
+            self._appended_durable(lines)
 
     def append_many(self, entries: Iterable[Entry], *, durable: bool = False) -> None:
         """Append several lines, as ``append`` would one after another, in as few ``write``
@@ -256,12 +303,6 @@ class Journal:
                 end = min(end, start + self.max_batch - self._waiting)
             self._append(b"".join(lines[start:end]), durable, end - start)
             start = end
-
-    def commit(self) -> None:
-        """Make the durable lines appended so far durable (one ``fdatasync``, none if no
-        such line waits)."""
-        if self._waiting:
-            self.sync()
 
     def sync(self) -> None:
         """Make every line appended so far durable now: one ``fdatasync`` (and the

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from ._checkpoint import CheckpointStore
 from ._clock import monotonic, sleep
 from ._deadletter import ID_RE, DeadLetterStore, validate_id
 from ._errors import DeadLetterError, RunLockedError, UsageError
-from ._journal import Entry, Replay, _line, parse_journal
+from ._journal import Entry, GroupCommit, Replay, _line, parse_journal
 from ._lease import FencedStore, Lease, lease_holder
 from ._records import record_fields, validate_name
 from ._store import LocalStore, SegmentedLog, StateStore
@@ -249,7 +248,7 @@ class RemoteCheckpointStore(CheckpointStore):
             writer.join()
 
 
-class RemoteItemJournal:
+class RemoteItemJournal(GroupCommit):
     """A map step's item journal on a ``StateStore``: ``_journal.Journal``'s lines
     (``<id> <state> <detail>``) and group commit, where a store has no append.
 
@@ -278,33 +277,20 @@ class RemoteItemJournal:
         max_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch < 1 or max_delay < 0:
-            raise ValueError("max_batch must be at least 1 and max_delay not negative")
+        super().__init__(max_batch=max_batch, max_delay=max_delay, clock=clock)
         self.path = store.url(key)
-        self.max_batch = max_batch
-        self.max_delay = max_delay
-        self._clock = clock
         self._log = SegmentedLog(store, key)
         self._lines: list[bytes] = []
         """Appended, not committed yet."""
         self._latest: dict[str, Entry | bytes] | None = None
         """The latest line of each id (what a snapshot holds); encoded once, when needed."""
         self._rewrite = False
-        self._waiting = 0
-        self._oldest = 0.0
-        self.commits = 0
-        """How many times lines were made durable (objects written)."""
-
-    @property
-    def waiting(self) -> int:
-        """Durable lines appended but not yet committed."""
-        return self._waiting
 
     def _load(self) -> tuple[Replay, dict[str, Entry | bytes]]:
         entries: list[Entry] = []
         bad = 0
         for part in self._log.read_parts():  # each on its own: a torn end stays torn
-            found = _parse_part(part)
+            found = parse_journal(part)
             entries += found.entries
             bad += found.bad
         latest: dict[str, Entry | bytes] = {entry.id: entry for entry in entries}
@@ -333,19 +319,8 @@ class RemoteItemJournal:
         latest = self._latest if self._latest is not None else self._load()[1]
         self._lines.append(line)
         latest[id] = line
-        if not durable:
-            return
-        now = self._clock()
-        if not self._waiting:
-            self._oldest = now
-        self._waiting += 1
-        if self._waiting >= self.max_batch or now - self._oldest >= self.max_delay:
-            self.commit()
-
-    def commit(self) -> None:
-        """Commit if a durable line waits (one object written)."""
-        if self._waiting:
-            self.sync()
+        if durable:
+            self._appended_durable()
 
     def sync(self) -> None:
         """Commit every line appended so far: one segment, or the snapshot that replaces the
@@ -386,31 +361,6 @@ class RemoteItemJournal:
         self._waiting = 0
         self._latest = {entry.id: entry for entry in entries}
         self._rewrite = True
-
-
-_WHOLE_LINE: re.Pattern[str] | None = None
-
-
-def _parse_part(data: bytes) -> Replay:
-    """``_journal.parse_journal(data)``, about twice as fast for an object whose every line
-    is well-formed (what stalwart writes): one regular expression over the whole text, the
-    grammar of ``_journal`` (id: 1-256 printable ASCII characters but space; state:
-    ``[a-z][a-z_-]{0,31}``). Anything else - a torn end, an empty line, bytes that are not
-    UTF-8, one line the expression does not take - is parsed by ``parse_journal`` itself,
-    so both always agree (``tests/test_map_on_object_storage.py`` checks it)."""
-    global _WHOLE_LINE  # noqa: PLW0603 - compiled on first use: only object-storage maps
-    if not data.endswith(b"\n") or data.startswith(b"\n") or b"\n\n" in data:
-        return parse_journal(data)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return parse_journal(data)
-    if _WHOLE_LINE is None:
-        _WHOLE_LINE = re.compile(r"^([!-~]{1,256}) ([a-z][a-z_-]{0,31})(?: ([^\n]*))?$", re.M)
-    found = _WHOLE_LINE.findall(text)
-    if len(found) != data.count(b"\n"):
-        return parse_journal(data)
-    return Replay(list(map(Entry._make, found)), 0)
 
 
 def _read_back(entry: Entry) -> bytes:
