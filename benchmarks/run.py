@@ -170,6 +170,14 @@ class Config:
     declare_sizes: tuple[int, int, int] = (1_000, 10_000, 100_000)
     floor_syncs: int | None = None
     """The lean floor's step commit (3 or 4 syncs); None: as many as stalwart's."""
+    only: frozenset[str] = frozenset()
+    """The groups of rows to measure (``--only``); empty: all of them."""
+
+    def wants(self, group: str) -> bool:
+        return not self.only or group in self.only
+
+
+GROUPS = ("steps", "cli", "declare", "memory", "startup", "large", "retry", "process", "syscalls")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -1183,7 +1191,15 @@ def parse(argv: Sequence[str] | None) -> Config:
         default="1000,10000,100000",
         help="three step counts to declare (1000,10000,100000); twice the first two also",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated groups of rows to measure ({','.join(GROUPS)}); default: all",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(g for g in args.only.split(",") if g)
+    if unknown := sorted(only - set(GROUPS)):
+        parser.error(f"--only takes groups from {','.join(GROUPS)}, not {','.join(unknown)}")
     try:
         sizes = tuple(int(x) for x in args.declare_sizes.split(","))
     except ValueError:
@@ -1206,6 +1222,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         strict=args.strict,
         declare_sizes=(sizes[0], sizes[1], sizes[2]),
         floor_syncs=None if args.floor_syncs == "auto" else int(args.floor_syncs),
+        only=only,
     )
 
 
@@ -1234,20 +1251,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         syncs = cfg.floor_syncs or min(4, max(3, round(counted)))
         info["syncs"] = {"stalwart_per_step": counted, "lean_floor": syncs}
         progress(f"stalwart's step commit: {counted:g} syncs per step; lean floor: {syncs}")
-        metrics = bench_steps(cfg, tmp)
+        metrics: list[Metric] = []
+        top: list[Any] = []
+        notes: list[str] = []
+        if cfg.wants("steps"):
+            metrics += bench_steps(cfg, tmp)
         children = Children(child_env(tmp / "pycache"), tmp)
-        metrics.append(bench_cli_steps(cfg, children))
-        metrics += bench_declare(cfg, tmp)
-        metrics += bench_memory(cfg, tmp)
-        startup, top = bench_startup(cfg, children)
-        metrics += startup
-        metrics.append(bench_large(cfg, tmp))
-        metrics += bench_retry(cfg, tmp)
-        metrics += bench_process(cfg, children, syncs)
-        syscalls, note = bench_syscalls(cfg, children, syncs)
-        metrics += syscalls
+        if cfg.wants("cli"):
+            metrics.append(bench_cli_steps(cfg, children))
+        if cfg.wants("declare"):
+            metrics += bench_declare(cfg, tmp)
+        if cfg.wants("memory"):
+            metrics += bench_memory(cfg, tmp)
+        if cfg.wants("startup"):
+            startup, top = bench_startup(cfg, children)
+            metrics += startup
+        if cfg.wants("large"):
+            metrics.append(bench_large(cfg, tmp))
+        if cfg.wants("retry"):
+            metrics += bench_retry(cfg, tmp)
+        if cfg.wants("process"):
+            metrics += bench_process(cfg, children, syncs)
+        if cfg.wants("syscalls"):
+            syscalls, note = bench_syscalls(cfg, children, syncs)
+            metrics += syscalls
+            notes.append(note)
         info["loadavg_end"] = os.getloadavg()
-    report = render(metrics, info, top, cfg, [note])
+    report = render(metrics, info, top, cfg, notes)
     print(report)
     if cfg.json_path is not None:
         cfg.json_path.parent.mkdir(parents=True, exist_ok=True)

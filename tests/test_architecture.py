@@ -131,3 +131,68 @@ def test_disk_and_http_layers_know_nothing_of_runs() -> None:
         "stalwart._remote_state",
     ):
         assert not edges[module] & run_layer, module
+
+
+# -- named tuples: typed for type checkers, collections.namedtuple at run time -----------------
+
+
+def typed_records(path: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """``class _XFields(NamedTuple)`` declared under ``if TYPE_CHECKING:``: its field names and
+    the source of its defaults, and the same read from the ``namedtuple(...)`` of the
+    ``else:`` branch, as {name: (typed, runtime)} with each side ``fields + ["=" + default]``."""
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"):
+            continue
+        for cls in node.body:
+            if not isinstance(cls, ast.ClassDef) or ast.unparse(cls.bases[0]) != "NamedTuple":
+                continue
+            typed = [s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)]  # type: ignore[union-attr]
+            typed += [
+                "=" + ast.unparse(s.value)
+                for s in cls.body
+                if isinstance(s, ast.AnnAssign) and s.value is not None
+            ]
+            runtime: list[str] = []
+            for other in node.orelse:
+                if (
+                    isinstance(other, ast.Assign)
+                    and ast.unparse(other.targets[0]) == cls.name
+                    and isinstance(other.value, ast.Call)
+                ):
+                    names = other.value.args[1]
+                    assert isinstance(names, ast.List), cls.name
+                    runtime = [ast.literal_eval(e) for e in names.elts]
+                    for keyword in other.value.keywords:
+                        if keyword.arg == "defaults":
+                            assert isinstance(keyword.value, ast.Tuple), cls.name
+                            runtime += ["=" + ast.unparse(e) for e in keyword.value.elts]
+            found[f"{path.stem}.{cls.name}"] = (typed, runtime)
+    return found
+
+
+def test_each_typed_record_matches_its_run_time_namedtuple() -> None:
+    """What mypy checks (the ``NamedTuple`` under ``TYPE_CHECKING``) is what runs (the
+    ``namedtuple``): the same fields in the same order, the same defaults."""
+    records: dict[str, tuple[list[str], list[str]]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        records.update(typed_records(path))
+    assert "_records._MarkerFields" in records, "the records were not found"
+    for name, (typed, runtime) in records.items():
+        assert typed == runtime, f"{name}: typed {typed} but namedtuple {runtime}"
+
+
+def test_a_record_that_drifted_is_caught(tmp_path: Path) -> None:
+    source = tmp_path / "drift.py"
+    source.write_text(
+        "TYPE_CHECKING = False\n"
+        "if TYPE_CHECKING:\n"
+        "    class _AFields(NamedTuple):\n"
+        "        a: int\n"
+        "        b: int = 0\n"
+        "else:\n"
+        "    _AFields = namedtuple('A', ['a', 'b', 'c'], defaults=(0,))\n"
+    )
+    [(typed, runtime)] = typed_records(source).values()
+    assert typed == ["a", "b", "=0"]
+    assert runtime == ["a", "b", "c", "=0"]

@@ -4,13 +4,18 @@ nothing; the default run ID is today's UTC date."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stalwart
 from conftest import run_python
+from stalwart._atomic import is_temp_name, temp_name_for
 from stalwart._errors import UsageError
+from stalwart._records import is_name, is_sha256
 from stalwart.cli._main import run_cli
 
 SCRIPT = Path(__file__).parent / "scripts" / "steps_pipeline.py"
@@ -151,3 +156,51 @@ def test_bad_output_name_is_a_step_failure_exit_1(root: Path) -> None:
     err = io.StringIO()
     assert run_cli(["--run-id", "r1"], pipeline=pipeline, stderr=err) == 1
     assert "step escape of orders (run r1) failed" in err.getvalue()
+
+
+# -- the string checks that stand for regular expressions (no compile at every start) ------
+
+_NAME_ALPHABET = st.sampled_from(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._- /\n\x00é٣\uff21"
+)
+
+
+@given(st.one_of(st.text(_NAME_ALPHABET, max_size=130), st.text(max_size=8)))
+@settings(max_examples=400)
+def test_is_name_is_the_documented_pattern(text: str) -> None:
+    pattern = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text)
+    assert is_name(text) is (pattern is not None)
+
+
+@pytest.mark.parametrize("text", ["a", "A9", "2026-11-30", "x" * 128, "a.b_c-d"])
+def test_is_name_takes_names(text: str) -> None:
+    assert is_name(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "x" * 129, ".a", "_a", "-a", "a b", "a\n", "é", "٣", "a/b", None, 7, b"ab"]
+)
+def test_is_name_refuses_the_rest(text: object) -> None:
+    assert not is_name(text)
+
+
+@given(st.text(st.sampled_from("0123456789abcdefABCDEFg \n"), min_size=62, max_size=66))
+def test_is_sha256_is_64_lowercase_hex_digits(text: str) -> None:
+    assert is_sha256(text) is (re.fullmatch(r"[0-9a-f]{64}", text) is not None)
+
+
+@pytest.mark.parametrize(
+    ("name", "temp"),
+    [
+        (".out.json.0123abcd.tmp", True),
+        (".a\nb.0123abcd.tmp", True),
+        (".out.json.0123abcd.tmp.x", False),
+        ("out.json.0123abcd.tmp", False),
+        (".out.json.0123ABCD.tmp", False),
+        (".out.json.tmp", False),
+        ("..0123abcd.tmp", False),
+    ],
+)
+def test_temp_names_are_recognised(name: str, temp: bool) -> None:
+    assert is_temp_name(name) is temp
+    assert is_temp_name(temp_name_for(name.strip(".").split(".")[0] or "x")) is True

@@ -51,8 +51,12 @@ NEVER_ON_THE_RUN_PATH = {
     "datetime",  # python-json-logger's imports: none is on the run path
     "uuid",
     "platform",
-    "dataclasses",  # the run's records are NamedTuples (dataclasses loads inspect, ast, dis)
+    "dataclasses",  # the run's records are named tuples (dataclasses loads inspect, ast, dis)
     "inspect",
+    "typing",  # type-only imports sit under TYPE_CHECKING; records are collections.namedtuple
+    "importlib",  # stalwart's lazy names are loaded with __import__
+    "stalwart._reporting",  # alerts and the resume hint: only when a step fails
+    "stalwart._alert_hygiene",  # only when a failure streak is open
     "argparse",  # `[run] [--run-id ID]` is parsed without it (tests/test_cli_fast_path.py)
     "gettext",
     "locale",

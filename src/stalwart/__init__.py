@@ -10,10 +10,12 @@ script pays only for the parts it touches. The layers behind them: docs/design.m
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import sys
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     # The namespaces, so that `import stalwart; stalwart.testing.no_wait()` is typed too.
     from . import instrumentation as instrumentation
     from . import testing as testing
@@ -86,14 +88,21 @@ __all__ = sorted([*_EXPORTS, "__version__"])  # noqa: PLE0605 - built from the t
 _NAMESPACES = frozenset({"testing", "instrumentation", "cli"})
 
 
+def _submodule(name: str) -> Any:
+    """``importlib.import_module`` without loading ``importlib`` (one file less per start)."""
+    full = f"{__name__}.{name}"
+    __import__(full)
+    return sys.modules[full]
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        value = getattr(_submodule(module), name)
         globals()[name] = value  # later look-ups are plain attribute reads
         return value
     if name in _NAMESPACES:  # `import stalwart; stalwart.testing.no_wait()`
-        return importlib.import_module(f"{__name__}.{name}")
+        return _submodule(name)
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415 - ~100 ms: only when asked
 

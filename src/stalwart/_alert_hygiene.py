@@ -29,13 +29,16 @@ import fcntl
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections import namedtuple
 
 from ._atomic import replace_bytes
+from ._services import STREAK_FILE
 from ._time import utc_now
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import Any, NamedTuple
 
     from ._services import RunServices
 
@@ -51,18 +54,26 @@ __all__ = [
 
 log = logging.getLogger("stalwart.alert")
 
-STREAK_FILE = ".alert-streak.json"
 _LOCK_FILE = ".alert-streak.lock"
 _FORMAT = 1
 
 
-class StreakDecision(NamedTuple):
+if TYPE_CHECKING:
+
+    class _StreakDecisionFields(NamedTuple):
+        send: bool
+        streak: int
+        first_run_id: str
+
+else:
+    _StreakDecisionFields = namedtuple("StreakDecision", ["send", "streak", "first_run_id"])
+
+
+class StreakDecision(_StreakDecisionFields):
     """Whether to send the alert of a failure, and how long its streak is now (a
     ``NamedTuple``: this module is on every run's path, and a dataclass costs ~1 ms to make)."""
 
-    send: bool
-    streak: int
-    first_run_id: str
+    __slots__ = ()
 
 
 @contextlib.contextmanager
@@ -195,7 +206,7 @@ def log_suppressed(pipeline: str, run_id: str, step: str, error_type: str, count
 def notify_recovery(services: RunServices, run_id: str, duration_s: float) -> None:
     """After a successful run: if a failure streak was open, close it and send a recovery
     notice through the run's alerters (the log's included). Never raises (a side channel)."""
-    if services.store is None and not os.path.exists(os.path.join(services.state_dir, STREAK_FILE)):
+    if not services.streak_may_be_open():
         return  # the common case on a local root: one stat
     try:
         streak, _closed = _swap(services, lambda _streak: None)

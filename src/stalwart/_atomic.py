@@ -29,12 +29,13 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 from ._lock import try_flock
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import IO, Any, Literal, NoReturn, overload
 
 __all__ = [
     "FileDigest",
@@ -54,7 +55,8 @@ __all__ = [
 log = logging.getLogger("stalwart.atomic")
 
 _TEMP_SUFFIX = ".tmp"
-_TEMP_RE = re.compile(r"\A\..+\.[0-9a-f]{8}\.tmp\Z", re.DOTALL)
+#: What ``temp_name_for`` makes (compiled by ``re`` on first use: only a ``.tmp`` name asks).
+_TEMP_PATTERN = r"\A\..+\.[0-9a-f]{8}\.tmp\Z"
 _NAME_KEPT = 200
 """Bytes of the destination's name kept in its temp name (NAME_MAX is 255 on Linux)."""
 _CREATE_TRIES = 8
@@ -94,7 +96,7 @@ def temp_name_for(name: str) -> str:
 
 def is_temp_name(name: str) -> bool:
     """True for names ``temp_name_for`` makes (what ``sweep_temp_files`` removes)."""
-    return _TEMP_RE.match(name) is not None
+    return name.endswith(_TEMP_SUFFIX) and re.match(_TEMP_PATTERN, name, re.DOTALL) is not None
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -172,24 +174,28 @@ def _open_mode(mode: str) -> bool:
     raise ValueError(f"atomic_write mode must be 'w', 'wt' or 'wb', not {mode!r}")
 
 
-@overload
-def atomic_write(
-    path: str | os.PathLike[str],
-    mode: Literal["w", "wt"] = ...,
-    *,
-    encoding: str = ...,
-    newline: str | None = ...,
-    digest: FileDigest | None = ...,
-) -> contextlib.AbstractContextManager[IO[str]]: ...
-@overload
-def atomic_write(
-    path: str | os.PathLike[str],
-    mode: Literal["wb"],
-    *,
-    encoding: str = ...,
-    newline: str | None = ...,
-    digest: FileDigest | None = ...,
-) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+if TYPE_CHECKING:
+
+    @overload
+    def atomic_write(
+        path: str | os.PathLike[str],
+        mode: Literal["w", "wt"] = ...,
+        *,
+        encoding: str = ...,
+        newline: str | None = ...,
+        digest: FileDigest | None = ...,
+    ) -> contextlib.AbstractContextManager[IO[str]]: ...
+    @overload
+    def atomic_write(
+        path: str | os.PathLike[str],
+        mode: Literal["wb"],
+        *,
+        encoding: str = ...,
+        newline: str | None = ...,
+        digest: FileDigest | None = ...,
+    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     mode: str = "w",

@@ -18,16 +18,15 @@ import contextlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, NoReturn
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
 from ._journal import Journal
 from ._records import (
-    NAME_RE,
     Marker,
     OutputRecord,
     SkipDecision,
     StepRecord,
+    is_name,
     normalize_output_name,
     parse_record,
     record_fields,
@@ -35,9 +34,11 @@ from ._records import (
 )
 from ._state_files import iter_lines, open_regular, set_aside_non_file
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
+    from typing import NoReturn
 
 # The records live in _records; they are re-exported here, where they were first.
 __all__ = [
@@ -74,7 +75,7 @@ def _parse_line(line: bytes | None) -> tuple[str, StepRecord] | None:
         record = parse_record(data)
     except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
         return None
-    if isinstance(step, str) and NAME_RE.match(step):
+    if is_name(step):
         return step, record
     return None
 

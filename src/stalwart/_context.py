@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
 from ._errors import UsageError
@@ -20,8 +20,10 @@ from ._records import InputRecord, OutputRecord, normalize_output_name
 from ._scope import StepScope
 from ._state_files import real_directories
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import IO, Any, Literal, NamedTuple, overload
 
     from ._http import StepHttp
     from ._policy import RetryPolicy
@@ -34,17 +36,28 @@ StepFunction = Callable[["Context"], object]
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
-class Step(NamedTuple):
+if TYPE_CHECKING:
+
+    class _StepFields(NamedTuple):
+        name: str
+        fn: StepFunction
+        retry: RetryPolicy | None = None
+        """Re-run the whole step after a transient error."""
+        timeout: float | None = None
+        """Seconds before the step is interrupted with ``StepTimeout``."""
+        http_retry: RetryPolicy | None = None
+        """The policy of the step's ``ctx.http`` calls (default: the client's)."""
+
+else:
+    _StepFields = namedtuple(
+        "Step", ["name", "fn", "retry", "timeout", "http_retry"], defaults=(None, None, None)
+    )
+
+
+class Step(_StepFields):
     """A step of a pipeline (a ``NamedTuple``: cheaper to define at import than a dataclass)."""
 
-    name: str
-    fn: StepFunction
-    retry: RetryPolicy | None = None
-    """Re-run the whole step after a transient error."""
-    timeout: float | None = None
-    """Seconds before the step is interrupted with ``StepTimeout``."""
-    http_retry: RetryPolicy | None = None
-    """The policy of the step's ``ctx.http`` calls (default: the client's)."""
+    __slots__ = ()
 
 
 def _output_name(name: object) -> str:
@@ -185,19 +198,22 @@ class Context:
         that is not JSON raises ``TypeError`` before anything is written)."""
         return self.write_bytes(name, json_dumps(data).encode("utf-8"))
 
-    @overload
-    def atomic_write(
-        self,
-        name: str,
-        mode: Literal["w", "wt"] = ...,
-        *,
-        encoding: str = ...,
-        newline: str | None = ...,
-    ) -> contextlib.AbstractContextManager[IO[str]]: ...
-    @overload
-    def atomic_write(
-        self, name: str, mode: Literal["wb"], *, encoding: str = ..., newline: str | None = ...
-    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def atomic_write(
+            self,
+            name: str,
+            mode: Literal["w", "wt"] = ...,
+            *,
+            encoding: str = ...,
+            newline: str | None = ...,
+        ) -> contextlib.AbstractContextManager[IO[str]]: ...
+        @overload
+        def atomic_write(
+            self, name: str, mode: Literal["wb"], *, encoding: str = ..., newline: str | None = ...
+        ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+
     def atomic_write(
         self, name: str, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = ""
     ) -> contextlib.AbstractContextManager[IO[Any]]:

@@ -20,7 +20,9 @@ survives pickling. No message ever contains a secret: URLs are redacted before t
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DeadLetterError",

@@ -127,15 +127,13 @@ class LocalRunHistory:
         return self._run_dir(run_id)
 
     def run_ids(self) -> list[str]:
-        from ._records import NAME_RE  # noqa: PLC0415
+        from ._records import is_name  # noqa: PLC0415
 
         try:
             entries = list(os.scandir(os.path.join(self._state_dir, "runs")))
         except FileNotFoundError:
             return []
-        return [
-            e.name for e in entries if NAME_RE.match(e.name) and e.is_dir(follow_symlinks=False)
-        ]
+        return [e.name for e in entries if is_name(e.name) and e.is_dir(follow_symlinks=False)]
 
     def exists(self, run_id: str) -> bool:
         return os.path.isdir(self._run_dir(run_id))

@@ -48,10 +48,12 @@ from ._redact import (
     secrets_in_url,
 )
 from ._retry import RetryStats, call_with_retries
-from ._scope import DeadLetterWriter, StepScope
+from ._scope import StepScope
 
 if TYPE_CHECKING:
     import httpx
+
+    from ._scope import DeadLetterWriter
 
 __all__ = ["HttpClient", "Response", "StepHttp", "excerpt", "parse_retry_after"]
 

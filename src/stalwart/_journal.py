@@ -40,11 +40,15 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from ._atomic import fsync_directory, replace_bytes
 from ._state_files import open_regular
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
 __all__ = ["Entry", "GroupCommit", "Journal", "Replay", "parse_journal", "worth_compacting"]
 
@@ -68,19 +72,37 @@ def _fdatasync(fd: int) -> None:
     (sync or os.fsync)(fd)
 
 
-class Entry(NamedTuple):
+if TYPE_CHECKING:
+
+    class _EntryFields(NamedTuple):
+        id: str
+        state: str
+        detail: str = ""
+
+else:
+    _EntryFields = namedtuple("Entry", ["id", "state", "detail"], defaults=("",))
+
+
+class Entry(_EntryFields):
     """One line of a journal."""
 
-    id: str
-    state: str
-    detail: str = ""
+    __slots__ = ()
 
 
-class Replay(NamedTuple):
+if TYPE_CHECKING:
+
+    class _ReplayFields(NamedTuple):
+        entries: list[Entry]
+        bad: int
+
+else:
+    _ReplayFields = namedtuple("Replay", ["entries", "bad"])
+
+
+class Replay(_ReplayFields):
     """What a journal holds: its well-formed lines in order, and how many were not."""
 
-    entries: list[Entry]
-    bad: int
+    __slots__ = ()
 
     def latest(self) -> dict[str, Entry]:
         """The last line of each id (in the order ids first appeared)."""

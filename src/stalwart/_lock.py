@@ -18,12 +18,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from ._errors import RunLockedError
 from ._state_files import open_regular
 from ._time import utc_now
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 

@@ -20,10 +20,13 @@ import sys
 import traceback
 import types
 from collections.abc import MutableMapping
-from typing import Any, Literal
 
 from ._scope import current_scope
 from ._time import utc_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 __all__ = [
     "ContextAdapter",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._atomic import lazy_path
 from ._checkpoint import CheckpointStore
@@ -24,8 +23,10 @@ from ._services import Emitter, RunServices, SharedHttp
 from ._state_files import real_directories
 from ._time import today
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any, TypeVar, overload
 
     from ._alerts import Alerter
     from ._context import Context
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Pipeline"]
 
-F = TypeVar("F", bound=StepFunction)
-M = TypeVar("M", bound=Callable[..., object])
+if TYPE_CHECKING:
+    F = TypeVar("F", bound=StepFunction)
+    M = TypeVar("M", bound=Callable[..., object])
 
 _METRICS_VARIABLES = ("STALWART_PUSHGATEWAY", "STALWART_STATSD", "STALWART_PROM_TEXTFILE")
 
@@ -85,19 +87,22 @@ class Pipeline:
 
     # -- declaring ---------------------------------------------------------------------------
 
-    @overload
-    def step(self, fn: F, /) -> F: ...
-    @overload
-    def step(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        http_retry: RetryPolicy | None = None,
-    ) -> Callable[[F], F]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def step(self, fn: F, /) -> F: ...
+        @overload
+        def step(
+            self,
+            fn: None = None,
+            /,
+            *,
+            name: str | None = None,
+            retry: RetryPolicy | None = None,
+            timeout: float | None = None,
+            http_retry: RetryPolicy | None = None,
+        ) -> Callable[[F], F]: ...
+
     def step(
         self,
         fn: StepFunction | None = None,

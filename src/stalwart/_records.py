@@ -4,32 +4,40 @@ the journal's ``StepRecord``, their JSON forms and the checks that a file read b
 Names of runs, pipelines and steps are checked here too (``validate_name``): they become
 directory and file names, so they are never allowed to be paths.
 
-The records are ``NamedTuple``s: immutable, compared and printed by their fields, as frozen
-dataclasses would be, but about 1 ms cheaper each to define (and no ``dataclasses`` module,
-with its ``inspect``, ``ast`` and ``dis``: ~6 ms) at every start. This module has no
-``from __future__ import annotations`` on purpose: with it, ``NamedTuple`` compiles every
-field's annotation string into a ``ForwardRef`` at import (~17 us a field).
+The records are named tuples: immutable, compared and printed by their fields, as frozen
+dataclasses would be, but cheaper to define at every start (no ``dataclasses`` module, with
+its ``inspect``, ``ast`` and ``dis``: ~6 ms). Type checkers see each as a ``typing.NamedTuple``
+(under ``TYPE_CHECKING``); at run time it is a ``collections.namedtuple`` with the same fields
+and defaults (``tests/test_architecture.py`` keeps the two equal), so a run never imports
+``typing`` (~3 ms). Methods live on a subclass with ``__slots__ = ()``.
 """
+
+from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from ._errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, TypeGuard
 
 _MARKER_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 """A marker's JSON (``json.dumps`` with these options), built once: it is on every step."""
 
 __all__ = [
     "MARKER_FORMAT",
-    "NAME_RE",
     "InputRecord",
     "Marker",
     "OutputRecord",
     "SkipDecision",
     "StepRecord",
+    "is_name",
+    "is_sha256",
     "normalize_output_name",
     "parse_record",
     "record_fields",
@@ -37,15 +45,35 @@ __all__ = [
     "validate_params",
 ]
 
-NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MARKER_FORMAT = 1
+
+# Names and digests are checked with string methods, not regular expressions: compiling one
+# costs 50-200 us, and these checks run at every start (tests/test_run_ids.py compares each
+# with the regular expression it stands for).
+_NAME_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_HEX_DIGITS = "0123456789abcdef"
+
+
+def is_name(value: object) -> TypeGuard[str]:
+    """``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``: a run ID, pipeline or step name."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 128
+        and value[0] not in "._-"
+        and not value.strip(_NAME_CHARACTERS)
+    )
+
+
+def is_sha256(value: str) -> bool:
+    """``[0-9a-f]{64}``."""
+    return len(value) == 64 and not value.strip(_HEX_DIGITS)
 
 
 #: The parameters of a run that has none (shared: read-only).
 NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
-PARAM_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
+#: A parameter's name (compiled by ``re`` on first use: most runs have no parameters).
+PARAM_KEY_PATTERN = r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z"
 
 
 def validate_params(params: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -55,7 +83,7 @@ def validate_params(params: Mapping[str, str] | None) -> Mapping[str, str]:
         return NO_PARAMS
     checked: dict[str, str] = {}
     for key, value in params.items():
-        if not isinstance(key, str) or not PARAM_KEY_RE.match(key):
+        if not isinstance(key, str) or not re.match(PARAM_KEY_PATTERN, key):
             raise UsageError(
                 f"invalid parameter name {key!r}: use letters, digits, _ . - (starting with a "
                 f"letter or _), at most 64 characters"
@@ -68,7 +96,7 @@ def validate_params(params: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def validate_name(value: object, what: str) -> str:
     """A run ID, pipeline or step name: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``, never a path."""
-    if isinstance(value, str) and NAME_RE.match(value):
+    if is_name(value):
         return value
     shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60])
     raise UsageError(
@@ -77,45 +105,90 @@ def validate_name(value: object, what: str) -> str:
     )
 
 
-class OutputRecord(NamedTuple):
+if TYPE_CHECKING:
+
+    class _OutputRecordFields(NamedTuple):
+        name: str
+        size: int
+        sha256: str
+
+else:
+    _OutputRecordFields = namedtuple("OutputRecord", ["name", "size", "sha256"])
+
+
+class OutputRecord(_OutputRecordFields):
     """One output of a step: its name relative to the run directory, size and sha256."""
 
-    name: str
-    size: int
-    sha256: str
+    __slots__ = ()
 
 
-class InputRecord(NamedTuple):
+if TYPE_CHECKING:
+
+    class _InputRecordFields(NamedTuple):
+        name: str
+        step: str
+        sha256: str
+
+else:
+    _InputRecordFields = namedtuple("InputRecord", ["name", "step", "sha256"])
+
+
+class InputRecord(_InputRecordFields):
     """An output a step read through ``ctx.read_*``: its name, the step that produced it and
     the sha256 that step recorded. If the producer's output changes, the reader runs again."""
 
-    name: str
-    step: str
-    sha256: str
+    __slots__ = ()
 
 
-class Marker(NamedTuple):
+if TYPE_CHECKING:
+
+    class _MarkerFields(NamedTuple):
+        pipeline: str
+        step: str
+        run_id: str
+        started: str
+        finished: str
+        duration_s: float
+        attempts: int
+        """HTTP attempts the step made in its completing run (first tries plus retries)."""
+        retries: int
+        """How many of those attempts were retries."""
+        runs: int
+        """How many times this step started for this run ID, across processes."""
+        outputs: tuple[OutputRecord, ...] = ()
+        inputs: tuple[InputRecord, ...] = ()
+        """What the step read (``ctx.read_*``) of earlier steps' outputs."""
+        params: Mapping[str, str] = NO_PARAMS
+        """The run parameters the step ran with (``--param``)."""
+        format: int = MARKER_FORMAT
+
+else:
+    _MarkerFields = namedtuple(
+        "Marker",
+        [
+            "pipeline",
+            "step",
+            "run_id",
+            "started",
+            "finished",
+            "duration_s",
+            "attempts",
+            "retries",
+            "runs",
+            "outputs",
+            "inputs",
+            "params",
+            "format",
+        ],
+        defaults=((), (), NO_PARAMS, MARKER_FORMAT),
+    )
+
+
+class Marker(_MarkerFields):
     """What a ``.done`` marker records about a completed step (immutable; build it with
     keywords)."""
 
-    pipeline: str
-    step: str
-    run_id: str
-    started: str
-    finished: str
-    duration_s: float
-    attempts: int
-    """HTTP attempts the step made in its completing run (first tries plus retries)."""
-    retries: int
-    """How many of those attempts were retries."""
-    runs: int
-    """How many times this step started for this run ID, across processes."""
-    outputs: tuple[OutputRecord, ...] = ()
-    inputs: tuple[InputRecord, ...] = ()
-    """What the step read (``ctx.read_*``) of earlier steps' outputs."""
-    params: Mapping[str, str] = NO_PARAMS
-    """The run parameters the step ran with (``--param``)."""
-    format: int = MARKER_FORMAT
+    __slots__ = ()
 
     def to_json(self) -> bytes:
         """One line of JSON (the C encoder: markers are written on every step)."""
@@ -141,7 +214,7 @@ class Marker(NamedTuple):
         return (_MARKER_ENCODER.encode(data) + "\n").encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Marker":
+    def from_json(cls, raw: bytes) -> Marker:
         """Parse a marker; ``ValueError`` (saying what is wrong) if it is not one."""
         try:
             data = json.loads(raw.decode("utf-8"))
@@ -205,7 +278,7 @@ def _name_and_digest(item: object, what: str) -> tuple[str, str]:
     if not _is_output_name(name):
         raise TypeError(f"{what} name {name[:80]!r} is not a path inside the run directory")
     sha256 = _typed(item, "sha256", str)
-    if not SHA256_RE.match(sha256):
+    if not is_sha256(sha256):
         raise TypeError(f"{what} {name!r} has a malformed sha256")
     return name, sha256
 
@@ -245,22 +318,46 @@ def _is_output_name(name: str) -> bool:
     return normalize_output_name(name) is not None
 
 
-class StepRecord(NamedTuple):
+if TYPE_CHECKING:
+
+    class _StepRecordFields(NamedTuple):
+        runs: int = 0
+        started: str = ""
+        outcome: str = ""
+        """``"running"``, ``"failed"``, ``"interrupted"``, ``"done"`` (or empty if never run)."""
+        finished: str = ""
+        error_type: str = ""
+        error: str = ""
+        attempts: int = 0
+        retries: int = 0
+        dead_letter_id: str = ""
+        extra: Mapping[str, Any] = MappingProxyType({})
+
+else:
+    _StepRecordFields = namedtuple(
+        "StepRecord",
+        [
+            "runs",
+            "started",
+            "outcome",
+            "finished",
+            "error_type",
+            "error",
+            "attempts",
+            "retries",
+            "dead_letter_id",
+            "extra",
+        ],
+        defaults=(0, "", "", "", "", "", 0, 0, "", MappingProxyType({})),
+    )
+
+
+class StepRecord(_StepRecordFields):
     """The latest start or end of a step (from the journal): survives failures and cleared
     markers, unlike the marker. (A ``NamedTuple``, not a dataclass: made at import, a frozen
     dataclass costs ~1.3 ms of every start.)"""
 
-    runs: int = 0
-    started: str = ""
-    outcome: str = ""
-    """``"running"``, ``"failed"``, ``"interrupted"``, ``"done"`` (or empty if never run)."""
-    finished: str = ""
-    error_type: str = ""
-    error: str = ""
-    attempts: int = 0
-    retries: int = 0
-    dead_letter_id: str = ""
-    extra: Mapping[str, Any] = MappingProxyType({})
+    __slots__ = ()
 
 
 _RECORD_TYPES: dict[str, type] = {
@@ -300,11 +397,22 @@ def parse_record(data: object) -> StepRecord:
     return StepRecord(**known)
 
 
-class SkipDecision(NamedTuple):
+if TYPE_CHECKING:
+
+    class _SkipDecisionFields(NamedTuple):
+        done: bool
+        reason: str
+        """Why the step must run (empty when it is done)."""
+        marker: Marker | None = None
+        corrupt: bool = False
+
+else:
+    _SkipDecisionFields = namedtuple(
+        "SkipDecision", ["done", "reason", "marker", "corrupt"], defaults=(None, False)
+    )
+
+
+class SkipDecision(_SkipDecisionFields):
     """Whether a step can be skipped (a ``NamedTuple`` for start-up, like ``StepRecord``)."""
 
-    done: bool
-    reason: str
-    """Why the step must run (empty when it is done)."""
-    marker: Marker | None = None
-    corrupt: bool = False
+    __slots__ = ()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import RunLockedError
 from ._history import parse_summary
 from ._lease import FencedStore
-from ._records import NAME_RE
+from ._records import is_name
 from ._remote_state import (
     RemoteCheckpointStore,
     RemoteDeadLetterStore,
@@ -72,7 +72,7 @@ class StoreRunHistory:
 
     def run_ids(self) -> list[str]:
         names = self._store.list_dirs(f"{self.pipeline}/runs/")
-        return [name for name in names if NAME_RE.match(name)]
+        return [name for name in names if is_name(name)]
 
     def exists(self, run_id: str) -> bool:
         return run_id in self.run_ids()

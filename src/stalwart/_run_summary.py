@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Protocol
 
 from ._atomic import replace_bytes
 from ._time import utc_now
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any, Protocol
 
     from ._services import RunServices
 
@@ -36,25 +37,27 @@ SUMMARY_FORMAT = 1
 _OUTCOME_STATE = {"success": "succeeded", "failure": "failed", "interrupted": "interrupted"}
 
 
-class RunState(Protocol):
-    """What a summary is made of: the runner's run, read (a protocol: no import of it)."""
+if TYPE_CHECKING:
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def run_dir(self) -> str: ...
-    @property
-    def ran(self) -> list[str]: ...
-    @property
-    def skipped(self) -> list[str]: ...
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def params(self) -> Mapping[str, str]: ...
-    @property
-    def services(self) -> RunServices: ...
+    class RunState(Protocol):
+        """What a summary is made of: the runner's run, read (a protocol: no import of it)."""
+
+        @property
+        def name(self) -> str: ...
+        @property
+        def run_id(self) -> str: ...
+        @property
+        def run_dir(self) -> str: ...
+        @property
+        def ran(self) -> list[str]: ...
+        @property
+        def skipped(self) -> list[str]: ...
+        @property
+        def duration_s(self) -> float: ...
+        @property
+        def params(self) -> Mapping[str, str]: ...
+        @property
+        def services(self) -> RunServices: ...
 
 
 def _write(run: RunState, data: dict[str, Any]) -> None:

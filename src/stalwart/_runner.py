@@ -19,23 +19,24 @@ import functools
 import logging
 import os
 import time
+from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from ._alert_hygiene import notify_recovery
 from ._atomic import lazy_path, sweep_temp_files
 from ._checkpoint import CheckpointStore
 from ._context import Context, Step
 from ._errors import HttpError
 from ._invoke import call_step
 from ._records import NO_PARAMS, Marker, SkipDecision, StepRecord
-from ._reporting import resume_command, send_alert
 from ._run_summary import begin_run, end_run
 from ._scope import StepScope, current_scope
 from ._time import utc_now
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Literal, NamedTuple
+
     from ._deadletter import DeadLetterStore, StepDeadLetters
     from ._result import RunResult
     from ._services import RunServices
@@ -56,25 +57,47 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so a run stops the way Ctrl-C stops it."""
 
 
-class Failure(NamedTuple):
+if TYPE_CHECKING:
+
+    class _FailureFields(NamedTuple):
+        step: str
+        """The failed step; empty if the run failed before its first step."""
+        error: BaseException
+        """The step's own exception (``Pipeline.run`` re-raises it)."""
+        message: str
+        """``str(error)`` with every known secret masked."""
+        attempts: int
+        """Tries of the failed operation (HTTP attempts, ``@retry`` attempts), at least 1."""
+        alert_sent: bool
+        """Every alerter delivered the alert."""
+        dead_letter_ids: tuple[str, ...]
+        """The envelopes this step kept before it failed, oldest first."""
+        resume_command: str
+        """The command that resumes the run."""
+        exit_code: int = 1
+        """The process's exit code: 1, or the code of a ``sys.exit(code)`` inside the step."""
+
+else:
+    _FailureFields = namedtuple(
+        "Failure",
+        [
+            "step",
+            "error",
+            "message",
+            "attempts",
+            "alert_sent",
+            "dead_letter_ids",
+            "resume_command",
+            "exit_code",
+        ],
+        defaults=(1,),
+    )
+
+
+class Failure(_FailureFields):
     """How a run failed: what the runner returns, and what the command line renders."""
 
-    step: str
-    """The failed step; empty if the run failed before its first step."""
-    error: BaseException
-    """The step's own exception (``Pipeline.run`` re-raises it)."""
-    message: str
-    """``str(error)`` with every known secret masked."""
-    attempts: int
-    """Tries of the failed operation (HTTP attempts, ``@retry`` attempts), at least 1."""
-    alert_sent: bool
-    """Every alerter delivered the alert."""
-    dead_letter_ids: tuple[str, ...]
-    """The envelopes this step kept before it failed, oldest first."""
-    resume_command: str
-    """The command that resumes the run."""
-    exit_code: int = 1
-    """The process's exit code: 1, or the code of a ``sys.exit(code)`` inside the step."""
+    __slots__ = ()
 
     @property
     def error_type(self) -> str:
@@ -166,6 +189,8 @@ class Run:
     @property
     def resume(self) -> str:
         if self._resume is None:
+            from ._reporting import resume_command  # noqa: PLC0415 - only when failing
+
             self._resume = resume_command(self.services, self.run_id)
         return self._resume
 
@@ -205,7 +230,9 @@ class Run:
                 error_type=failure.error_type if failure else "",
                 error=failure.message if failure else "",
             )
-            if outcome == "success":
+            if outcome == "success" and self.services.streak_may_be_open():
+                from ._alert_hygiene import notify_recovery  # noqa: PLC0415 - a streak is rare
+
                 notify_recovery(self.services, self.run_id, self.duration_s)
         return None
 
@@ -235,6 +262,8 @@ class Run:
             error,
             extra={"pipeline": self.name, "run_id": self.run_id, "error": error[:500]},
         )
+        from ._reporting import send_alert  # noqa: PLC0415 - only when failing
+
         sent = send_alert(
             self.services,
             self.run_id,
@@ -678,6 +707,8 @@ class Run:
                     dead_letter_id=dead_letter_id,
                 )
             )
+        from ._reporting import send_alert  # noqa: PLC0415 - only when failing
+
         sent = send_alert(
             self.services,
             self.run_id,

@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
     from ._policy import RetryPolicy
     from .instrumentation._events import Event
 
 __all__ = ["DeadLetterWriter", "EventSink", "StepScope", "current_scope"]
 
 
-class EventSink(Protocol):
-    """Where a run's events go (the run's emitter): false when nobody listens, so that no
-    event is even built then."""
+if TYPE_CHECKING:
 
-    def __call__(self, event: Event) -> None: ...
+    class EventSink(Protocol):
+        """Where a run's events go (the run's emitter): false when nobody listens, so that no
+        event is even built then."""
 
-    def __bool__(self) -> bool: ...
+        def __call__(self, event: Event) -> None: ...
+
+        def __bool__(self) -> bool: ...
 
 
-class DeadLetterWriter(Protocol):
-    """Keeps what a step could not deliver (a ``DeadLetterStore``, or the runner's writer
-    bound to one step); returns the envelope's id."""
+if TYPE_CHECKING:
 
-    def keep_request(self, **kwargs: Any) -> str: ...
+    class DeadLetterWriter(Protocol):
+        """Keeps what a step could not deliver (a ``DeadLetterStore``, or the runner's writer
+        bound to one step); returns the envelope's id."""
 
-    def keep_payload(self, payload: object, *, reason: str) -> str: ...
+        def keep_request(self, **kwargs: Any) -> str: ...
+
+        def keep_payload(self, payload: object, *, reason: str) -> str: ...
 
 
 class StepScope:

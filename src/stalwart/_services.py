@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, NamedTuple
+from collections import namedtuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NamedTuple
+
     from ._alerts import Alerter
     from ._http import HttpClient
     from ._store import StateStore
     from .instrumentation._events import Event, MetricsSink
 
 __all__ = ["Emitter", "RunServices", "SharedHttp"]
+
+#: The open failure streak of a pipeline (``_alert_hygiene``), beside its ``runs/``.
+STREAK_FILE = ".alert-streak.json"
 
 log = logging.getLogger("stalwart.run")
 
@@ -84,25 +90,38 @@ class SharedHttp:
                 self._client = None
 
 
-class RunServices(NamedTuple):
+if TYPE_CHECKING:
+
+    class _RunServicesFields(NamedTuple):
+        pipeline: str
+        """The pipeline's name."""
+        root: str
+        """The absolute state root: ``<root>/<pipeline>/runs/<run_id>/`` holds a run."""
+        http: SharedHttp
+        alerters: tuple[Alerter, ...]
+        """The configured alerters (Slack...); the log alerter is always added when alerting."""
+        emit: Emitter
+        """The metric sinks (an ``Emitter`` that is false when there are none)."""
+        resume_hint: str | None = None
+        """How to run this pipeline again (``cd DIR && stalwart run file.py:name``), if known;
+        worked out from ``sys.argv`` when a run fails otherwise."""
+        store: StateStore | None = None
+        """Where the run's state lives when the root is object storage (its writes check the
+        run's lease); ``None`` for a local directory (``root``)."""
+
+else:
+    _RunServicesFields = namedtuple(
+        "RunServices",
+        ["pipeline", "root", "http", "alerters", "emit", "resume_hint", "store"],
+        defaults=(None, None),
+    )
+
+
+class RunServices(_RunServicesFields):
     """The services of one run, built when it starts (a ``NamedTuple``: immutable, and
     cheaper to define at import than a frozen dataclass)."""
 
-    pipeline: str
-    """The pipeline's name."""
-    root: str
-    """The absolute state root: ``<root>/<pipeline>/runs/<run_id>/`` holds a run."""
-    http: SharedHttp
-    alerters: tuple[Alerter, ...]
-    """The configured alerters (Slack...); the log alerter is always added when alerting."""
-    emit: Emitter
-    """The metric sinks (an ``Emitter`` that is false when there are none)."""
-    resume_hint: str | None = None
-    """How to run this pipeline again (``cd DIR && stalwart run file.py:name``), if known;
-    worked out from ``sys.argv`` when a run fails otherwise."""
-    store: StateStore | None = None
-    """Where the run's state lives when the root is object storage (its writes check the
-    run's lease); ``None`` for a local directory (``root``)."""
+    __slots__ = ()
 
     @property
     def state_dir(self) -> str:
@@ -111,6 +130,13 @@ class RunServices(NamedTuple):
     @property
     def deadletter_dir(self) -> str:
         return os.path.join(self.root, self.pipeline, "deadletter")
+
+    def streak_may_be_open(self) -> bool:
+        """Whether a failure streak may be open (so a success must close it): one ``stat``
+        on a local root; always on object storage, where ``_alert_hygiene`` reads it."""
+        return self.store is not None or os.path.exists(
+            os.path.join(self.root, self.pipeline, STREAK_FILE)
+        )
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.root, self.pipeline, "runs", run_id)

@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import Iterator
 from types import FrameType, SimpleNamespace
-from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .._errors import RunLockedError, UsageError
 from .._logging import TextFormatter, configure
@@ -25,8 +24,10 @@ from .._pipeline import Pipeline
 from .._runner import Failure, Terminated
 from .._time import today
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, TextIO
 
     from .._runner import Run
 
@@ -87,7 +88,7 @@ def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None
         chatty.setLevel(logging.WARNING)
     say = _Say(prog, err, as_json=not isinstance(handler.formatter, TextFormatter))
     try:
-        out = cast("TextIO", _JsonLines()) if say.as_json else err  # JSON: every line JSON
+        out: TextIO = _JsonLines() if say.as_json else err  # type: ignore[assignment]  # JSON: every line JSON
         return _run_command(args, pipeline, err=out, say=say, verbose=verbose)
     finally:
         root_logger.removeHandler(handler)
@@ -127,7 +128,8 @@ def fast_run_args(argv: list[str], *, standalone: bool) -> argparse.Namespace | 
     }
     if standalone:
         fields["target"] = target
-    return cast("argparse.Namespace", SimpleNamespace(**fields))
+    namespace: argparse.Namespace = SimpleNamespace(**fields)  # type: ignore[assignment]
+    return namespace
 
 
 def _run_command(

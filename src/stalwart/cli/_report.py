@@ -16,7 +16,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from .._history import RunSummary, format_duration, list_runs
-from .._records import NAME_RE, parse_record
+from .._records import is_name, parse_record
 from .._reporting import resume_command
 from .._retention import format_size
 from ._status import item_summary
@@ -101,7 +101,7 @@ def read_attempts(raw: bytes, *, live: bool) -> list[Attempt]:
             record = parse_record(data)
         except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
             continue
-        if not isinstance(step, str) or not NAME_RE.match(step):
+        if not is_name(step):
             continue
         key = (step, record.runs)
         error = f"{record.error_type}: {record.error}" if record.error_type else ""
