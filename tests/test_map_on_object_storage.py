@@ -340,7 +340,8 @@ def test_an_item_reads_writes_and_opens_its_outputs_through_ctx(
         written = ctx.write_text(f"pages/{item}.txt", f"page {item}\n")
         with ctx.atomic_write(f"pages/{item}.csv") as handle:
             handle.write(f"{item},1\n")
-        assert written.read_text() == f"page {item}\n"  # the local copy of what was PUT
+        with open(written, encoding="utf-8") as copy:  # the local copy of what was PUT
+            assert copy.read() == f"page {item}\n"
         seen[item] = ctx.path(f"pages/{item}.csv").read_text()
         assert ctx.read_text(f"pages/{item}.txt") == f"page {item}\n"
         assert (

@@ -70,7 +70,8 @@ def test_outputs_are_written_read_and_opened_through_ctx(s3_server: S3Server, s3
     @pipeline.step()
     def write(ctx: stalwart.Context) -> None:
         ctx.write_bytes("raw/data.bin", b"\x00\x01")
-        seen["written"] = ctx.write_text("notes.txt", "hello").read_text()  # a local copy
+        with open(ctx.write_text("notes.txt", "hello"), encoding="utf-8") as copy:
+            seen["written"] = copy.read()  # a local copy
         with ctx.atomic_write("table.csv") as out:
             out.write("a,b\r\n1,2\r\n")
         with ctx.atomic_write("blob.bin", "wb") as binary:

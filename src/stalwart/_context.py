@@ -175,17 +175,19 @@ class Context:
     def _record(self, name: str, digest: FileDigest) -> None:
         self._outputs[name] = OutputRecord(name=name, size=digest.size, sha256=digest.sha256)
 
-    def write_bytes(self, name: str, data: bytes) -> Path:
-        """Write ``data`` to output ``name`` atomically; returns its path."""
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write ``data`` to output ``name`` atomically; returns the file's path as a ``str``
+        (``ctx.path(name)`` is the ``pathlib.Path``: a run that writes never loads
+        ``pathlib``, ~4 ms of every start)."""
         clean, target = self._target(name)
         digest = FileDigest()
         replace_bytes(target, data, shared=False)  # the run lock makes the directory ours
         digest.update(data)
         self._record(clean, digest)
-        return lazy_path(target)
+        return target
 
-    def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> Path:
-        """Write the text ``data`` to output ``name`` atomically; returns its path."""
+    def write_text(self, name: str, data: str, *, encoding: str = "utf-8") -> str:
+        """Write the text ``data`` to output ``name`` atomically; returns its path (a ``str``)."""
         if not isinstance(data, str):
             raise TypeError(
                 f"write_text({name!r}, ...) takes str, not {type(data).__name__}"
@@ -193,7 +195,7 @@ class Context:
             )
         return self.write_bytes(name, data.encode(encoding))
 
-    def write_json(self, name: str, data: Any) -> Path:
+    def write_json(self, name: str, data: Any) -> str:
         """Write ``data`` as JSON to output ``name`` atomically (serialised first: a value
         that is not JSON raises ``TypeError`` before anything is written)."""
         return self.write_bytes(name, json_dumps(data).encode("utf-8"))

@@ -72,8 +72,9 @@ class RemoteContext(Context):
                 replace_bytes(local, data, durable=False, shared=False)
         return lazy_path(local)
 
-    def write_bytes(self, name: str, data: bytes) -> Path:
-        """Write ``data`` to output ``name`` in one PUT; returns the local copy's path."""
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write ``data`` to output ``name`` in one PUT; returns the local copy's path (a
+        ``str``, as locally)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         clean = _output_name(name)
@@ -83,7 +84,7 @@ class RemoteContext(Context):
         self._record(clean, digest)
         local = self._local(clean)
         replace_bytes(local, data, durable=False, shared=False)
-        return lazy_path(local)
+        return local
 
     @contextlib.contextmanager
     def _stream(

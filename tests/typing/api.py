@@ -104,7 +104,7 @@ async def rates_now() -> dict[str, float]:
 def fetch(ctx: stalwart.Context) -> None:
     orders = ctx.http.get("https://api.example.com/orders", params={"day": ctx.run_id}).json()
     assert_type(orders, Any)
-    assert_type(ctx.write_json("orders.json", orders), Path)
+    assert_type(ctx.write_json("orders.json", orders), str)
     ctx.log.info("fetched orders", extra={"rows": len(orders)})
 
 
