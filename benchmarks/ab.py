@@ -9,12 +9,14 @@ the ratio of medians to the first command, and the median CPU time (user + syste
 ``getrusage`` of the children): on a machine shared with other work, CPU time moves less
 than wall time (it leaves out waiting for the disk and for the CPU). Children get bytecode caches
 (``PYTHONPYCACHEPREFIX``) and no ``STALWART_*``/``SLACK_*`` variables, as in ``run.py``.
-To compare versions of stalwart, put each version's ``src/`` first on ``PYTHONPATH``::
+To compare versions of stalwart, put each version's ``src/`` first on ``PYTHONPATH``, on
+every side: a path entry before the standard library adds a ``stat`` to every import, so a
+side started without one would read faster for that alone::
 
     git archive 61728a8 src | tar -x -C /tmp/old
     python benchmarks/ab.py 31 \\
         old 'PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/chain.py 3 /tmp/ab/o{i}' \\
-        new '.venv/bin/python benchmarks/chain.py 3 /tmp/ab/n{i}'
+        new 'PYTHONPATH=src .venv/bin/python benchmarks/chain.py 3 /tmp/ab/n{i}'
 """
 
 from __future__ import annotations
