@@ -25,6 +25,8 @@ LABELS = (
     "skip path (3 done)",
     "per step, fsync stubbed",
     "per step, CLI + JSON logs (3 steps)",
+    "per step, commit I/O alone: 3 syncs vs 4",
+    "  + journal start line, 2 log lines",
     "declare 10 steps",
     "declare 20 steps",
     "declare 40 steps",
@@ -58,6 +60,8 @@ KEYS = {
     "skip_path",
     "per_step_no_fsync",
     "per_step_cli",
+    "commit_io_3_vs_4",
+    "commit_io_3_vs_4_with_logs",
     "declare_10",
     "declare_20",
     "declare_40",
@@ -89,6 +93,8 @@ STRACE_KEYS = {
 }
 INFO_KEYS = {
     "per_step_no_fsync",
+    "commit_io_3_vs_4",
+    "commit_io_3_vs_4_with_logs",
     "declare_10",
     "declare_20",
     "declare_40",
@@ -179,8 +185,30 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
         assert metric["ratio"] >= 0  # memory kept after a run can be 0 bytes
     assert document["importtime_top"], "no -X importtime summary"
     assert "loadavg_end" in document
+    # the commit's I/O alone: both rows against the same naive-floor samples
+    io, io_logs = by_key["commit_io_3_vs_4"], by_key["commit_io_3_vs_4_with_logs"]
+    assert io["baseline_samples"] == io_logs["baseline_samples"]
+    assert io["stalwart_samples"] != io_logs["stalwart_samples"]
     # the scratch directory (state, temp files, bytecode caches) is removed afterwards
     assert not list(tmp_path.glob("stalwart-bench-*"))
+
+
+def test_only_measures_the_groups_asked_for(tmp_path: Path) -> None:
+    only = ["--only", "large,retry", "--iterations", "200", "--no-json"]
+    result = run_python([str(RUNNER), *TINY, *only, "--tmpdir", str(tmp_path)], timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("  ")[0] for line in result.stdout.splitlines()]
+    assert "atomic_write 1 MiB" in rows
+    assert "retry: @retry() call inside a step" in rows
+    assert not any(row.startswith(("per step", "process:", "declare", "start-up")) for row in rows)
+    assert re.search(r"targets met: \d+ of 4\b", result.stdout)
+
+
+def test_only_refuses_an_unknown_group(tmp_path: Path) -> None:
+    result = run_python([str(RUNNER), "--only", "process,warp", "--no-json"])
+    assert result.returncode == 2
+    assert "--only takes groups from steps,cli," in result.stderr
+    assert "not warp" in result.stderr
 
 
 def test_a_bad_option_is_a_usage_error(tmp_path: Path) -> None:
