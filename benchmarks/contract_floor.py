@@ -358,12 +358,14 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] != "chain":
+    if len(argv) < 3 or argv[0] not in ("chain", "timed-chain"):
         print(
-            "usage: contract_floor.py chain N ROOT [--syncs 3|4] [run [--run-id ID] ...]",
+            "usage: contract_floor.py chain|timed-chain N ROOT [--syncs 3|4] "
+            "[run [--run-id ID] ...]",
             file=sys.stderr,
         )
         return EXIT_USAGE
+    started = time.perf_counter()  # timed-chain: from the command line to the last step
     steps, root, rest = int(argv[1]), os.path.abspath(argv[2]), argv[3:]
     syncs = 4
     if rest[:1] == ["--syncs"] and len(rest) >= 2 and rest[1] in ("3", "4"):
@@ -381,6 +383,8 @@ def main(argv: list[str]) -> int:
     except Terminated:
         log.error("terminated (SIGTERM); the unfinished step was not marked done")  # noqa: TRY400 - no traceback for a signal
         return EXIT_TERMINATED
+    if argv[0] == "timed-chain":
+        print(time.perf_counter() - started)
     return 0
 
 

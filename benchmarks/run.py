@@ -265,12 +265,12 @@ LEAN_FLOOR = (
 )
 
 
-def lean_floor_argv(steps: int, state: Path, syncs: int = 4) -> list[str]:
+def lean_floor_argv(steps: int, state: Path, syncs: int = 4, mode: str = "chain") -> list[str]:
     """The lean contract floor as a new process, byte-compiled (imported, not run as
     ``__main__``, which Python compiles from source every time): as an installed package runs.
     ``syncs``: its step commit, 4 (marker synced like an output) or 3 (journal fdatasync)."""
     code = LEAN_FLOOR.format(bench=str(BENCH_DIR))
-    return [sys.executable, "-c", code, "chain", str(steps), str(state), "--syncs", str(syncs)]
+    return [sys.executable, "-c", code, mode, str(steps), str(state), "--syncs", str(syncs)]
 
 
 def stalwart_syncs_per_step(tmp: Path) -> float:
@@ -460,7 +460,10 @@ def bench_commit_io(cfg: Config, tmp: Path) -> list[Metric]:
 # -- 1b: per step as users run it: the CLI, JSON logs to a file ---------------------------------
 
 
-def bench_cli_steps(cfg: Config, children: Children) -> Metric:
+def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]:
+    """The per-step row as users run it, and the lean contract floor doing the same work
+    (``contract_floor.py timed-chain``: its CLI, JSON logs to a file, journal, markers, the
+    same step commit), in the same repeats: what any implementation of the contract pays."""
     n = cfg.steps
     metric = Metric(
         "per_step_cli",
@@ -468,6 +471,24 @@ def bench_cli_steps(cfg: Config, children: Children) -> Metric:
         "ms/step",
         "plain_floor.py timed-chain: output + marker, each temp/write/fsync/replace/fsync(dir)",
         Target("ratio", 1.0, text="<= 1.0x"),
+    )
+    lean = Metric(
+        "per_step_cli_lean_floor",
+        "  the lean floor, CLI + JSON logs",
+        "ms/step",
+        metric.baseline,
+        Target("info"),
+        base=metric.base,
+        subject=f"contract_floor.py timed-chain --syncs {syncs}, byte-compiled",
+    )
+    ours_vs_lean = Metric(
+        "per_step_cli_vs_lean_floor",
+        "  stalwart vs the lean floor, CLI",
+        "ms/step",
+        f"contract_floor.py timed-chain --syncs {syncs}",
+        Target("info"),
+        ours=metric.ours,
+        base=lean.ours,
     )
     tmp = children.cwd
     log = tmp / "cli-steps.log"
@@ -482,20 +503,28 @@ def bench_cli_steps(cfg: Config, children: Children) -> Metric:
         out = children.output([sys.executable, script, "timed-chain", str(n), str(tmp / name)])
         metric.base.append(float(out.split()[-1]) * 1000 / n)
 
+    def contract(name: str) -> None:
+        argv = lean_floor_argv(n, tmp / name, syncs, mode="timed-chain")
+        out = children.output(argv, tmp / "cli-lean-floor.log")  # JSON lines to a file too
+        lean.ours.append(float(out.split()[-1]) * 1000 / n)
+
     ours("cli-ours-warm-up")
     floor("cli-floor-warm-up")
+    contract("cli-lean-warm-up")
     metric.ours.clear()
     metric.base.clear()
+    lean.ours.clear()
     for repeat in range(cfg.repeats):
         progress(f"per step, CLI: repeat {repeat + 1}/{cfg.repeats}")
         alternating(
             repeat,
             functools.partial(ours, f"cli-ours-{repeat}"),
             functools.partial(floor, f"cli-floor-{repeat}"),
+            functools.partial(contract, f"cli-lean-{repeat}"),
         )
     if not any('"logger": "stalwart.run"' in line for line in log.read_text().splitlines()):
         raise RuntimeError(f"the CLI runs logged no JSON line to {log}")
-    return metric
+    return [metric, lean, ours_vs_lean]
 
 
 # -- 1c: declaring steps, memory per step ----------------------------------------------------
@@ -1335,7 +1364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics += bench_steps(cfg, tmp)
         children = Children(child_env(tmp / "pycache"), tmp)
         if cfg.wants("cli"):
-            metrics.append(bench_cli_steps(cfg, children))
+            metrics += bench_cli_steps(cfg, children, syncs)
             metrics += bench_commit_io(cfg, tmp)
         if cfg.wants("declare"):
             metrics += bench_declare(cfg, tmp)

@@ -25,6 +25,8 @@ LABELS = (
     "skip path (3 done)",
     "per step, fsync stubbed",
     "per step, CLI + JSON logs (3 steps)",
+    "  the lean floor, CLI + JSON logs",
+    "  stalwart vs the lean floor, CLI",
     "per step, commit I/O alone: 3 syncs vs 4",
     "  + journal start line, 2 log lines",
     "declare 10 steps",
@@ -60,6 +62,8 @@ KEYS = {
     "skip_path",
     "per_step_no_fsync",
     "per_step_cli",
+    "per_step_cli_lean_floor",
+    "per_step_cli_vs_lean_floor",
     "commit_io_3_vs_4",
     "commit_io_3_vs_4_with_logs",
     "declare_10",
@@ -93,6 +97,8 @@ STRACE_KEYS = {
 }
 INFO_KEYS = {
     "per_step_no_fsync",
+    "per_step_cli_lean_floor",
+    "per_step_cli_vs_lean_floor",
     "commit_io_3_vs_4",
     "commit_io_3_vs_4_with_logs",
     "declare_10",
@@ -185,6 +191,14 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
         assert metric["ratio"] >= 0  # memory kept after a run can be 0 bytes
     assert document["importtime_top"], "no -X importtime summary"
     assert "loadavg_end" in document
+    # the lean floor through its CLI, in the same repeats as stalwart's CLI row
+    cli = by_key["per_step_cli"]
+    assert by_key["per_step_cli_lean_floor"]["baseline_samples"] == cli["baseline_samples"]
+    assert by_key["per_step_cli_vs_lean_floor"]["stalwart_samples"] == cli["stalwart_samples"]
+    assert (
+        by_key["per_step_cli_vs_lean_floor"]["baseline_samples"]
+        == by_key["per_step_cli_lean_floor"]["stalwart_samples"]
+    )
     # the commit's I/O alone: both rows against the same naive-floor samples
     io, io_logs = by_key["commit_io_3_vs_4"], by_key["commit_io_3_vs_4_with_logs"]
     assert io["baseline_samples"] == io_logs["baseline_samples"]
@@ -399,3 +413,22 @@ def test_the_a_b_runner_interleaves_commands_and_reports_medians(tmp_path: Path)
     assert failing.returncode == 1
     assert "bad exited 3" in failing.stderr
     assert run_python([str(ab), "x"]).returncode == 2
+
+
+def test_the_contract_floor_times_its_chain_like_the_workload(tmp_path: Path) -> None:
+    """``timed-chain`` does what ``chain`` does, then prints the seconds it took on stdout,
+    as ``workloads.py timed-chain`` does for stalwart's CLI row."""
+    root = tmp_path / "contract"
+    timed = run_python([str(CONTRACT_FLOOR), "timed-chain", "3", str(root), "--syncs", "3"])
+    assert timed.returncode == 0, timed.stderr
+    assert float(timed.stdout.split()[-1]) > 0
+    state = root / "bench" / "runs" / "bench"
+    assert sorted(p.name for p in (state / ".checkpoints").glob("*.done")) == [
+        "step_000.done",
+        "step_001.done",
+        "step_002.done",
+    ]
+    assert "ran 3, skipped 0" in _json_lines(timed.stderr)[-1]["message"]
+    plain = run_python([str(CONTRACT_FLOOR), "chain", "1", str(tmp_path / "plain")])
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == ""  # only the timed form prints
