@@ -259,6 +259,9 @@ class Children:
         return proc.stdout
 
 
+_NO_SYNC = "import os, sys; os.fsync = os.fdatasync = lambda fd: None; "
+"""A prefix for ``python -c``: both syncs become no-ops for the rest of the process."""
+
 LEAN_FLOOR = (
     "import sys; sys.path.insert(0, {bench!r}); import contract_floor as c; "
     "sys.exit(c.main(sys.argv[1:]))"
@@ -490,6 +493,14 @@ def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]
         ours=metric.ours,
         base=lean.ours,
     )
+    unsynced = Metric(
+        "per_step_cli_vs_lean_floor_no_fsync",
+        "  the same, fsync stubbed",
+        "ms/step",
+        f"contract_floor.py timed-chain --syncs {syncs}, fsync and fdatasync stubbed",
+        Target("info"),
+        subject="stalwart's CLI row, fsync and fdatasync stubbed (CPU and metadata work)",
+    )
     tmp = children.cwd
     log = tmp / "cli-steps.log"
 
@@ -508,6 +519,19 @@ def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]
         out = children.output(argv, tmp / "cli-lean-floor.log")  # JSON lines to a file too
         lean.ours.append(float(out.split()[-1]) * 1000 / n)
 
+    def no_sync(argv: list[str], into: list[float], name: str) -> None:
+        """``argv`` (``python -c CODE ...`` or ``python SCRIPT ...``) with both syncs made
+        no-ops before it starts: what a step costs without the disk's sync latency."""
+        if argv[1] == "-c":
+            argv = [argv[0], "-c", _NO_SYNC + argv[2], *argv[3:]]
+        else:
+            code = _NO_SYNC + "import runpy; sys.argv = sys.argv[1:]; "
+            code += "sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+            code += "runpy.run_path(sys.argv[0], run_name='__main__')"
+            argv = [argv[0], "-c", code, *argv[1:]]
+        out = children.output(argv, tmp / f"{name}.log")
+        into.append(float(out.split()[-1]) * 1000 / n)
+
     ours("cli-ours-warm-up")
     floor("cli-floor-warm-up")
     contract("cli-lean-warm-up")
@@ -524,7 +548,23 @@ def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]
         )
     if not any('"logger": "stalwart.run"' in line for line in log.read_text().splitlines()):
         raise RuntimeError(f"the CLI runs logged no JSON line to {log}")
-    return [metric, lean, ours_vs_lean]
+    workload = [sys.executable, str(BENCH_DIR / "workloads.py"), "timed-chain", str(n)]
+
+    def ours_no_sync(name: str) -> None:
+        no_sync([*workload, str(tmp / name)], unsynced.ours, "cli-no-sync")
+
+    def contract_no_sync(name: str) -> None:
+        argv = lean_floor_argv(n, tmp / name, syncs, mode="timed-chain")
+        no_sync(argv, unsynced.base, "cli-no-sync-lean")
+
+    for repeat in range(cfg.repeats):
+        progress(f"per step, CLI, fsync stubbed: repeat {repeat + 1}/{cfg.repeats}")
+        alternating(
+            repeat,
+            functools.partial(ours_no_sync, f"cli-ns-{repeat}"),
+            functools.partial(contract_no_sync, f"cli-ns-lean-{repeat}"),
+        )
+    return [metric, lean, ours_vs_lean, unsynced]
 
 
 # -- 1c: declaring steps, memory per step ----------------------------------------------------
