@@ -3,6 +3,7 @@ Chromium: a screenshot that is not blank and shows the timeline's colours, and t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from conftest import REPO, run_python
 from stalwart import Context, ItemContext, Pipeline
 from stalwart._errors import HttpStatusError
 from stalwart._map import ItemsFailed
-from stalwart.cli._report import render_report
+from stalwart.cli._report import _CHAR_W, Attempt, _timeline, render_report
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply
 
 SCRIPT = REPO / "tests" / "scripts" / "ops_pipeline.py"
@@ -302,3 +303,48 @@ def test_a_map_steps_item_counts_come_from_its_journal(root: Path) -> None:
         pipeline.run(run_id="r1")
     html = render_report(pipeline, "r1")
     assert "items: 4 done / 1 failed / 0 pending of 5" in html
+
+
+def _at(seconds: float) -> str:
+    return f"2026-11-28T03:00:{seconds:06.3f}Z"
+
+
+def _labels(svg: str) -> list[tuple[int, float, float, bool]]:
+    """Each bar label of a timeline: its row (y), x extent and whether it is inside a bar."""
+    return [
+        (int(y), float(x), float(x) + _CHAR_W * len(text), inside != "")
+        for x, y, inside, text in re.findall(
+            r'<text x="([\d.]+)" y="(\d+)"( class="inside")?>(run [^<]*)</text>', svg
+        )
+    ]
+
+
+def test_bar_labels_never_overprint_each_other() -> None:
+    attempts = [
+        Attempt("extract", 1, _at(0), _at(9), "done", attempts=3, retries=2),
+        Attempt("load", 1, _at(9), _at(9.05), "failed"),  # two quick tries at the right edge
+        Attempt("load", 2, _at(9.6), _at(9.7), "failed"),
+        Attempt("load", 3, _at(9.75), _at(10), "failed"),
+    ]
+    svg = _timeline(attempts, ["extract", "load"])
+    assert svg.count("<title>") == 4  # every bar keeps its tooltip, labelled or not
+    labels = _labels(svg)
+    assert labels, svg
+    for row in {y for y, *_ in labels}:
+        spans = sorted((a, b) for y, a, b, _ in labels if y == row)
+        assert all(b < a2 for (_, b), (a2, _) in itertools.pairwise(spans)), spans
+    assert any(inside for *_, inside in labels)  # extract's label: inside its long bar
+    assert len([label for label in labels if label[0] == labels[-1][0]]) < 3  # one dropped
+
+
+def test_a_label_goes_after_its_bar_when_there_is_room() -> None:
+    attempts = [
+        Attempt("extract", 1, _at(0), _at(1), "done"),
+        Attempt("load", 1, _at(1), _at(10), "done"),
+    ]
+    [(_, first_x, _, first_inside), (_, _, _, second_inside)] = _labels(
+        _timeline(attempts, ["extract", "load"])
+    )
+    assert not first_inside
+    assert first_x > 150 + 720 * 0.1  # after the short first bar
+    assert second_inside  # the second bar reaches the right edge: its label goes inside

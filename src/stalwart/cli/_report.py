@@ -61,6 +61,7 @@ padding:10px;border-radius:4px;margin:6px 0 0;font-size:13px}
 .muted{color:#7b8794}
 code{font-size:13px;background:#eef0f2;padding:1px 4px;border-radius:3px}
 svg text{font:12px system-ui,sans-serif;fill:#1f2933}
+svg text.inside{fill:#fff}
 .legend span{margin-right:14px}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 """
@@ -133,6 +134,24 @@ def _badge(state: str) -> str:
     return f'<span class="badge" style="background:{colour}">{escape(state)}</span>'
 
 
+_CHAR_W = 7.0
+"""How wide a character of the charts' 12px system-ui text is drawn at most, in px."""
+
+
+def _label_place(
+    x: float, w: float, label_w: float, left: float, full: float
+) -> tuple[float, float, bool] | None:
+    """Where a bar's label goes (its x extent, and whether it is drawn inside the bar): after
+    the bar if it fits, else inside a bar wide enough, else before the bar; None if nowhere."""
+    if x + w + 4 + label_w <= full:
+        return x + w + 4, x + w + 4 + label_w, False
+    if w >= label_w + 8:
+        return x + 4, x + 4 + label_w, True
+    if x - 4 - label_w >= left:
+        return x - 4 - label_w, x - 4, False
+    return None
+
+
 def _timeline(attempts: Sequence[Attempt], steps: Sequence[str]) -> str:
     """A Gantt chart: a row per step, a bar per attempt, coloured by how it ended."""
     if not attempts:
@@ -156,6 +175,7 @@ def _timeline(attempts: Sequence[Attempt], steps: Sequence[str]) -> str:
                 f'<rect x="0" y="{y - 4}" width="{full}" height="{row_h}" fill="#f7f9fb"/>'
             )
         parts.append(f'<text x="8" y="{y + 15}">{escape(step[:22])}</text>')
+    labelled: dict[str, list[tuple[float, float]]] = {}  # per row: the labels' x extents
     for attempt in attempts:
         start = _moment(attempt.started)
         if start is None:
@@ -175,8 +195,13 @@ def _timeline(attempts: Sequence[Attempt], steps: Sequence[str]) -> str:
             f'<g class="attempt {escape(attempt.outcome)}"><title>{escape(tip)}</title>'
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="20" rx="3" fill="{colour}"/>'
         )
-        text_x = x + w + 4 if x + w + 110 < full else max(x - 100, left)
-        parts.append(f'<text x="{text_x:.1f}" y="{y + 15}">{escape(label)}</text></g>')
+        text = _label_place(x, w, _CHAR_W * len(label), left, full)
+        placed = labelled.setdefault(attempt.step, [])
+        if text is not None and all(text[1] < a or text[0] > b for a, b in placed):
+            placed.append((text[0], text[1]))  # never overprinted: a crowded bar keeps its tooltip
+            inside = ' class="inside"' if text[2] else ""
+            parts.append(f'<text x="{text[0]:.1f}" y="{y + 15}"{inside}>{escape(label)}</text>')
+        parts.append("</g>")
     axis_y = height - 12
     parts.append(
         f'<line x1="{left}" y1="{axis_y - 8}" x2="{left + width}" y2="{axis_y - 8}" '
