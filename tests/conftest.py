@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from stalwart import Pipeline
 
 pytest_plugins = ["s3support"]  # s3_server, s3_root: a real S3 API on loopback
 
@@ -37,6 +43,17 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def run_text(pipeline: Pipeline, *args: str) -> tuple[int, str]:
+    """``run --run-id r1 --log-format text ARGS`` in this process: its exit code and stderr."""
+    from stalwart.cli._main import run_cli  # noqa: PLC0415 - tests of lazy imports import conftest
+
+    err = io.StringIO()
+    code = run_cli(
+        ["run", "--run-id", "r1", "--log-format", "text", *args], pipeline=pipeline, stderr=err
+    )
+    return code, err.getvalue()
+
+
 def run_python(
     args: list[str],
     *,
@@ -61,17 +78,17 @@ def run_python(
     )
 
 
-@pytest.fixture(scope="session")
-def dask_scheduler() -> Iterator[str]:
-    """The address (``tcp://127.0.0.1:PORT``) of a real Dask cluster (a scheduler and two
-    worker processes), started once for the session and stopped at its end."""
-    pytest.importorskip("distributed")
+@contextlib.contextmanager
+def dask_cluster(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real Dask cluster (a scheduler and two worker processes, ``scripts/dask_cluster.py``)
+    with ``env`` as its environment (default: this one's): its ``tcp://127.0.0.1:PORT``."""
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "scripts" / "dask_cluster.py")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=env,
     )
     assert process.stdout is not None
     assert process.stdin is not None
@@ -87,3 +104,11 @@ def dask_scheduler() -> Iterator[str]:
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """The address of a real Dask cluster, started once for the session, stopped at its end."""
+    pytest.importorskip("distributed")
+    with dask_cluster() as address:
+        yield address

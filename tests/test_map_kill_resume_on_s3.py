@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 import stalwart
-from conftest import run_python
+from conftest import dask_cluster, run_python
 from s3support import S3Server, objects, wait_until
 from stalwart._journal import parse_journal
 from stalwart._map import BATCH
@@ -32,7 +30,6 @@ from test_map_kill_resume import CHUNK, N, start_until_reached
 distributed = pytest.importorskip("distributed")
 
 SCRIPT = Path(__file__).parent / "scripts" / "map_pipeline.py"
-CLUSTER = Path(__file__).parent / "scripts" / "dask_cluster.py"
 RUN = "mapped/runs/r1"
 ITEMS = f"{RUN}/.checkpoints/square.items/"
 
@@ -43,28 +40,8 @@ def s3_cluster(s3_server: S3Server) -> Iterator[str]:
     environment (as a worker on another machine would), started for this module."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STALWART_", "AWS_"))}
     env |= s3_server.env | {"AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    process = subprocess.Popen(
-        [sys.executable, str(CLUSTER)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert process.stdin is not None
-    assert process.stdout is not None
-    address = process.stdout.readline().strip()
-    try:
-        assert address.startswith("tcp://127.0.0.1:"), f"the Dask cluster did not start: {address}"
+    with dask_cluster(env) as address:
         yield address
-    finally:
-        process.stdin.close()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
 
 
 def cube(ctx: stalwart.ItemContext, n: int) -> None:

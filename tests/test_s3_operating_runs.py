@@ -42,20 +42,37 @@ def nightly(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
     return pipeline
 
 
-def cli(
-    pipeline: Pipeline,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    *args: str,
-    **env: str,
-) -> tuple[int, str, str]:
-    """``python ops_pipeline.py ARGS`` in this process, with ``env`` set for it alone."""
-    with monkeypatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        code = run_cli([*args, "--log-format", "text"], pipeline=pipeline)
-    out, err = capsys.readouterr()
-    return code, out, err
+class Ops:
+    """``python ops_pipeline.py ARGS`` on the test's ``s3://`` root, run in this process."""
+
+    def __init__(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str], mp: pytest.MonkeyPatch
+    ) -> None:
+        self.pipeline, self._capsys, self._monkeypatch = pipeline, capsys, mp
+
+    def cli(self, *args: str, **env: str) -> tuple[int, str, str]:
+        """The command line, with ``env`` set for it alone: exit code, stdout, stderr."""
+        with self._monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            code = run_cli([*args, "--log-format", "text"], pipeline=self.pipeline)
+        out, err = self._capsys.readouterr()
+        return code, out, err
+
+    def runs_json(self, *args: str) -> list[dict[str, Any]]:
+        code, out, err = self.cli("runs", "--json", *args)
+        assert code == 0, err
+        data = json.loads(out)
+        assert (data["format"], data["pipeline"]) == (1, "nightly")
+        runs: list[dict[str, Any]] = data["runs"]
+        return runs
+
+
+@pytest.fixture
+def ops(
+    nightly: Pipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Ops:
+    return Ops(nightly, capsys, monkeypatch)
 
 
 def hold(s3_root: str, run_id: str, *, lease: int = 30) -> subprocess.Popen[str]:
@@ -77,36 +94,20 @@ def hold(s3_root: str, run_id: str, *, lease: int = 30) -> subprocess.Popen[str]
     return process
 
 
-def runs_json(
-    pipeline: Pipeline,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    *args: str,
-) -> list[dict[str, Any]]:
-    code, out, err = cli(pipeline, capsys, monkeypatch, "runs", "--json", *args)
-    assert code == 0, err
-    data = json.loads(out)
-    assert (data["format"], data["pipeline"]) == (1, "nightly")
-    runs: list[dict[str, Any]] = data["runs"]
-    return runs
-
-
 def test_runs_on_s3_lists_every_state_from_summaries_and_leases(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "r1", "--param", "day=mon")[0] == 0
+    assert ops.cli("--run-id", "r1", "--param", "day=mon")[0] == 0
     dead = {"OPS_FAIL": "load", "OPS_DEAD_LETTER": "load"}
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "r2", **dead)[0] == 1
+    assert ops.cli("--run-id", "r2", **dead)[0] == 1
     summary = json.loads(objects(s3_server, s3_root)["nightly/runs/r1/.summary.json"])
     assert (summary["state"], summary["params"], summary["ran"]) == ("succeeded", {"day": "mon"}, 2)
 
     holder = hold(s3_root, "r3", lease=5)
     try:
-        running = runs_json(nightly, capsys, monkeypatch)
+        running = ops.runs_json()
         assert [(r["run_id"], r["state"]) for r in running] == [
             ("r3", "running"),
             ("r2", "failed"),
@@ -116,10 +117,10 @@ def test_runs_on_s3_lists_every_state_from_summaries_and_leases(
     finally:
         holder.kill()  # SIGKILL: the summary still says running, the lease outlives it...
         holder.communicate()
-    assert runs_json(nightly, capsys, monkeypatch)[0]["state"] == "running"
+    assert ops.runs_json()[0]["state"] == "running"
     s3_server.ahead = 10  # ...until it expires on the store's clock (5 s)
     try:
-        runs = {r["run_id"]: r for r in runs_json(nightly, capsys, monkeypatch)}
+        runs = {r["run_id"]: r for r in ops.runs_json()}
     finally:
         s3_server.ahead = 0
     assert (runs["r3"]["state"], runs["r3"]["note"]) == (
@@ -135,7 +136,7 @@ def test_runs_on_s3_lists_every_state_from_summaries_and_leases(
     assert (runs["r1"]["state"], runs["r1"]["params"]) == ("succeeded", {"day": "mon"})
     assert isinstance(runs["r1"]["duration_s"], float)
 
-    code, table, _err = cli(nightly, capsys, monkeypatch, "runs", "--limit", "2")
+    code, table, _err = ops.cli("runs", "--limit", "2")
     assert code == 0
     lines = table.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [["r3", "running"], ["r2", "failed"]]
@@ -143,11 +144,9 @@ def test_runs_on_s3_lists_every_state_from_summaries_and_leases(
 
 
 def test_runs_of_a_hundred_runs_lists_once_and_reads_one_summary_each(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = open_store(s3_root)
     states = ["succeeded", "failed", "running"]
@@ -165,7 +164,7 @@ def test_runs_of_a_hundred_runs_lists_once_and_reads_one_summary_each(
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(plant, range(100)))
     s3_server.requests.clear()
-    runs = runs_json(nightly, capsys, monkeypatch)
+    runs = ops.runs_json()
     assert [r["run_id"] for r in runs] == [f"d{n:03d}" for n in reversed(range(100))]
     assert runs[-3]["state"] == "interrupted"  # said running; nobody holds its lease
 
@@ -179,22 +178,21 @@ def test_runs_of_a_hundred_runs_lists_once_and_reads_one_summary_each(
 
 
 def test_the_report_of_an_s3_run(
-    nightly: Pipeline,
+    ops: Ops,
     s3_root: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    code, _out, err = cli(nightly, capsys, monkeypatch, "report")
+    code, _out, err = ops.cli("report")
     assert (code, "no runs yet" in err) == (2, True)
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "r0")[0] == 0
+    assert ops.cli("--run-id", "r0")[0] == 0
     dead = {"OPS_FAIL": "load", "OPS_DEAD_LETTER": "load", "OPS_ERROR": HOSTILE}
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "r1", "--param", "k=<v>", **dead)[0] == 1
+    assert ops.cli("--run-id", "r1", "--param", "k=<v>", **dead)[0] == 1
     again = {"OPS_FAIL": "load", "OPS_ERROR": HOSTILE}
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "r1", "--param", "k=<v>", **again)[0] == 1
+    assert ops.cli("--run-id", "r1", "--param", "k=<v>", **again)[0] == 1
 
     page = tmp_path / "report.html"
-    code, out, err = cli(nightly, capsys, monkeypatch, "report", "--run-id", "r1", "-o", str(page))
+    code, out, err = ops.cli("report", "--run-id", "r1", "-o", str(page))
     assert code == 0, err
     assert f"to {page}" in out
     html = page.read_text()
@@ -218,10 +216,10 @@ def test_the_report_of_an_s3_run(
     assert pixels.count(DONE_GREEN) > 500
 
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(nightly, capsys, monkeypatch, "report")  # the newest run: r1
+    code, out, err = ops.cli("report")  # the newest run: r1
     assert code == 0, err
     assert "run r1" in (tmp_path / "nightly-r1.html").read_text()
-    code, _out, err = cli(nightly, capsys, monkeypatch, "report", "--run-id", "zzz")
+    code, _out, err = ops.cli("report", "--run-id", "zzz")
     assert code == 2
     assert "has no run 'zzz'" in err
 
@@ -252,18 +250,16 @@ def letters(s3_server: S3Server, s3_root: str) -> dict[str, dict[str, str]]:
 
 
 def test_gc_on_s3_keeps_the_run_whose_lease_is_live_and_pending_dead_letters(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dead = {"OPS_FAIL": "load", "OPS_DEAD_LETTER": "load"}
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "d1", **dead)[0] == 1  # discarded
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "d2", **dead)[0] == 1  # pending
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "d3")[0] == 0
+    assert ops.cli("--run-id", "d1", **dead)[0] == 1  # discarded
+    assert ops.cli("--run-id", "d2", **dead)[0] == 1  # pending
+    assert ops.cli("--run-id", "d3")[0] == 0
     by_run = {v["run_id"]: k for k, v in letters(s3_server, s3_root).items()}
-    assert cli(nightly, capsys, monkeypatch, "deadletter", "discard", by_run["d1"])[0] == 0
+    assert ops.cli("deadletter", "discard", by_run["d1"])[0] == 0
     d1 = run_keys(s3_server, s3_root, "d1")
     d1_size = format_size(sum(len(v) for k, v in d1.items() if ".lease/" not in k))
 
@@ -275,7 +271,7 @@ def test_gc_on_s3_keeps_the_run_whose_lease_is_live_and_pending_dead_letters(
         store.write("nightly/runs/d0/.summary.json", json.dumps(summary).encode())
         before = objects(s3_server, s3_root)
 
-        code, dry, err = cli(nightly, capsys, monkeypatch, "gc", "--keep-last", "1", "--dry-run")
+        code, dry, err = ops.cli("gc", "--keep-last", "1", "--dry-run")
         assert code == 0, err
         assert f"would delete run d1 ({d1_size})" in dry
         assert "would delete run d2" in dry
@@ -284,7 +280,7 @@ def test_gc_on_s3_keeps_the_run_whose_lease_is_live_and_pending_dead_letters(
         assert "dry run: nothing was deleted" in dry
         assert settled(objects(s3_server, s3_root)) == settled(before)
 
-        code, done, err = cli(nightly, capsys, monkeypatch, "gc", "--keep-last", "1")
+        code, done, err = ops.cli("gc", "--keep-last", "1")
         assert code == 0, err
         assert settled(run_keys(s3_server, s3_root, "d0")) == settled(before, "d0")
     finally:
@@ -303,46 +299,42 @@ def test_gc_on_s3_keeps_the_run_whose_lease_is_live_and_pending_dead_letters(
     assert json.loads(store.read("nightly/runs/d0/.summary.json") or b"")["state"] == "succeeded"
     assert letters(s3_server, s3_root) == {by_run["d2"]: {"run_id": "d2", "state": "pending"}}
     assert not [k for k in objects(s3_server, s3_root) if by_run["d1"] in k]  # its lock too
-    ids = [r["run_id"] for r in runs_json(nightly, capsys, monkeypatch)]
+    ids = [r["run_id"] for r in ops.runs_json()]
     assert sorted(ids) == ["d0", "d3"]
     # the pending one can still be dealt with, its run gone
-    assert cli(nightly, capsys, monkeypatch, "deadletter", "discard", by_run["d2"])[0] == 0
+    assert ops.cli("deadletter", "discard", by_run["d2"])[0] == 0
 
 
 def test_gc_older_than_on_s3_and_a_deleted_run_starts_afresh(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for run_id in ("old", "new"):
-        assert cli(nightly, capsys, monkeypatch, "--run-id", run_id)[0] == 0
+        assert ops.cli("--run-id", run_id)[0] == 0
     store = open_store(s3_root)
     summary = json.loads(store.read("nightly/runs/old/.summary.json") or b"")
     summary["started"] = summary["finished"] = "2020-01-01T00:00:00.000000Z"
     store.write("nightly/runs/old/.summary.json", json.dumps(summary).encode())
-    code, done, err = cli(nightly, capsys, monkeypatch, "gc", "--older-than", "30")
+    code, done, err = ops.cli("gc", "--older-than", "30")
     assert code == 0, err
     assert done.startswith("deleted run old (")
     assert run_keys(s3_server, s3_root, "old") == {}
-    code, again, _err = cli(nightly, capsys, monkeypatch, "gc", "--older-than", "30")
+    code, again, _err = ops.cli("gc", "--older-than", "30")
     assert again.strip() == "freed 0 B: 0 run(s), 0 dead letter(s)"
-    code, _out, err = cli(nightly, capsys, monkeypatch, "--run-id", "old")  # not locked out
+    code, _out, err = ops.cli("--run-id", "old")  # not locked out
     assert code == 0, err
     assert "step extract started" in err  # nothing was left to skip
 
 
 def test_backfill_on_s3_skips_finished_days_and_stops_at_a_failure(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert cli(nightly, capsys, monkeypatch, "--run-id", "2026-11-01")[0] == 0
-    code, out, _err = cli(
-        nightly, capsys, monkeypatch, "backfill", "2026-11-01", "2026-11-04",
+    assert ops.cli("--run-id", "2026-11-01")[0] == 0
+    code, out, _err = ops.cli(
+        "backfill", "2026-11-01", "2026-11-04",
         OPS_FAIL="load@2026-11-03",
     )  # fmt: skip
     assert code == 1
@@ -353,32 +345,30 @@ def test_backfill_on_s3_skips_finished_days_and_stops_at_a_failure(
     assert "failed   2026-11-03: ValueError: boom" in out
     assert "not run  2026-11-04" in out
     assert "nightly/runs/2026-11-04/rows.csv" not in objects(s3_server, s3_root)
-    code, out, _err = cli(nightly, capsys, monkeypatch, "backfill", "2026-11-01", "2026-11-04")
+    code, out, _err = ops.cli("backfill", "2026-11-01", "2026-11-04")
     assert code == 0
     assert out.splitlines()[0] == (
         "backfill 2026-11-01..2026-11-04: 2 succeeded, 2 skipped (already done), 0 failed, "
         "0 not run"
     )
-    runs = {r["run_id"]: r["state"] for r in runs_json(nightly, capsys, monkeypatch)}
+    runs = {r["run_id"]: r["state"] for r in ops.runs_json()}
     assert runs == dict.fromkeys(
         ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"], "succeeded"
     )
 
 
 def test_runs_on_s3_without_a_summary_are_described_from_their_journal_and_collected(
-    nightly: Pipeline,
+    ops: Ops,
     s3_server: S3Server,
     s3_root: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for run_id in ("ok", "bad"):
         env = {"OPS_FAIL": "load"} if run_id == "bad" else {}
-        cli(nightly, capsys, monkeypatch, "--run-id", run_id, **env)
+        ops.cli("--run-id", run_id, **env)
     store = open_store(s3_root)
     store.delete(["nightly/runs/ok/.summary.json", "nightly/runs/bad/.summary.json"])
     store.write("nightly/runs/bare/rows.csv", b"id\n")  # nothing but an output
-    runs = {r["run_id"]: r for r in runs_json(nightly, capsys, monkeypatch)}
+    runs = {r["run_id"]: r for r in ops.runs_json()}
     assert (runs["ok"]["state"], runs["bad"]["state"], runs["bad"]["failed_step"]) == (
         "succeeded",
         "failed",
@@ -386,7 +376,7 @@ def test_runs_on_s3_without_a_summary_are_described_from_their_journal_and_colle
     )
     assert "older stalwart" in runs["ok"]["note"]
     assert runs["bare"]["state"] == "unknown"
-    code, out, err = cli(nightly, capsys, monkeypatch, "gc", "--keep-last", "0")
+    code, out, err = ops.cli("gc", "--keep-last", "0")
     assert code == 0, err
     assert "3 run(s)" in out.splitlines()[-1]
     assert not [k for k in objects(s3_server, s3_root) if k.startswith("nightly/runs/")]

@@ -6,7 +6,6 @@ marker alone decides what is done: a journal never makes a step skip, nor run.""
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 import stalwart
+from conftest import run_text
 from stalwart._checkpoint import CheckpointStore, Marker, StepRecord
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -72,14 +72,6 @@ def steps(root: Path, ran: list[str], count: int = 2) -> stalwart.Pipeline:
 
         pipeline.step(name=f"s{i}")(step)
     return pipeline
-
-
-def cli(pipeline: stalwart.Pipeline, *args: str) -> tuple[int, str]:
-    err = io.StringIO()
-    code = run_cli(
-        ["run", "--run-id", "r1", "--log-format", "text", *args], pipeline=pipeline, stderr=err
-    )
-    return code, err.getvalue()
 
 
 def journal_lines(run_dir: Path) -> list[dict[str, Any]]:
@@ -161,7 +153,7 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
 
     calls = Syscalls(monkeypatch)
     calls.fail["fdatasync"] = (JOURNAL, error)
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     run_dir = pipeline.run_dir("r1")
     marker = run_dir / ".checkpoints" / "one.done"
     assert code == 1, err
@@ -177,7 +169,7 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
     assert row.state == "failed", row
     assert (run_dir / "out.txt").read_text() == "hello"  # the output stays, whole
     calls.fail.clear()
-    assert cli(pipeline)[0] == 0
+    assert run_text(pipeline)[0] == 0
     assert ran == ["one", "one"]
     assert marker.is_file()
 
@@ -217,7 +209,7 @@ def test_a_marker_that_can_neither_be_committed_nor_sync_itself_is_withdrawn(
     (run_dir / JOURNAL).mkdir()  # the journal cannot take the line
     calls = Syscalls(monkeypatch)
     calls.fail["fsync"] = ("s0.done", errno.EIO)
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     marker = run_dir / ".checkpoints" / "s0.done"
     assert code == 1, err
     assert not marker.exists()
@@ -246,7 +238,7 @@ def test_a_done_record_that_cannot_be_written_leaves_a_synced_marker(
 
     calls = Syscalls(monkeypatch)
     monkeypatch.setattr(os, "write", write)
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     assert code == 0, err
     assert f"could not append step s0's record to {journal}" in err
     assert ("fsync", str(store.marker_path("s0"))) in calls.calls

@@ -205,9 +205,9 @@ def log_suppressed(pipeline: str, run_id: str, step: str, error_type: str, count
 
 def notify_recovery(services: RunServices, run_id: str, duration_s: float) -> None:
     """After a successful run: if a failure streak was open, close it and send a recovery
-    notice through the run's alerters (the log's included). Never raises (a side channel)."""
-    if not services.streak_may_be_open():
-        return  # the common case on a local root: one stat
+    notice through the run's alerters (the log's included). Never raises (a side channel).
+    The runner calls it only when ``services.streak_may_be_open()``: on a local root, one
+    ``stat`` decides, and this module is not even imported."""
     try:
         streak, _closed = _swap(services, lambda _streak: None)
         if streak is None:

@@ -20,7 +20,6 @@ on a 1 MiB tmpfs (root only, as in CI).
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import re
@@ -35,9 +34,9 @@ from typing import Any
 import pytest
 
 import stalwart
+from conftest import run_text
 from stalwart._atomic import FileDigest, is_temp_name
 from stalwart._checkpoint import CheckpointStore, Marker
-from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
 from stalwart.testing import RecordingAlerter
 
@@ -216,14 +215,6 @@ def one_step(root: Path, alerter: RecordingAlerter) -> stalwart.Pipeline:
     return pipeline
 
 
-def cli(pipeline: stalwart.Pipeline, *args: str) -> tuple[int, str]:
-    err = io.StringIO()
-    code = run_cli(
-        ["run", "--run-id", "r1", "--log-format", "text", *args], pipeline=pipeline, stderr=err
-    )
-    return code, err.getvalue()
-
-
 def arm_during(patch: pytest.MonkeyPatch, faults: DiskFaults, *methods: str) -> None:
     """Count (and fail) disk calls only while one of ``CheckpointStore``'s ``methods`` runs."""
     faults.armed = False
@@ -248,7 +239,7 @@ def test_a_fault_committing_a_step_keeps_the_old_marker_or_none_and_says_which(
     error, persistent = MODES[mode]
     root = tmp_path / "state"
     pipeline = one_step(root, RecordingAlerter())
-    assert cli(pipeline)[0] == 0
+    assert run_text(pipeline)[0] == 0
     run_dir = root / "p" / "runs" / "r1"
     marker = run_dir / ".checkpoints" / "one.done"
 
@@ -257,7 +248,7 @@ def test_a_fault_committing_a_step_keeps_the_old_marker_or_none_and_says_which(
         with pytest.MonkeyPatch.context() as patch:
             faults.install(patch)
             arm_during(patch, faults, "commit")
-            return cli(pipeline)
+            return run_text(pipeline)
 
     clean = DiskFaults(root)
     assert faulty_run(clean)[0] == 0
@@ -293,7 +284,7 @@ def test_a_fault_committing_a_step_keeps_the_old_marker_or_none_and_says_which(
         assert temps_under(run_dir) == [], where
         if kind == "fdatasync":
             assert faults.count("fdatasync") == k, f"{where}: a failed fdatasync was retried"
-        assert cli(pipeline)[0] == 0, where  # and the step commits at the next run
+        assert run_text(pipeline)[0] == 0, where  # and the step commits at the next run
         assert Marker.from_json(marker.read_bytes()).run_id == "r1"
 
 
@@ -305,7 +296,7 @@ def test_a_marker_that_cannot_be_written_fails_the_step_and_pages_a_human(tmp_pa
     with pytest.MonkeyPatch.context() as patch:
         faults.install(patch)
         arm_during(patch, faults, "commit")
-        code, err = cli(pipeline)
+        code, err = run_text(pipeline)
     assert faults.injected == ["replace"]
     assert code == 1, err
     assert "step one of p (run r1) failed" in err
@@ -326,7 +317,7 @@ def test_a_step_journal_that_cannot_be_appended_to_is_never_silent(tmp_path: Pat
     with pytest.MonkeyPatch.context() as patch:
         faults.install(patch)
         arm_during(patch, faults, "write_record")
-        code, err = cli(pipeline)
+        code, err = run_text(pipeline)
     checkpoints = str(root / "p" / "runs" / "r1" / ".journal.jsonl")
     assert faults.injected
     if code == 0:
@@ -392,7 +383,7 @@ def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
     clean = DiskFaults(clean_root)
     with pytest.MonkeyPatch.context() as patch:
         clean.install(patch)
-        assert cli(three_steps(clean_root, RecordingAlerter()))[0] == 0
+        assert run_text(three_steps(clean_root, RecordingAlerter()))[0] == 0
     clean_dir = clean_root / "p" / "runs" / "r1"
     expected = {n: (clean_dir / n).read_bytes() for n in ("orders.json", "report.csv")}
     expected["rejected.txt"] = (clean_dir / "rejected.txt").read_bytes()
@@ -403,7 +394,7 @@ def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
         faults = DiskFaults(root, kind, k, error, persistent=persistent)
         with pytest.MonkeyPatch.context() as patch:
             faults.install(patch)
-            code, err = cli(three_steps(root, RecordingAlerter()))
+            code, err = run_text(three_steps(root, RecordingAlerter()))
         tally(figures, "whole run", faults)
         where = f"{kind}#{k} ({faults.injected[0] if faults.injected else 'not reached'})"
         assert faults.injected, where
@@ -417,7 +408,7 @@ def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
         if kind in ("fsync", "fdatasync"):
             assert faults.count(kind) == k, f"{where}: a failed {kind} was retried"
         # The disk is healthy again: a plain resume completes the run.
-        code, err = cli(three_steps(root, RecordingAlerter()))
+        code, err = run_text(three_steps(root, RecordingAlerter()))
         assert code == 0, f"{where}: the resume failed\n{err}"
         run_dir = root / "p" / "runs" / "r1"
         for name, content in expected.items():
@@ -495,7 +486,7 @@ def test_a_full_disk_fails_the_step_not_the_state(small_disk: Path, figures: Cou
     def big(ctx: stalwart.Context) -> None:
         ctx.write_bytes("big.bin", TOO_BIG)
 
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     figures["real disk-full writes (tmpfs)"] += 1
     run_dir = root / "p" / "runs" / "r1"
     assert code == 1

@@ -10,7 +10,6 @@ exactly on the server side; waits are recorded by ``no_wait()``, never slept.
 from __future__ import annotations
 
 import email.utils
-import io
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import stalwart
+from conftest import run_text
 from stalwart import HttpClient, RetryPolicy, SlackWebhook
 from stalwart._errors import HttpError
-from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, RecordingAlerter, Reply, WaitRecorder
 
 BODY = b'{"orders": [' + b",".join(b'{"id": %d}' % i for i in range(200)) + b"]}"
@@ -52,12 +51,6 @@ def server(figures: Counter[str]) -> Iterator[FlakyServer]:
 def client() -> Iterator[HttpClient]:
     with HttpClient(timeout=0.25, retry=POLICY) as http:
         yield http
-
-
-def cli(pipeline: stalwart.Pipeline) -> tuple[int, str]:
-    err = io.StringIO()
-    code = run_cli(["run", "--run-id", "r1", "--log-format", "text"], pipeline=pipeline, stderr=err)
-    return code, err.getvalue()
 
 
 # -- faults in the middle of an answer ------------------------------------------------------
@@ -111,7 +104,7 @@ def test_a_post_in_a_step_is_retried_under_one_idempotency_key(
     def upload(ctx: stalwart.Context) -> None:
         ctx.http.post(server.url("/reports"), content=b"id,amount\n")
 
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     assert code == 0, err
     keys = [r.headers.get("idempotency-key") for r in server.requests_for("POST", "/reports")]
     assert len(keys) == 2
@@ -132,7 +125,7 @@ def test_an_unresolvable_host_is_a_clear_error_after_bounded_attempts(
     def fetch(ctx: stalwart.Context) -> None:
         ctx.http.get("http://nonexistent.invalid/orders", params={"date": ctx.run_id})
 
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     assert code == 1
     final = err.rstrip().rpartition("failed; resume with")[2]
     assert "GET http://nonexistent.invalid/orders?date=r1 failed: ConnectError" in final
@@ -162,7 +155,7 @@ def test_a_429_storm_asking_for_a_day_fails_at_once_and_dead_letters(
     def upload(ctx: stalwart.Context) -> None:
         ctx.http.post(server.url("/reports"), content=b"id,amount\n", dead_letter=True)
 
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     assert code == 1
     assert server.count("POST", "/reports") == 1
     assert no_wait.waits == []  # not slept, not even recorded
@@ -228,7 +221,7 @@ def test_a_hanging_slack_webhook_neither_hangs_the_run_nor_hides_its_error(
     def transform(ctx: stalwart.Context) -> None:
         raise ValueError("orders.json is not a list")
 
-    code, err = cli(pipeline)
+    code, err = run_text(pipeline)
     assert code == 1
     assert server.count("POST", hook) == 2  # the alert's own attempts, bounded
     assert "Slack alert for p/transform (run r1) was not delivered" in err
