@@ -8,12 +8,15 @@ import hashlib
 import json
 import os
 import stat
+import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stalwart
 from stalwart import _atomic
@@ -412,6 +415,59 @@ def test_digest_records_size_and_sha256(tmp_path: Path) -> None:
     assert (one_call.size, one_call.sha256) == (len(data), expected)
     assert (streamed.size, streamed.sha256) == (len(data), expected)
     assert (text.size, text.sha256) == (20, hashlib.sha256("é".encode() * 10).hexdigest())
+
+
+def _hashed_by(digest: FileDigest) -> str:
+    """Which sha256 a digest used: ``_hashlib`` (OpenSSL) or the built-in one."""
+    return type(digest._hash).__module__
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.binary(max_size=300), max_size=8),
+    budget=st.integers(min_value=-1, max_value=1200),
+)
+def test_digest_is_sha256_whichever_implementation_hashes(chunks: list[bytes], budget: int) -> None:
+    """Below the process's budget the built-in sha256 hashes the kept bytes; past it,
+    OpenSSL's takes over mid-stream. Either way the digest is sha256 of all the bytes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(sys.modules, "_hashlib")  # as in a run that loaded no OpenSSL
+        mp.setattr(_atomic, "_builtin_sha256_left", [budget])
+        digest = FileDigest()
+        for chunk in chunks:
+            digest.update(memoryview(chunk))
+        total = sum(map(len, chunks))
+        assert digest.size == total
+        assert digest.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+        within_budget = budget > 0 and total <= budget
+        assert (_hashed_by(digest) != "_hashlib") == within_budget
+        if within_budget:
+            assert _atomic._builtin_sha256_left == [budget - total]
+        digest.update(b"more")  # a digest read once keeps hashing what follows
+        assert digest.sha256 == hashlib.sha256(b"".join([*chunks, b"more"])).hexdigest()
+
+
+def test_digest_uses_openssl_once_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_atomic, "_builtin_sha256_left", [10**6])
+    digest = FileDigest()  # _hashlib is loaded in the test process
+    digest.update(b"abc")
+    assert _hashed_by(digest) == "_hashlib"  # hashing as it goes
+    assert digest.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert _atomic._builtin_sha256_left == [10**6]  # the budget is kept for runs without it
+
+
+def test_digest_falls_back_to_openssl_without_a_builtin_sha256(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "_hashlib")
+    monkeypatch.setattr(_atomic, "_builtin_sha256_left", [10**6])
+    for name in ("_sha2", "_sha256"):  # a Python built without them
+        monkeypatch.setitem(sys.modules, name, None)
+    assert _atomic._builtin_sha256() is None
+    digest = FileDigest()
+    digest.update(b"abc")
+    assert digest.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert _hashed_by(digest) == "_hashlib"
 
 
 def test_digesting_handle_exposes_its_descriptor(tmp_path: Path) -> None:
