@@ -58,6 +58,11 @@ import time
 
 from plain_floor import durable_write, output_bytes, output_name, step_name
 
+TYPE_CHECKING = False  # nothing imported for annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 __all__ = ["Args", "JsonLines", "main", "parse_args", "run_chain"]
 
 MARKERS = ".checkpoints"
@@ -187,16 +192,21 @@ def _done(marker: str, state: str, args: Args, scope: dict[str, object]) -> bool
     return True
 
 
+_SHA256: list[Callable[[bytes], Any]] = []
+
+
 def sha256_hex(data: bytes) -> str:
     """sha256 of a small output without loading OpenSSL (~2.5 ms), as stalwart hashes small
     outputs: Python's built-in sha256 (``_sha2`` from 3.12, ``_sha256`` before); ``hashlib``
-    only on a Python built without it. Imported on first use: a re-run never hashes."""
-    for name in ("_sha2", "_sha256", "hashlib"):
-        try:
-            return str(__import__(name).sha256(data).hexdigest())
-        except (ImportError, AttributeError):
-            continue
-    raise RuntimeError("no sha256")  # pragma: no cover - hashlib always has one
+    only on a Python built without it. Looked up on first use (a re-run never hashes), once."""
+    if not _SHA256:
+        for name in ("_sha2", "_sha256", "hashlib"):
+            try:
+                _SHA256.append(__import__(name).sha256)
+                break
+            except (ImportError, AttributeError):
+                continue
+    return str(_SHA256[0](data).hexdigest())
 
 
 def _replace(path: str, data: bytes) -> None:

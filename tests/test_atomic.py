@@ -463,7 +463,9 @@ def test_digest_falls_back_to_openssl_without_a_builtin_sha256(
     monkeypatch.setattr(_atomic, "_builtin_sha256_left", [10**6])
     for name in ("_sha2", "_sha256"):  # a Python built without them
         monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(_atomic, "_builtin_sha256_found", [])  # looked up afresh
     assert _atomic._builtin_sha256() is None
+    assert _atomic._builtin_sha256_found == [None]  # once
     digest = FileDigest()
     digest.update(b"abc")
     assert digest.sha256 == hashlib.sha256(b"abc").hexdigest()

@@ -119,15 +119,21 @@ _BUILTIN_SHA256_BUDGET = 256 * 1024
 _builtin_sha256_left = [_BUILTIN_SHA256_BUDGET]
 
 
+_builtin_sha256_found: list[Any] = []
+
+
 def _builtin_sha256() -> Any:
     """The sha256 constructor compiled into CPython (``_sha2`` from 3.12, ``_sha256`` before),
-    or None if this Python was built without it."""
-    for name in ("_sha2", "_sha256"):
-        try:
-            return __import__(name).sha256
-        except (ImportError, AttributeError):
-            continue
-    return None
+    or None if this Python was built without it. Looked up once: a module that is not there
+    is searched for along the whole ``sys.path`` (a ``stat`` per entry) at every import."""
+    if not _builtin_sha256_found:
+        for name in ("_sha2", "_sha256", None):
+            try:
+                _builtin_sha256_found.append(name and __import__(name).sha256)
+                break
+            except (ImportError, AttributeError):
+                continue
+    return _builtin_sha256_found[0]
 
 
 class FileDigest:
