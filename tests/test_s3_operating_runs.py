@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import pytest
 
 from conftest import REPO
 from s3support import S3Server, objects
+from stalwart._history import list_runs
 from stalwart._pipeline import Pipeline
 from stalwart._remote_state import open_store
-from stalwart._retention import format_size
+from stalwart._retention import collect_garbage, format_size
 from stalwart.cli._main import run_cli
 from test_report_html import DONE_GREEN, FAILED_RED, HOSTILE, chromium, png_pixels
 
@@ -325,6 +327,34 @@ def test_gc_older_than_on_s3_and_a_deleted_run_starts_afresh(
     code, _out, err = ops.cli("--run-id", "old")  # not locked out
     assert code == 0, err
     assert "step extract started" in err  # nothing was left to skip
+
+
+def test_gc_older_than_on_s3_ages_a_run_without_summary_or_journal_by_its_objects(
+    ops: Ops,
+    s3_server: S3Server,
+    s3_root: str,
+) -> None:
+    """A run killed before it wrote its summary or a journal line has only its objects to
+    tell its age: their newest ``LastModified``. It ages, and ``gc --older-than`` deletes it
+    once that is old enough (it used to be kept forever)."""
+    assert ops.cli("--run-id", "bare")[0] == 0
+    store = open_store(s3_root)
+    told = [k for k in store.list_keys("nightly/runs/bare/") if "summary" in k or "journal" in k]
+    assert told
+    store.delete(told)
+    history = ops.pipeline.history()
+    [run] = list_runs(history, ops.pipeline.step_names, dead_letters=False)
+    assert (run.run_id, run.started) == ("bare", "")
+    left = store.list_keys("nightly/runs/bare/")
+    newest = max(info.modified for info in map(store.head, left) if info is not None)
+    assert history.last_change("bare") == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(newest))
+    steps = ops.pipeline.step_names
+    young = collect_garbage(history, steps, older_than_days=1, now=newest + 3600)
+    assert (young.runs, set(run_keys(s3_server, s3_root, "bare"))) == ([], set(left))
+    old = collect_garbage(history, steps, older_than_days=1, now=newest + 2 * 86400)
+    assert [run_id for run_id, _size in old.runs] == ["bare"]
+    assert run_keys(s3_server, s3_root, "bare") == {}
+    assert history.last_change("bare") == ""  # nothing left to date it by
 
 
 def test_backfill_on_s3_skips_finished_days_and_stops_at_a_failure(

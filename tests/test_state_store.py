@@ -92,6 +92,17 @@ def test_the_directories_below_a_prefix_come_from_one_listing(store: StateStore)
     assert FencedStore(store, Lease(store, "p/.lease")).list_dirs("p/") == ["runs"]
 
 
+def test_the_newest_write_below_a_prefix_dates_it(store: StateStore) -> None:
+    assert store.newest_write("p/runs/r1/") is None
+    for key in ("p/runs/r1/out", "p/runs/r1/.checkpoints/a.done", "p/runs/r2/out"):
+        store.write(key, b"x")
+    infos = [store.head(k) for k in ("p/runs/r1/out", "p/runs/r1/.checkpoints/a.done")]
+    newest = max(info.modified for info in infos if info is not None)
+    assert store.newest_write("p/runs/r1/") == newest
+    assert FencedStore(store, Lease(store, "p/.lease")).newest_write("p/runs/r1/") == newest
+    assert store.newest_write("p/runs/r3/") is None
+
+
 def test_a_versioned_record_loses_no_update_among_concurrent_writers(store: StateStore) -> None:
     """Four writers add one ten times each, at once: every increment is kept (a plain
     read-then-write would lose some), and only the newest version is left."""

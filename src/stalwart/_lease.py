@@ -321,6 +321,9 @@ class FencedStore:
     def list_dirs(self, prefix: str) -> list[str]:
         return self._store.list_dirs(prefix)
 
+    def newest_write(self, prefix: str) -> float | None:
+        return self._store.newest_write(prefix)
+
     def write(self, key: str, data: bytes) -> None:
         self.lease.check()
         self._store.write(key, data)

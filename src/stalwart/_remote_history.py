@@ -93,9 +93,15 @@ class StoreRunHistory:
         return run_holder(self._store, self._key(run_id))
 
     def last_change(self, run_id: str) -> str:
-        """Not known without listing the run's objects: a run without a recorded start (nor a
-        journal) sorts as the oldest, and ``gc --older-than`` leaves it alone."""
-        return ""
+        """When the newest of the run's objects was written (a listing of the run's prefix;
+        asked only for a run with neither a summary nor a journal that says when it started,
+        such as one killed before it wrote either); "" if the run has no object left."""
+        written = self._store.newest_write(self._key(run_id) + "/")
+        if written is None:
+            return ""
+        import time  # noqa: PLC0415 - as in the local history
+
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(written))
 
     def checkpoints(self, run_id: str) -> RemoteCheckpointStore:
         return RemoteCheckpointStore(self._store, self._key(run_id))

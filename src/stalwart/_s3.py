@@ -24,7 +24,7 @@ from ._errors import UsageError
 from ._store import ObjectInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 __all__ = ["S3Store", "check_conditional_writes"]
 
@@ -100,20 +100,34 @@ class S3Store:
     def list_keys(self, prefix: str) -> list[str]:
         return sorted(self.list_sizes(prefix))
 
-    def list_sizes(self, prefix: str) -> dict[str, int]:
-        full = self._key(prefix)
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        sizes: dict[str, int] = {}
+    def _listing_pages(self, full: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every page of ``list_objects_v2`` under the bucket key ``full`` (1,000 a page)."""
         token: str | None = None
         while True:
             extra = {"ContinuationToken": token} if token else {}
-            page = self._call("list_objects_v2", Prefix=full, **extra)
-            sizes.update(
-                (item["Key"][strip:], int(item["Size"])) for item in page.get("Contents", [])
-            )
+            page = self._call("list_objects_v2", Prefix=full, **kwargs, **extra)
+            yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return sizes
+                return
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return {
+            item["Key"][strip:]: int(item["Size"])
+            for page in self._listing_pages(self._key(prefix))
+            for item in page.get("Contents", [])
+        }
+
+    def newest_write(self, prefix: str) -> float | None:
+        """When the newest object under ``prefix`` was last written (``LastModified``, from
+        the listing ``list_sizes`` makes); None if there is none."""
+        written = [
+            item["LastModified"].timestamp()
+            for page in self._listing_pages(self._key(prefix))
+            for item in page.get("Contents", [])
+        ]
+        return max(written, default=None)
 
     def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]:
         """The objects right under ``prefix`` (not below a further ``/``) with their sizes,
@@ -125,17 +139,13 @@ class S3Store:
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix.rstrip("/")) + "/" if prefix.strip("/") else self._key("")
-        names: set[str] = set()
-        token: str | None = None
-        while True:  # CommonPrefixes: one entry per "directory", however many objects below
-            extra = {"ContinuationToken": token} if token else {}
-            page = self._call("list_objects_v2", Prefix=full, Delimiter="/", **extra)
-            names.update(
-                p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])
-            )
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return sorted(names)
+        return sorted(  # CommonPrefixes: one entry per "directory", however many objects below
+            {
+                p["Prefix"][len(full) :].rstrip("/")
+                for page in self._listing_pages(full, Delimiter="/")
+                for p in page.get("CommonPrefixes", [])
+            }
+        )
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         wanted = list(keys)

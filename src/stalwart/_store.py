@@ -78,6 +78,7 @@ class StateStore(Protocol):
     def list_sizes(self, prefix: str) -> dict[str, int]: ...
     def list_directory(self, prefix: str) -> tuple[dict[str, int], bool]: ...
     def list_dirs(self, prefix: str) -> list[str]: ...
+    def newest_write(self, prefix: str) -> float | None: ...
     def delete(self, keys: Iterable[str]) -> list[str]: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def fetch(self, key: str) -> tuple[bytes, ObjectInfo] | None: ...
@@ -180,6 +181,15 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+    def newest_write(self, prefix: str) -> float | None:
+        """When the newest object under ``prefix`` was last written (None: there is none)."""
+        newest = None
+        for key in self.list_keys(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                written = os.stat(self.url(key)).st_mtime
+                newest = written if newest is None else max(newest, written)
+        return newest
 
     def delete(self, keys: Iterable[str]) -> list[str]:
         deleted = []
