@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 import stalwart
-from stalwart._logging import TextFormatter
+from stalwart._logging import SecretFilter, TextFormatter
 from stalwart._redact import RecordScrubber, register_secret
 from stalwart.cli._main import run_cli
 from stalwart.testing import FlakyServer, Reply
@@ -73,3 +74,23 @@ def test_the_cli_handler_scrubs_message_fields_and_traceback() -> None:
     assert "scrubber-secret-7781" not in text
     assert text.count("***") >= 3
     assert "ValueError: inside ***" in text
+
+
+def test_the_cli_filter_loads_the_scrubber_only_once_a_secret_can_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Secrets are registered through ``_redact``: while it is not loaded (a run that reads
+    no webhook or token) the CLI's filter passes records as they are and loads nothing."""
+    import stalwart._redact as redact  # noqa: PLC0415 - put back after the first half
+
+    secret_filter = SecretFilter()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s", ("secretfilter-5512",), None)
+    with monkeypatch.context() as patch:
+        patch.delitem(sys.modules, "stalwart._redact")
+        assert secret_filter.filter(record) is True
+        assert "stalwart._redact" not in sys.modules  # not loaded by the filter
+        assert record.getMessage() == "token secretfilter-5512"
+    register_secret("secretfilter-5512")
+    assert redact.scrub_registered("secretfilter-5512") == "***"
+    assert secret_filter.filter(record) is True
+    assert record.getMessage() == "token ***"

@@ -66,6 +66,7 @@ NEVER_ON_THE_RUN_PATH = {
     "pathlib",  # ctx.write_* return a str; a Path only from ctx.path(), ctx.run_dir...
     "urllib.parse",  # ...which loads pathlib, urllib.parse, ipaddress (~4 ms)
     "ipaddress",
+    "stalwart._redact",  # secrets: only once one is read (webhook, token); else none to mask
     "hashlib",  # OpenSSL (~2.5 ms): small outputs are hashed by the built-in sha256
     "_hashlib",
 }

@@ -32,6 +32,7 @@ __all__ = [
     "ContextAdapter",
     "ContextFilter",
     "JsonFormatter",
+    "SecretFilter",
     "TextFormatter",
     "configure",
     "json_formatter",
@@ -91,6 +92,25 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class SecretFilter(logging.Filter):
+    """Masks registered secrets in every record (``_redact.RecordScrubber``), loading the
+    scrubber only once a secret can exist: secrets are registered through ``_redact``
+    (``register_secret``), so while that module is not loaded there is none to mask, and a
+    run that reads no secret (no webhook, no token) never loads it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scrubber: logging.Filter | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._scrubber is None:
+            redact = sys.modules.get(__package__ + "._redact")
+            if redact is None:
+                return True
+            self._scrubber = redact.RecordScrubber()
+        return self._scrubber.filter(record) is not False
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a record carries beyond the standard ones (context and event fields)."""
     return {
@@ -126,7 +146,7 @@ class TextFormatter(logging.Formatter):
             line += f"  ({rest})"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:  # already scrubbed of secrets by the CLI's RecordScrubber
+        if record.exc_text:  # already scrubbed of secrets by the CLI's SecretFilter
             line += "\n" + record.exc_text
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
@@ -240,9 +260,7 @@ def configure(
     handler = logging.StreamHandler(stream)
     handler.setFormatter(json_formatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
-    from ._redact import RecordScrubber  # noqa: PLC0415 - the CLI's handler only
-
-    handler.addFilter(RecordScrubber())
+    handler.addFilter(SecretFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.INFO
