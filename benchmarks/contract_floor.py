@@ -28,8 +28,12 @@ The marker's commit is a parameter (``--syncs``), so that the floor does what st
   ``fsync`` of ``.checkpoints/``), the journal's lines appended without a sync. 4 syncs per
   step, as stalwart's step commit does today.
 - ``--syncs 3``: the marker renamed into place without syncs, then the journal's ``done``
-  line appended and made durable with one ``fdatasync`` (the commit of docs/crash-safety.md
-  once the journal commits steps): the output, its directory, the journal.
+  line appended and made durable with one ``fdatasync``: the output, its directory, the
+  journal (stalwart's step commit before the journal's sync was shared).
+- ``--syncs 2``: the same, the journal's ``fdatasync`` shared as stalwart shares it
+  (docs/crash-safety.md, "The step commit"): at once if the last one is a second old (or
+  there was none), else at the 32nd waiting line, a later commit a second after the last
+  sync, or the end of the run.
 
 It is lean on purpose, so that it is a floor: nothing is imported that a run does not use
 (``argparse`` only for a command line other than ``[run] [--run-id ID]``; a sha256 only
@@ -39,7 +43,7 @@ byte-compiled, as an installed package runs (``python -c "import contract_floor.
 Left out: retries, alerts, metrics, dead letters, status, secrets in logs (none is used by
 these runs: no HTTP call, no alerter, no secret).
 
-``python contract_floor.py chain N ROOT [--syncs 3|4] [run ...]`` runs ``N`` steps with the
+``python contract_floor.py chain N ROOT [--syncs 2|3|4] [run ...]`` runs ``N`` steps with the
 run ID ``bench`` (unless ``run ...`` says otherwise) in the documented layout: outputs in
 ``ROOT/bench/runs/<run_id>/``, markers in its ``.checkpoints/``, as stalwart's pipeline
 ``bench`` with the root ``ROOT``; step ``i`` writes ``out-<i>.txt`` holding ``step <i>\\n``,
@@ -249,6 +253,8 @@ class Journal:
         self.fd = -1
         self.created = False
         self.runs: dict[str, int] | None = None
+        self.waiting = 0  # done lines not yet synced
+        self.synced_at: float | None = None
 
     def starts(self, step: str) -> int:
         if self.runs is None:
@@ -260,9 +266,8 @@ class Journal:
                         self.runs[record["step"]] = int(record["runs"])
         return self.runs.get(step, 0)
 
-    def append(self, record: dict[str, object], *, sync: bool = False) -> None:
-        """Append one line; ``sync``: make it durable (``fdatasync``; the first time, after
-        creating the journal, its directory entry too)."""
+    def append(self, record: dict[str, object]) -> None:
+        """Append one line (not synced)."""
         if self.fd < 0:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
             try:
@@ -271,18 +276,34 @@ class Journal:
             except FileExistsError:
                 self.fd = os.open(self.path, flags)
         os.write(self.fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
-        if sync:
-            os.fdatasync(self.fd)
-            if self.created:
-                self.created = False
-                directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
+
+    def commit(self, record: dict[str, object], *, shared: bool) -> None:
+        """Append a step's done line and make it durable: at once, or (``shared``) as
+        stalwart shares the sync: at once only if the last one is a second old (or there was
+        none), else at the 32nd waiting line or later (``close``: the run's end)."""
+        self.append(record)
+        self.waiting += 1
+        last = self.synced_at
+        if not shared or last is None or time.monotonic() - last >= 1.0 or self.waiting >= 32:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make the lines appended so far durable (``fdatasync``; the first time, after
+        creating the journal, its directory entry too)."""
+        self.waiting, self.synced_at = 0, time.monotonic()
+        os.fdatasync(self.fd)
+        if self.created:
+            self.created = False
+            directory = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def close(self) -> None:
         if self.fd >= 0:
+            if self.waiting:
+                self.sync()
             os.close(self.fd)
 
 
@@ -342,9 +363,9 @@ def run_chain(steps: int, root: str, args: Args, syncs: int = 4) -> int:
         if syncs == 4:  # the marker durable by itself; the journal is statistics
             durable_write(marker, encoded)
             journal.append({**record, "outcome": "done"})
-        else:  # the journal's done line commits the step: one fdatasync
+        else:  # the journal's done line commits the step: an fdatasync, shared with --syncs 2
             _replace(marker, encoded)
-            journal.append({**record, "outcome": "done"}, sync=True)
+            journal.commit({**record, "outcome": "done"}, shared=syncs == 2)
         log.info(
             "step %s done in %.3f s",
             name,
@@ -381,7 +402,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] not in ("chain", "timed-chain"):
         print(
-            "usage: contract_floor.py chain|timed-chain N ROOT [--syncs 3|4] "
+            "usage: contract_floor.py chain|timed-chain N ROOT [--syncs 2|3|4] "
             "[run [--run-id ID] ...]",
             file=sys.stderr,
         )
@@ -389,7 +410,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()  # timed-chain: from the command line to the last step
     steps, root, rest = int(argv[1]), os.path.abspath(argv[2]), argv[3:]
     syncs = 4
-    if rest[:1] == ["--syncs"] and len(rest) >= 2 and rest[1] in ("3", "4"):
+    if rest[:1] == ["--syncs"] and len(rest) >= 2 and rest[1] in ("2", "3", "4"):
         syncs, rest = int(rest[1]), rest[2:]
     args = parse_args(rest or ["run", "--run-id", RUN_ID])
     if args.step is not None and args.step not in {step_name(i) for i in range(steps)}:

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import REPO, run_python
 
 RUNNER = REPO / "benchmarks" / "run.py"
@@ -28,7 +30,7 @@ LABELS = (
     "  the lean floor, CLI + JSON logs",
     "  stalwart vs the lean floor, CLI",
     "  the same, fsync stubbed",
-    "per step, commit I/O alone: 3 syncs vs 4",
+    "per step, commit I/O alone vs 4 syncs",
     "  + journal start line, 2 log lines",
     "declare 10 steps",
     "declare 20 steps",
@@ -66,8 +68,8 @@ KEYS = {
     "per_step_cli_lean_floor",
     "per_step_cli_vs_lean_floor",
     "per_step_cli_vs_lean_floor_no_fsync",
-    "commit_io_3_vs_4",
-    "commit_io_3_vs_4_with_logs",
+    "commit_io_vs_4",
+    "commit_io_vs_4_with_logs",
     "declare_10",
     "declare_20",
     "declare_40",
@@ -102,8 +104,8 @@ INFO_KEYS = {
     "per_step_cli_lean_floor",
     "per_step_cli_vs_lean_floor",
     "per_step_cli_vs_lean_floor_no_fsync",
-    "commit_io_3_vs_4",
-    "commit_io_3_vs_4_with_logs",
+    "commit_io_vs_4",
+    "commit_io_vs_4_with_logs",
     "declare_10",
     "declare_20",
     "declare_40",
@@ -140,7 +142,8 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
     assert "machine: " in result.stdout
     assert re.search(r"packages: stalwart \S+, httpx \S+, tenacity \S+", result.stdout)
     assert re.search(
-        r"step commit: stalwart makes [34] syncs per step; the lean floor", result.stdout
+        r"step commit: stalwart makes 2 syncs per step; the lean floor runs with --syncs 2",
+        result.stdout,
     )
     strace = shutil.which("strace") is not None
     for label in LABELS + (STRACE_LABELS if strace else ()):
@@ -171,7 +174,7 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
     # the lean floor commits a step with as many syncs as stalwart does (auto)
     syncs = document["syncs"]
     assert syncs["lean_floor"] == round(syncs["stalwart_per_step"])
-    assert syncs["lean_floor"] in (3, 4)
+    assert syncs["lean_floor"] == 2  # the journal's fdatasync is shared by fast steps
     if strace:
         assert by_key["syncs_per_step"]["stalwart_samples"] == [syncs["stalwart_per_step"]]
         assert by_key["syncs_per_step"]["baseline_samples"] == [4.0]  # the naive floor
@@ -203,7 +206,7 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
         == by_key["per_step_cli_lean_floor"]["stalwart_samples"]
     )
     # the commit's I/O alone: both rows against the same naive-floor samples
-    io, io_logs = by_key["commit_io_3_vs_4"], by_key["commit_io_3_vs_4_with_logs"]
+    io, io_logs = by_key["commit_io_vs_4"], by_key["commit_io_vs_4_with_logs"]
     assert io["baseline_samples"] == io_logs["baseline_samples"]
     assert io["stalwart_samples"] != io_logs["stalwart_samples"]
     # the scratch directory (state, temp files, bytecode caches) is removed afterwards
@@ -365,6 +368,32 @@ def test_the_map_step_benchmark_prints_every_row(tmp_path: Path, dask_scheduler:
     assert results["items"] == 300
     assert results["resume_decide_s"] > 0
     assert not list(tmp_path.glob("stalwart-map-bench-*"))  # the scratch directory is gone
+
+
+COUNT_FDATASYNC = """
+import atexit, os, runpy, sys
+calls = []
+real = os.fdatasync
+os.fdatasync = lambda fd: (calls.append(fd), real(fd))[1]
+atexit.register(lambda: print("fdatasync", len(calls)))
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("syncs", "fdatasyncs"), [("4", 0), ("3", 5), ("2", 2)])
+def test_the_contract_floor_syncs_its_journal_as_asked(
+    tmp_path: Path, syncs: str, fdatasyncs: int
+) -> None:
+    """``--syncs 3``: one ``fdatasync`` per step; ``--syncs 2``: shared as stalwart shares it
+    (5 fast steps: after the first, and at the end); ``--syncs 4``: the markers sync."""
+    argv = [str(CONTRACT_FLOOR), "chain", "5", str(tmp_path / "r"), "--syncs", syncs]
+    done = run_python(["-c", COUNT_FDATASYNC, *argv])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["fdatasync", str(fdatasyncs)]
+    markers = tmp_path / "r" / "bench" / "runs" / "bench" / ".checkpoints"
+    assert len(list(markers.glob("*.done"))) == 5
 
 
 def test_the_contract_floor_commits_with_three_syncs_when_asked(tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ def test_the_cli_filter_loads_the_scrubber_only_once_a_secret_can_exist(
     import stalwart._redact as redact  # noqa: PLC0415 - put back after the first half
 
     secret_filter = SecretFilter()
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s", ("secretfilter-5512",), None)
+    args = ("secretfilter-5512",)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s", args, None)
     with monkeypatch.context() as patch:
         patch.delitem(sys.modules, "stalwart._redact")
         assert secret_filter.filter(record) is True

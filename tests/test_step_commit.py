@@ -1,7 +1,9 @@
 """The step commit: the output durable first, then the marker renamed into place without
-fsyncs of its own, then the step's "done" record committed with one ``fdatasync`` of the
-run's journal. Every failure of that chain ends with no marker or a durable one, and the
-marker alone decides what is done: a journal never makes a step skip, nor run."""
+fsyncs of its own, then the step's "done" record committed by an ``fdatasync`` of the run's
+journal - at once for a step that comes a second or more after the last sync, shared with
+later steps' records for faster ones (at most one sync a second, 32 records, the run's end).
+Every failure of that chain ends with no marker or a durable one, and the marker alone
+decides what is done: a journal never makes a step skip, nor run."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 
 import stalwart
 from conftest import run_text
+from stalwart import _checkpoint
 from stalwart._checkpoint import CheckpointStore, Marker, StepRecord
 from stalwart.cli._main import run_cli
 from stalwart.cli._status import collect
@@ -62,13 +65,38 @@ class Syscalls:
         return [call for call in self.calls if call[0] in kinds]
 
 
-def steps(root: Path, ran: list[str], count: int = 2) -> stalwart.Pipeline:
-    pipeline = stalwart.Pipeline("p", root=root, alerters=[], metrics=[])
+class Clock:
+    """The group commit's clock (``_checkpoint._now``), moved by hand: a step that "takes"
+    ``seconds`` moves it that far."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr(_checkpoint, "_now", lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def steps(
+    root: Path,
+    ran: list[str],
+    count: int = 2,
+    *,
+    clock: Clock | None = None,
+    takes: float = 0.0,
+    alerter: RecordingAlerter | None = None,
+) -> stalwart.Pipeline:
+    """``count`` steps ``s0``, ``s1``... each writing ``out-<i>.txt``; each moves ``clock``
+    by ``takes`` seconds."""
+    alerters = [alerter] if alerter is not None else []
+    pipeline = stalwart.Pipeline("p", root=root, alerters=alerters, metrics=[])
     for i in range(count):
 
         def step(ctx: stalwart.Context, i: int = i) -> None:
             ran.append(ctx.step)
             ctx.write_text(f"out-{i}.txt", f"result {i}\n")
+            if clock is not None:
+                clock.advance(takes)
 
         pipeline.step(name=f"s{i}")(step)
     return pipeline
@@ -81,11 +109,14 @@ def journal_lines(run_dir: Path) -> list[dict[str, Any]]:
 # -- what a step costs, in order --------------------------------------------------------------
 
 
-def test_a_step_is_committed_with_two_fsyncs_and_one_fdatasync(
+def test_a_step_of_a_second_or_more_is_committed_with_two_fsyncs_and_one_fdatasync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each step takes a second (the group commit's window): its "done" record is durable
+    before the next step starts, as if every commit synced."""
     ran: list[str] = []
-    pipeline = steps(tmp_path, ran, count=3)
+    clock = Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=3, clock=clock, takes=_checkpoint.COMMIT_EVERY)
     pipeline.run(run_id="warm-up")  # the run directory, .checkpoints/ and the journal exist
     calls = Syscalls(monkeypatch)
     run_dir = str(pipeline.run_dir("warm-up"))
@@ -111,6 +142,66 @@ def test_a_step_is_committed_with_two_fsyncs_and_one_fdatasync(
     for i, content in zip((1, 2), calls.journal_at_sync, strict=True):
         last = json.loads(content.splitlines()[-1])
         assert (last["step"], last["outcome"]) == (f"s{i}", "done")
+
+
+def test_faster_steps_share_one_fdatasync_a_second_and_the_run_ends_with_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    clock = Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=5, clock=clock, takes=0.1)
+    calls = Syscalls(monkeypatch)
+    pipeline.run(run_id="r1")
+    run_dir = pipeline.run_dir("r1")
+    syncs = [c for c in calls.of("fdatasync", "replace") if not c[1].endswith(".summary.json")]
+    marker = f"{run_dir}/.checkpoints/s{{}}.done"
+    commit = ("fdatasync", f"{run_dir}/{JOURNAL}")
+    # s0: the first commit syncs at once; s1-s3 come within the second; s4 is 1.0 s after
+    # the last sync; nothing waits when the run ends.
+    assert [c for c in syncs if c[0] == "fdatasync" or c[1].endswith(".done")] == [
+        ("replace", marker.format(0)),
+        commit,
+        *[("replace", marker.format(i)) for i in range(1, 5)],
+        commit,
+    ]
+    done = [json.loads(line) for line in calls.journal_at_sync[-1].splitlines()]
+    assert [r["step"] for r in done if r["outcome"] == "done"] == ["s0", "s1", "s2", "s3", "s4"]
+
+    # A run shorter than the window: the records wait for the run's end, then one sync.
+    calls.calls.clear()
+    monkeypatch.setattr(_checkpoint, "COMMIT_BATCH", 2)  # and at most 2 records wait
+    ran.clear()
+    pipeline.run(run_id="r2")
+    run_dir = pipeline.run_dir("r2")
+    order = [c[1].rpartition("/")[2] for c in calls.of("fdatasync", "replace") if ".done" in c[1]
+             or c[0] == "fdatasync"]  # fmt: skip
+    assert order == [
+        "s0.done", JOURNAL,  # the first commit of a run's store
+        "s1.done", "s2.done", JOURNAL,  # two waiting: the batch is full
+        "s3.done", "s4.done", JOURNAL,
+    ]  # fmt: skip
+    assert ran == ["s0", "s1", "s2", "s3", "s4"]
+
+
+def test_records_waiting_when_a_step_fails_are_committed_before_the_run_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    Clock(monkeypatch)  # never moves: every record after the first waits
+    pipeline = steps(tmp_path, ran, count=2)
+
+    @pipeline.step()
+    def s2(ctx: stalwart.Context) -> None:
+        raise ValueError("boom")
+
+    calls = Syscalls(monkeypatch)
+    code, err = run_text(pipeline)
+    assert code == 1, err
+    run_dir = pipeline.run_dir("r1")
+    assert calls.of("fdatasync") == [("fdatasync", f"{run_dir}/{JOURNAL}")] * 2
+    last = [json.loads(line) for line in calls.journal_at_sync[-1].splitlines()]
+    assert [(r["step"], r["outcome"]) for r in last if r["step"] == "s1"][-1] == ("s1", "done")
+    assert CheckpointStore(run_dir).is_done("s1")
 
 
 def _untemp(path: str) -> str:
@@ -172,6 +263,77 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
     assert run_text(pipeline)[0] == 0
     assert ran == ["one", "one"]
     assert marker.is_file()
+
+
+def test_a_shared_commit_that_fails_withdraws_every_marker_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's last sync commits s1 and s2 together, and fails: both markers go, the run
+    fails (exit 1, an alert, the error naming both), s0 - committed by its own sync - stays,
+    and the next run runs s1 and s2 again."""
+    ran: list[str] = []
+    alerter = RecordingAlerter()
+    Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=3, alerter=alerter)
+    calls = Syscalls(monkeypatch)
+    real = os.fdatasync
+    synced = []
+
+    def second_fails(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", second_fails)
+    code, err = run_text(pipeline)
+    run_dir = pipeline.run_dir("r1")
+    markers = run_dir / ".checkpoints"
+    assert code == 1, err
+    assert "run r1 of p failed committing its steps: OSError" in err
+    assert f"committing 2 steps through {run_dir / JOURNAL}" in err
+    assert "the markers of steps s1, s2 were withdrawn, they will run again" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in markers.iterdir()) == ["s0.done"]
+    assert [("unlink", str(markers / f"{s}.done")) for s in ("s1", "s2")] == calls.of("unlink")
+    [alert] = alerter.alerts
+    assert (alert.step, alert.run_id) == ("s2", "r1")  # the last step it could not commit
+    states = [(row.step, row.state) for row in collect(pipeline, "r1")]
+    assert states[0] == ("s0", "done")
+    assert all(state != "done" for _step, state in states[1:]), states
+    monkeypatch.setattr(os, "fdatasync", real)
+    ran.clear()
+    assert run_text(pipeline)[0] == 0
+    assert ran == ["s1", "s2"]
+
+
+def test_a_sync_that_fails_after_a_failed_step_is_a_warning_and_withdraws_its_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=2)
+
+    @pipeline.step()
+    def s2(ctx: stalwart.Context) -> None:
+        raise ValueError("boom")
+
+    real = os.fdatasync
+    synced = []
+
+    def second_fails(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", second_fails)
+    code, err = run_text(pipeline)
+    markers = pipeline.run_dir("r1") / ".checkpoints"
+    assert code == 1, err
+    assert "ValueError: boom" in err  # the step's own error stands
+    assert "the marker was withdrawn, the step will run again" in err  # a warning for s1
+    assert sorted(p.name for p in markers.iterdir()) == ["s0.done"]
 
 
 @pytest.mark.parametrize("planted", ["directory", "fifo"])

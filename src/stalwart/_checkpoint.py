@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 from ._atomic import fsync_directory, lazy_path, replace_bytes
 from ._journal import Journal
@@ -53,6 +54,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("stalwart.checkpoint")
+
+COMMIT_EVERY = 1.0
+"""Seconds: the step journal is synced at most once per this long (docs/crash-safety.md, "The
+step commit"): a step's "done" record is made durable at once if the last sync is this old,
+else with the next commit that is, at the 32nd record waiting, or when the run ends."""
+COMMIT_BATCH = 32
+"""Done records that may wait for one sync."""
+_now = time.monotonic  # the clock of the group commit (a test moves it)
 
 _MAX_MARKER = 16 * 1024 * 1024
 _MAX_RECORD_LINE = 1024 * 1024  # a record is < 3 kB (its error is cut at 2,000 characters)
@@ -106,6 +115,9 @@ class CheckpointStore:
         self._directory_ready = False
         self._steps = Journal(os.path.join(self._run_dir, _JOURNAL))
         """The step journal, appended to by this process (it holds the run lock)."""
+        self._waiting: list[str] = []
+        """Markers whose "done" records are in the journal, not yet synced (``commit``)."""
+        self._synced_at: float | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -245,9 +257,11 @@ class CheckpointStore:
 
     def commit(self, marker: Marker, record: StepRecord) -> None:
         """Commit a step that returned: rename its marker into place without fsyncs of its
-        own, then append its ``done`` ``record`` to the journal and make it durable with one
-        ``fdatasync`` (docs/crash-safety.md, "The step commit"). Call only after every
-        output is durable.
+        own, then append its ``done`` ``record`` to the journal, made durable by one
+        ``fdatasync`` shared by the records that wait for it: at once if the journal was
+        last synced ``COMMIT_EVERY`` (1 s) ago or more, else with a later commit, the
+        ``COMMIT_BATCH``-th waiting record, or ``commit_waiting`` when the run ends
+        (docs/crash-safety.md, "The step commit"). Call only after every output is durable.
 
         What a crash leaves: before the rename, no marker (the step runs again); after it,
         a complete marker to any process, so after a process crash the step is skipped.
@@ -255,26 +269,47 @@ class CheckpointStore:
         the step runs again, never skips on something its outputs do not back (they were
         durable before the marker existed). If the journal cannot take the line (a full
         disk, something planted in its place) the marker syncs itself instead (fsync of it
-        and of ``.checkpoints/``), with a warning. If the journal's commit fails, or the
-        marker cannot sync itself, the disk is failing: the marker is withdrawn (unlinked)
-        and ``OSError`` raised, naming it - the step failed, and runs again."""
+        and of ``.checkpoints/``), with a warning. If the journal's sync fails, or the
+        marker cannot sync itself, the disk is failing: the markers that sync would have
+        committed are withdrawn (unlinked) and ``OSError`` raised, naming them - the step
+        failed, and they run again."""
         step = validate_name(marker.step, "step name")
         self._ensure_directory()
         path = os.path.join(self._directory, f"{step}.done")
         set_aside_non_file(path)  # a directory planted as a marker must not fail every run
         replace_bytes(path, marker.to_json(), durable=False, new_mode=0o600, shared=False)
         if self._append(step, record):
-            try:
-                self._steps.sync()  # the commit point
-            except OSError as exc:
-                self._steps.abandon()  # what it held is not durable: re-opened on next use
-                _withdraw(path, exc, f"committing the step through {self._steps.path}")
+            self._waiting.append(path)
+            synced = self._synced_at
+            if (
+                synced is None
+                or _now() - synced >= COMMIT_EVERY
+                or len(self._waiting) >= COMMIT_BATCH
+            ):
+                self.commit_waiting()
             return
         try:  # no journal line to commit it: the marker syncs itself
             _sync_file(path)
             fsync_directory(self._directory)
         except OSError as exc:
-            _withdraw(path, exc, "syncing the marker itself: the journal could not take its record")
+            doing = "syncing the marker itself: the journal could not take its record"
+            _withdraw([path], exc, doing)
+
+    def commit_waiting(self) -> None:
+        """Make the "done" records that wait durable: one ``fdatasync`` of the journal (the
+        commit point of their steps). If it fails, the markers of those steps are withdrawn
+        and ``OSError`` raised, naming them (the runner calls it when a run's steps are
+        done, so that a run succeeds only once they are committed)."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, []
+        try:
+            self._steps.sync()
+        except OSError as exc:
+            self._steps.abandon()  # what it held is not durable: re-opened on next use
+            steps = "the step" if len(waiting) == 1 else f"{len(waiting)} steps"
+            _withdraw(waiting, exc, f"committing {steps} through {self._steps.path}")
+        self._synced_at = _now()
 
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
         """Remove the markers of ``steps`` (and the item journals of map steps); return the
@@ -343,21 +378,30 @@ class CheckpointStore:
         return True
 
     def close(self) -> None:
-        """Close the journal (the runner calls it when the run ends). Nothing waits in it:
-        ``commit`` syncs before it returns."""
-        self._steps.abandon()
+        """Commit what waits, then close the journal (the runner calls it when the run
+        ends, whatever the outcome; on success it called ``commit_waiting`` first). A sync
+        that fails here withdraws those markers, with a warning: the run already failed or
+        was interrupted, and its own error stands."""
+        try:
+            self.commit_waiting()
+        except OSError as exc:
+            log.warning("%s", exc)
+        finally:
+            self._steps.abandon()
 
 
-def _withdraw(marker: str, exc: OSError, doing: str) -> NoReturn:
-    """Unlink a marker that could not be made durable (the disk is failing: nothing may
-    claim its step done), then raise ``exc`` again, saying so and naming the marker."""
-    with contextlib.suppress(OSError):
-        os.unlink(marker)
-    raise OSError(
-        exc.errno,
-        f"{exc.strerror or exc} ({doing}); the marker was withdrawn, the step will run again",
-        marker,
-    ) from None
+def _withdraw(markers: list[str], exc: OSError, doing: str) -> NoReturn:
+    """Unlink markers that could not be made durable (the disk is failing: nothing may claim
+    their steps done), then raise ``exc`` again, saying so and naming the last marker (the
+    step being committed) and the steps of the others."""
+    for marker in markers:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+    said = "the marker was withdrawn, the step will run again"
+    if len(markers) > 1:
+        steps = ", ".join(os.path.basename(m).removesuffix(".done") for m in markers)
+        said = f"the markers of steps {steps} were withdrawn, they will run again"
+    raise OSError(exc.errno, f"{exc.strerror or exc} ({doing}); {said}", markers[-1]) from None
 
 
 def _sync_file(path: str) -> None:

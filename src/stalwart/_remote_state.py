@@ -196,6 +196,9 @@ class RemoteCheckpointStore(CheckpointStore):
         self.write_marker(marker)
         self.write_record(marker.step, record)
 
+    def commit_waiting(self) -> None:
+        """Nothing waits: a marker on a store is durable when its PUT returns."""
+
     def write_record(self, step: str, record: StepRecord) -> None:
         """Queue ``record`` for the journal (the writer thread appends it; ``close`` waits
         for it). Statistics, not state: a record lost to a crash only makes status lag."""

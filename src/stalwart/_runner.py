@@ -213,6 +213,13 @@ class Run:
             for step in self.steps:
                 if not self._visit(step):
                     return self.failure
+            try:  # the "done" records still waiting for the journal's group commit
+                self.store.commit_waiting()
+            except OSError as exc:  # the disk failed; it names the last withdrawn marker
+                lost = os.path.basename(exc.filename or "").removesuffix(".done")
+                duration = time.monotonic() - started
+                self.failed_outside_steps(exc, duration, "committing its steps", step=lost)
+                return self.failure
             outcome = "success"
         except BaseException:
             outcome = "interrupted"
@@ -251,13 +258,22 @@ class Run:
     def failed_before_steps(self, exc: Exception, duration: float) -> Failure:
         """The run could not start its first step (state directory, lock, sweep, clearing
         markers): log it and alert, as for a failed step - a cron job must not fail silently."""
+        return self.failed_outside_steps(exc, duration, "before its first step")
+
+    def failed_outside_steps(
+        self, exc: Exception, duration: float, when: str, *, step: str = ""
+    ) -> Failure:
+        """The run failed ``when`` (before its first step, or committing its steps once they
+        were done: the disk failed, and ``step`` is the last one whose commit it lost): log
+        it and alert, as for a failed step."""
         from ._redact import scrub_registered  # noqa: PLC0415 - only when failing
 
         error = scrub_registered(str(exc) or repr(exc))
         log.error(
-            "run %s of %s failed before its first step: %s: %s",
+            "run %s of %s failed %s: %s: %s",
             self.run_id,
             self.name,
+            when,
             type(exc).__name__,
             error,
             extra={"pipeline": self.name, "run_id": self.run_id, "error": error[:500]},
@@ -269,13 +285,13 @@ class Run:
             self.run_id,
             exc,
             error,
-            step="",
+            step=step,
             attempts=1,
             duration=duration,
             resume=self.resume,
             dead_letter_id=None,
         )
-        self.failure = Failure("", exc, error, 1, sent, (), self.resume)
+        self.failure = Failure(step, exc, error, 1, sent, (), self.resume)
         return self.failure
 
     def _prepare(self, force: bool, from_step: str | None) -> None:

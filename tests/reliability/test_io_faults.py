@@ -388,7 +388,8 @@ def test_a_fault_anywhere_in_a_run_fails_it_cleanly_and_a_resume_completes_it(
     expected = {n: (clean_dir / n).read_bytes() for n in ("orders.json", "report.csv")}
     expected["rejected.txt"] = (clean_dir / "rejected.txt").read_bytes()
     n = clean.count(kind)
-    assert n >= 3, clean.calls
+    # fdatasync: the first step's commit, then one shared by the other two when the run ends
+    assert n >= (2 if kind == "fdatasync" else 3), clean.calls
     for k in range(1, n + 1):
         root = tmp_path / f"k{k}"
         faults = DiskFaults(root, kind, k, error, persistent=persistent)
