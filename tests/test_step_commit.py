@@ -265,6 +265,22 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
     assert marker.is_file()
 
 
+def fail_the_second_fdatasync(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Make the process's second ``fdatasync`` fail with EIO (the first and later ones
+    work); return the real one."""
+    real = os.fdatasync
+    synced: list[int] = []
+
+    def second_fails(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", second_fails)
+    return real
+
+
 def test_a_shared_commit_that_fails_withdraws_every_marker_it_covered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,16 +292,7 @@ def test_a_shared_commit_that_fails_withdraws_every_marker_it_covered(
     Clock(monkeypatch)
     pipeline = steps(tmp_path, ran, count=3, alerter=alerter)
     calls = Syscalls(monkeypatch)
-    real = os.fdatasync
-    synced = []
-
-    def second_fails(fd: int) -> None:
-        synced.append(fd)
-        if len(synced) == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", second_fails)
+    real = fail_the_second_fdatasync(monkeypatch)
     code, err = run_text(pipeline)
     run_dir = pipeline.run_dir("r1")
     markers = run_dir / ".checkpoints"
@@ -318,16 +325,7 @@ def test_a_sync_that_fails_after_a_failed_step_is_a_warning_and_withdraws_its_ma
     def s2(ctx: stalwart.Context) -> None:
         raise ValueError("boom")
 
-    real = os.fdatasync
-    synced = []
-
-    def second_fails(fd: int) -> None:
-        synced.append(fd)
-        if len(synced) == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", second_fails)
+    fail_the_second_fdatasync(monkeypatch)
     code, err = run_text(pipeline)
     markers = pipeline.run_dir("r1") / ".checkpoints"
     assert code == 1, err
