@@ -1336,7 +1336,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         choices=("auto", "2", "3", "4"),
         default="auto",
         help="the lean floor's step commit: 4 syncs, 3 (a journal fdatasync per step), 2 (the "
-        "journal's fdatasync shared, at most one a second), or auto: as many as stalwart's own "
+        "journal's fdatasync shared by fast steps), or auto: as many as stalwart's own "
         "step commit makes (counted in process)",
     )
     parser.add_argument(

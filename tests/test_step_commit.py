@@ -1,9 +1,9 @@
 """The step commit: the output durable first, then the marker renamed into place without
 fsyncs of its own, then the step's "done" record committed by an ``fdatasync`` of the run's
 journal - at once for a step that comes a second or more after the last sync, shared with
-later steps' records for faster ones (at most one sync a second, 32 records, the run's end).
-Every failure of that chain ends with no marker or a durable one, and the marker alone
-decides what is done: a journal never makes a step skip, nor run."""
+later steps' records for faster ones (a commit a second after the last sync, 32 records, the
+run's end). Every failure of that chain ends with no marker or a durable one, and the marker
+alone decides what is done: a journal never makes a step skip, nor run."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_a_step_of_a_second_or_more_is_committed_with_two_fsyncs_and_one_fdatasy
         assert (last["step"], last["outcome"]) == (f"s{i}", "done")
 
 
-def test_faster_steps_share_one_fdatasync_a_second_and_the_run_ends_with_one(
+def test_faster_steps_share_an_fdatasync_and_the_run_ends_with_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[str] = []

@@ -56,9 +56,9 @@ __all__ = [
 log = logging.getLogger("stalwart.checkpoint")
 
 COMMIT_EVERY = 1.0
-"""Seconds: the step journal is synced at most once per this long (docs/crash-safety.md, "The
-step commit"): a step's "done" record is made durable at once if the last sync is this old,
-else with the next commit that is, at the 32nd record waiting, or when the run ends."""
+"""Seconds (docs/crash-safety.md, "The step commit"): a step's "done" record is made durable
+at once if the step journal's last sync is this old, else with the next commit that comes
+this long after it, at the ``COMMIT_BATCH``-th record waiting, or when the run ends."""
 COMMIT_BATCH = 32
 """Done records that may wait for one sync."""
 _now = time.monotonic  # the clock of the group commit (a test moves it)
