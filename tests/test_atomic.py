@@ -447,6 +447,25 @@ def test_digest_is_sha256_whichever_implementation_hashes(chunks: list[bytes], b
         assert digest.sha256 == hashlib.sha256(b"".join([*chunks, b"more"])).hexdigest()
 
 
+def test_a_write_past_the_budget_is_hashed_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk larger than what is left of the budget goes to OpenSSL as it is: the digest
+    keeps no copy of an 8 MiB write (only the small chunks before it)."""
+    monkeypatch.delitem(sys.modules, "_hashlib")
+    monkeypatch.setattr(_atomic, "_builtin_sha256_left", [256 * 1024])
+    big = bytearray(8 * MiB)
+    digest = FileDigest()
+    digest.update(b"head")
+    tracemalloc.start()
+    try:
+        digest.update(memoryview(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MiB, f"peak {peak / MiB:.1f} MiB"
+    assert digest.sha256 == hashlib.sha256(b"head" + big).hexdigest()
+    assert _hashed_by(digest) == "_hashlib"
+
+
 def test_digest_uses_openssl_once_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_atomic, "_builtin_sha256_left", [10**6])
     digest = FileDigest()  # _hashlib is loaded in the test process

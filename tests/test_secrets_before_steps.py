@@ -95,3 +95,16 @@ def test_the_cli_filter_loads_the_scrubber_only_once_a_secret_can_exist(
     assert redact.scrub_registered("secretfilter-5512") == "***"
     assert secret_filter.filter(record) is True
     assert record.getMessage() == "token ***"
+
+
+def test_a_scrubber_module_still_being_imported_by_this_thread_is_not_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``_redact`` in ``sys.modules`` but its body not run yet (this very thread imports it,
+    and something logs meanwhile): no secret can exist yet, and logging must not raise."""
+    import types  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "stalwart._redact", types.ModuleType("stalwart._redact"))
+    monkeypatch.delattr("stalwart._redact", raising=False)  # the package attribute too
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "plain", (), None)
+    assert SecretFilter().filter(record) is True

@@ -149,38 +149,120 @@ def test_faster_steps_share_an_fdatasync_and_the_run_ends_with_one(
 ) -> None:
     ran: list[str] = []
     clock = Clock(monkeypatch)
-    pipeline = steps(tmp_path, ran, count=5, clock=clock, takes=0.1)
+    pipeline = steps(tmp_path, ran, count=6, clock=clock, takes=0.3)
     calls = Syscalls(monkeypatch)
     pipeline.run(run_id="r1")
     run_dir = pipeline.run_dir("r1")
-    syncs = [c for c in calls.of("fdatasync", "replace") if not c[1].endswith(".summary.json")]
-    marker = f"{run_dir}/.checkpoints/s{{}}.done"
     commit = ("fdatasync", f"{run_dir}/{JOURNAL}")
-    # s0: the first commit syncs at once; s1-s3 come within the second; s4 is 1.0 s after
-    # the last sync; nothing waits when the run ends.
-    assert [c for c in syncs if c[0] == "fdatasync" or c[1].endswith(".done")] == [
+    done = [c for c in calls.of("fdatasync", "replace") if c[0] == "fdatasync" or ".done" in c[1]]
+    # s0: the first commit syncs at once; s1-s3 come within the second after it; s4 comes
+    # 1.2 s after it and syncs s1-s4; s5 waits for the run's end.
+    marker = f"{run_dir}/.checkpoints/s{{}}.done"
+    assert done == [
         ("replace", marker.format(0)),
         commit,
         *[("replace", marker.format(i)) for i in range(1, 5)],
         commit,
+        ("replace", marker.format(5)),
+        commit,
     ]
-    done = [json.loads(line) for line in calls.journal_at_sync[-1].splitlines()]
-    assert [r["step"] for r in done if r["outcome"] == "done"] == ["s0", "s1", "s2", "s3", "s4"]
+    synced = [[json.loads(line) for line in raw.splitlines()] for raw in calls.journal_at_sync]
+    last_done = [[r["step"] for r in lines if r["outcome"] == "done"][-1] for lines in synced]
+    assert last_done == ["s0", "s4", "s5"]  # s4's sync came before s5 ran
 
-    # A run shorter than the window: the records wait for the run's end, then one sync.
+    # At most COMMIT_BATCH records wait, however fast the steps.
     calls.calls.clear()
-    monkeypatch.setattr(_checkpoint, "COMMIT_BATCH", 2)  # and at most 2 records wait
-    ran.clear()
+    monkeypatch.setattr(_checkpoint, "COMMIT_BATCH", 2)
+    clock.now += 10
     pipeline.run(run_id="r2")
-    run_dir = pipeline.run_dir("r2")
     order = [c[1].rpartition("/")[2] for c in calls.of("fdatasync", "replace") if ".done" in c[1]
              or c[0] == "fdatasync"]  # fmt: skip
     assert order == [
         "s0.done", JOURNAL,  # the first commit of a run's store
         "s1.done", "s2.done", JOURNAL,  # two waiting: the batch is full
         "s3.done", "s4.done", JOURNAL,
+        "s5.done", JOURNAL,  # the run's end
     ]  # fmt: skip
-    assert ran == ["s0", "s1", "s2", "s3", "s4"]
+
+
+def test_a_shared_sync_that_fails_at_a_steps_commit_fails_that_step_and_withdraws_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1 and s2 wait; s3 comes a second after the last sync and its commit syncs all three:
+    it fails, s3 fails (not the run's end), and s1-s3 run again."""
+    ran: list[str] = []
+    clock = Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=4, clock=clock, takes=0.4)
+    real = fail_the_second_fdatasync(monkeypatch)
+    code, err = run_text(pipeline)
+    markers = pipeline.run_dir("r1") / ".checkpoints"
+    assert code == 1, err
+    assert ran == ["s0", "s1", "s2", "s3"]
+    assert "the disk failed committing steps s1, s2, s3 of p (run r1) after they ran" in err
+    assert "step s3 failed" in err  # the step whose commit it was
+    assert sorted(p.name for p in markers.iterdir()) == ["s0.done"]
+    monkeypatch.setattr(os, "fdatasync", real)
+    ran.clear()
+    assert run_text(pipeline)[0] == 0
+    assert ran == ["s1", "s2", "s3"]
+
+
+def test_records_waiting_when_the_journal_was_closed_by_a_failed_append_are_still_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1's record waits; s2's records cannot be appended (a full disk), which closes the
+    journal. The run's end opens it again and syncs s1's record (it was written before)."""
+    ran: list[str] = []
+    Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=3)
+    run_dir = pipeline.run_dir("r1")
+    journal = str(run_dir / JOURNAL)
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if b'"step":"s2"' in data and os.readlink(f"/proc/self/fd/{fd}") == journal:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    calls = Syscalls(monkeypatch)
+    monkeypatch.setattr(os, "write", write)
+    code, err = run_text(pipeline)
+    assert code == 0, err
+    assert calls.of("fdatasync") == [("fdatasync", journal)] * 2  # s0's, then the end's
+    last = [json.loads(line) for line in calls.journal_at_sync[-1].splitlines()]
+    assert ("s1", "done") in [(r["step"], r["outcome"]) for r in last]
+    assert ("fsync", str(run_dir / ".checkpoints" / "s2.done")) in calls.calls  # synced itself
+
+
+def test_a_second_interrupt_while_the_run_commits_still_ends_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in s2 ends the run, which syncs s1's waiting record; a second Ctrl-C during
+    that sync still writes the run's summary (interrupted) and its last log line."""
+    ran: list[str] = []
+    Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=2)
+
+    @pipeline.step()
+    def s2(ctx: stalwart.Context) -> None:
+        armed.append(True)
+        raise KeyboardInterrupt
+
+    armed: list[bool] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real(fd)
+        if armed:
+            armed.clear()
+            raise KeyboardInterrupt  # pressed again while the run ends
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    code, err = run_text(pipeline)
+    assert code == 130, err
+    assert "run r1 of p: interrupted" in err
+    summary = json.loads((pipeline.run_dir("r1") / ".summary.json").read_text())
+    assert summary["state"] == "interrupted"
 
 
 def test_records_waiting_when_a_step_fails_are_committed_before_the_run_ends(
@@ -253,7 +335,8 @@ def test_a_journal_commit_that_fails_withdraws_the_marker_and_fails_the_step(
     assert os.strerror(error) in err
     assert str(marker) in err
     assert str(run_dir / JOURNAL) in err
-    assert "the marker was withdrawn, the step will run again" in err
+    assert "its marker was withdrawn and the step will run again" in err
+    assert "the disk failed committing step one of p (run r1) after it ran" in err
     assert "Traceback" not in err
     assert len(alerter.alerts) == 1
     [row] = collect(pipeline, "r1")
@@ -297,17 +380,26 @@ def test_a_shared_commit_that_fails_withdraws_every_marker_it_covered(
     run_dir = pipeline.run_dir("r1")
     markers = run_dir / ".checkpoints"
     assert code == 1, err
-    assert "run r1 of p failed committing its steps: OSError" in err
-    assert f"committing 2 steps through {run_dir / JOURNAL}" in err
-    assert "the markers of steps s1, s2 were withdrawn, they will run again" in err
+    assert "run r1 of p failed committing its steps: CommitError: [Errno 5]" in err
+    assert f"committing steps s1, s2 through {run_dir / JOURNAL}" in err
+    assert (
+        f"their markers were withdrawn and they will run again: s1.done, s2.done in {markers}"
+        in err
+    )
+    assert "the disk failed committing steps s1, s2 of p (run r1) after they ran" in err
+    assert "Finished steps keep their checkpoints" not in err
     assert "Traceback" not in err
     assert sorted(p.name for p in markers.iterdir()) == ["s0.done"]
     assert [("unlink", str(markers / f"{s}.done")) for s in ("s1", "s2")] == calls.of("unlink")
     [alert] = alerter.alerts
     assert (alert.step, alert.run_id) == ("s2", "r1")  # the last step it could not commit
-    states = [(row.step, row.state) for row in collect(pipeline, "r1")]
-    assert states[0] == ("s0", "done")
-    assert all(state != "done" for _step, state in states[1:]), states
+    rows = collect(pipeline, "r1")
+    assert [(row.step, row.state) for row in rows] == [
+        ("s0", "done"),
+        ("s1", "failed"),
+        ("s2", "failed"),
+    ]
+    assert all("CommitError: [Errno 5]" in row.error for row in rows[1:])
     monkeypatch.setattr(os, "fdatasync", real)
     ran.clear()
     assert run_text(pipeline)[0] == 0
@@ -330,7 +422,7 @@ def test_a_sync_that_fails_after_a_failed_step_is_a_warning_and_withdraws_its_ma
     markers = pipeline.run_dir("r1") / ".checkpoints"
     assert code == 1, err
     assert "ValueError: boom" in err  # the step's own error stands
-    assert "the marker was withdrawn, the step will run again" in err  # a warning for s1
+    assert "its marker was withdrawn and the step will run again" in err  # a warning for s1
     assert sorted(p.name for p in markers.iterdir()) == ["s0.done"]
 
 
@@ -373,7 +465,7 @@ def test_a_marker_that_can_neither_be_committed_nor_sync_itself_is_withdrawn(
     marker = run_dir / ".checkpoints" / "s0.done"
     assert code == 1, err
     assert not marker.exists()
-    assert "syncing the marker itself: the journal could not take its record" in err
+    assert "syncing its marker itself: the journal could not take its record" in err
     assert str(marker) in err
 
 

@@ -165,13 +165,13 @@ class FileDigest:
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self.size += len(data)
-        if self._hash is not None:
-            self._hash.update(data)
-            return
-        self._kept.append(bytes(data))
-        _builtin_sha256_left[0] -= len(data)
-        if _builtin_sha256_left[0] < 0:
-            self._start_hashlib()
+        if self._hash is None:
+            if len(data) <= _builtin_sha256_left[0]:
+                self._kept.append(bytes(data))  # small: the copy is cheaper than OpenSSL
+                _builtin_sha256_left[0] -= len(data)
+                return
+            self._start_hashlib()  # past the budget: what was kept, then ``data`` uncopied
+        self._hash.update(data)
 
     @property
     def sha256(self) -> str:

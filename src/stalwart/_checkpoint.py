@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 # The records live in _records; they are re-exported here, where they were first.
 __all__ = [
     "CheckpointStore",
+    "CommitError",
     "Marker",
     "OutputRecord",
     "RunLock",
@@ -62,6 +63,14 @@ this long after it, at the ``COMMIT_BATCH``-th record waiting, or when the run e
 COMMIT_BATCH = 32
 """Done records that may wait for one sync."""
 _now = time.monotonic  # the clock of the group commit (a test moves it)
+
+
+class CommitError(OSError):
+    """A step commit failed (the disk failed) and withdrew the markers of ``withdrawn``
+    (step names, in the order they ran): they run again. The ``errno`` is the disk's."""
+
+    withdrawn: tuple[str, ...] = ()
+
 
 _MAX_MARKER = 16 * 1024 * 1024
 _MAX_RECORD_LINE = 1024 * 1024  # a record is < 3 kB (its error is cut at 2,000 characters)
@@ -292,7 +301,7 @@ class CheckpointStore:
             _sync_file(path)
             fsync_directory(self._directory)
         except OSError as exc:
-            doing = "syncing the marker itself: the journal could not take its record"
+            doing = "syncing its marker itself: the journal could not take its record"
             _withdraw([path], exc, doing)
 
     def commit_waiting(self) -> None:
@@ -300,16 +309,30 @@ class CheckpointStore:
         commit point of their steps). If it fails, the markers of those steps are withdrawn
         and ``OSError`` raised, naming them (the runner calls it when a run's steps are
         done, so that a run succeeds only once they are committed)."""
-        if not self._waiting:
+        waiting = self._waiting
+        if not waiting:
             return
-        waiting, self._waiting = self._waiting, []
-        try:
-            self._steps.sync()
+        try:  # a journal closed by a failed append since is re-opened: its lines are there
+            self._steps.sync(reopen=True)
         except OSError as exc:
+            self._waiting = []
             self._steps.abandon()  # what it held is not durable: re-opened on next use
-            steps = "the step" if len(waiting) == 1 else f"{len(waiting)} steps"
-            _withdraw(waiting, exc, f"committing {steps} through {self._steps.path}")
+            try:
+                _withdraw(waiting, exc, f"through {self._steps.path}")
+            except CommitError as error:
+                self._record_withdrawn(error)
+                raise
+        self._waiting = []  # only now: an interrupt during the sync leaves them to close()
         self._synced_at = _now()
+
+    def _record_withdrawn(self, error: CommitError) -> None:
+        """Best effort, a ``failed`` record for each step whose marker ``error`` withdrew, so
+        that ``status`` says why a step that had finished is pending again."""
+        records = self._load_journal()
+        for step in error.withdrawn:
+            done = records.get(step, StepRecord())
+            failed = done._replace(outcome="failed", error_type="CommitError", error=str(error))
+            self._append(step, failed)
 
     def clear(self, steps: list[str] | tuple[str, ...]) -> list[str]:
         """Remove the markers of ``steps`` (and the item journals of map steps); return the
@@ -385,23 +408,30 @@ class CheckpointStore:
         try:
             self.commit_waiting()
         except OSError as exc:
-            log.warning("%s", exc)
+            log.warning("%s", exc, extra={"error": str(exc)[:500]})
         finally:
             self._steps.abandon()
 
 
 def _withdraw(markers: list[str], exc: OSError, doing: str) -> NoReturn:
     """Unlink markers that could not be made durable (the disk is failing: nothing may claim
-    their steps done), then raise ``exc`` again, saying so and naming the last marker (the
-    step being committed) and the steps of the others."""
+    their steps done), then raise ``CommitError``, saying which steps and where."""
     for marker in markers:
         with contextlib.suppress(OSError):
             os.unlink(marker)
-    said = "the marker was withdrawn, the step will run again"
-    if len(markers) > 1:
-        steps = ", ".join(os.path.basename(m).removesuffix(".done") for m in markers)
-        said = f"the markers of steps {steps} were withdrawn, they will run again"
-    raise OSError(exc.errno, f"{exc.strerror or exc} ({doing}); {said}", markers[-1]) from None
+    steps = [os.path.basename(m).removesuffix(".done") for m in markers]
+    if len(markers) == 1:
+        said = f"its marker was withdrawn and the step will run again: {markers[0]}"
+        what = f"committing step {steps[0]}"
+    else:
+        said = (
+            f"their markers were withdrawn and they will run again: "
+            f"{', '.join(os.path.basename(m) for m in markers)} in {os.path.dirname(markers[0])}"
+        )
+        what = f"committing steps {', '.join(steps)}"
+    error = CommitError(exc.errno, f"{exc.strerror or exc} ({what} {doing}); {said}")
+    error.withdrawn = tuple(steps)
+    raise error from None
 
 
 def _sync_file(path: str) -> None:

@@ -326,12 +326,18 @@ class Journal(GroupCommit):
             self._append(b"".join(lines[start:end]), durable, end - start)
             start = end
 
-    def sync(self) -> None:
+    def sync(self, *, reopen: bool = False) -> None:
         """Make every line appended so far durable now: one ``fdatasync`` (and the
-        directory's ``fsync`` the first time, if this journal created the file)."""
-        if self._fd is None:
-            return
-        _fdatasync(self._fd)
+        directory's ``fsync`` the first time, if this journal created the file). A journal
+        that is closed (never opened, or abandoned after a failed append) has nothing to
+        sync, unless ``reopen``: then its file is opened (the torn tail cut) and synced, for
+        a caller whose lines were appended before it was closed."""
+        fd = self._fd
+        if fd is None:
+            if not reopen:
+                return
+            fd = self._open()
+        _fdatasync(fd)
         if self._created:
             fsync_directory(os.path.dirname(self.path) or ".")
             self._created = False

@@ -104,10 +104,14 @@ class SecretFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._scrubber is None:
-            redact = sys.modules.get(__package__ + "._redact")
-            if redact is None:
+            if __package__ + "._redact" not in sys.modules:
                 return True
-            self._scrubber = redact.RecordScrubber()
+            from . import _redact  # noqa: PLC0415 - waits if another thread is importing it
+
+            scrubber = getattr(_redact, "RecordScrubber", None)
+            if scrubber is None:  # this very thread is importing it: no secret exists yet
+                return True
+            self._scrubber = scrubber()
         return self._scrubber.filter(record) is not False
 
 

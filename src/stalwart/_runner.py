@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 from ._atomic import lazy_path, sweep_temp_files
-from ._checkpoint import CheckpointStore
+from ._checkpoint import CheckpointStore, CommitError
 from ._context import Context, Step
 from ._errors import HttpError
 from ._invoke import call_step
@@ -215,10 +215,10 @@ class Run:
                     return self.failure
             try:  # the "done" records still waiting for the journal's group commit
                 self.store.commit_waiting()
-            except OSError as exc:  # the disk failed; it names the last withdrawn marker
-                lost = os.path.basename(exc.filename or "").removesuffix(".done")
+            except CommitError as exc:  # the disk failed; those steps' markers were withdrawn
                 duration = time.monotonic() - started
-                self.failed_outside_steps(exc, duration, "committing its steps", step=lost)
+                last = exc.withdrawn[-1] if exc.withdrawn else ""
+                self.failed_outside_steps(exc, duration, "committing its steps", step=last)
                 return self.failure
             outcome = "success"
         except BaseException:
@@ -226,17 +226,19 @@ class Run:
             raise
         finally:
             self.duration_s = time.monotonic() - started
-            self.store.close()
-            self._finish(outcome, self.duration_s)
-            failure = self.failure
-            end_run(
-                self,
-                started=started_at,
-                outcome=outcome,
-                failed_step=failure.step if failure else "",
-                error_type=failure.error_type if failure else "",
-                error=failure.message if failure else "",
-            )
+            try:  # commits what waits: a second interrupt during its sync still ends the run
+                self.store.close()
+            finally:
+                self._finish(outcome, self.duration_s)
+                failure = self.failure
+                end_run(
+                    self,
+                    started=started_at,
+                    outcome=outcome,
+                    failed_step=failure.step if failure else "",
+                    error_type=failure.error_type if failure else "",
+                    error=failure.message if failure else "",
+                )
             if outcome == "success" and self.services.streak_may_be_open():
                 from ._alert_hygiene import notify_recovery  # noqa: PLC0415 - a streak is rare
 

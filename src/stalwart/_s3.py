@@ -120,8 +120,8 @@ class S3Store:
         }
 
     def newest_write(self, prefix: str) -> float | None:
-        """When the newest object under ``prefix`` was last written (``LastModified``, from
-        the listing ``list_sizes`` makes); None if there is none."""
+        """When the newest object under ``prefix`` was last written (``LastModified``, from a
+        listing of the prefix: a request per 1,000 objects); None if there is none."""
         written = [
             item["LastModified"].timestamp()
             for page in self._listing_pages(self._key(prefix))

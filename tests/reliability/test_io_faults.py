@@ -278,7 +278,7 @@ def test_a_fault_committing_a_step_keeps_the_old_marker_or_none_and_says_which(
         assert os.strerror(error) in err
         if faults.replaced_before_fault:  # the commit failed: the new marker was withdrawn
             assert not marker.exists(), where
-            assert "the marker was withdrawn" in err
+            assert "its marker was withdrawn" in err
         else:
             assert marker.read_bytes() == old, where
         assert temps_under(run_dir) == [], where

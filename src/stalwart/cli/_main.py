@@ -216,7 +216,15 @@ def explain_failure(
     failure: Failure, *, run_id: str, pipeline: str, verbose: bool, ran: bool = True
 ) -> str:
     """The paragraph a person reads when a run failed."""
-    if failure.step:
+    withdrawn: tuple[str, ...] = getattr(failure.error, "withdrawn", ())  # a failed commit
+    if withdrawn:
+        steps = ", ".join(withdrawn)
+        where = (
+            f"the disk failed committing step{'s' if len(withdrawn) > 1 else ''} {steps} of "
+            f"{pipeline} (run {run_id}) after {'they' if len(withdrawn) > 1 else 'it'} ran "
+            f"(to be run again)"
+        )
+    elif failure.step:
         where = f"step {failure.step} of {pipeline} (run {run_id}) failed"
     else:
         where = f"run {run_id} of {pipeline} failed before its first step; no step ran"
@@ -233,7 +241,9 @@ def explain_failure(
             f"  Kept dead letter {envelope_id}; re-send it with: "
             f"{replay_command(failure.resume_command, envelope_id)}"
         )
-    if failure.step and ran:
+    if withdrawn:
+        lines.append("  Steps finished before them keep their checkpoints.")
+    elif failure.step and ran:
         lines.append("  Finished steps keep their checkpoints.")
     if not failure.alert_sent:
         lines.append("  The alert could not be delivered to every alerter (see the log).")
