@@ -142,9 +142,10 @@ class FileDigest:
     ``hashlib``'s sha256 is OpenSSL's, and loading OpenSSL costs ~2.5 ms of a start (as much
     as all of stalwart's own modules): a run whose outputs are small should not pay it. So
     until the process has hashed ``_BUILTIN_SHA256_BUDGET`` bytes (256 KiB), a digest keeps
-    the bytes and hashes them with Python's built-in sha256 when asked; past that, or once
-    OpenSSL is loaded anyway (``ssl``, ``httpx``), it hashes with ``hashlib`` as it goes
-    (5-6x faster on large data). The digest is the same either way."""
+    the bytes and hashes them with Python's built-in sha256 when asked; past that (a write
+    larger than what is left is hashed as it is, not copied), or once OpenSSL is loaded
+    anyway (``ssl``, ``httpx``), it hashes with ``hashlib`` as it goes (5-6x faster on large
+    data). The digest is the same either way."""
 
     __slots__ = ("_hash", "_kept", "size")
 
@@ -155,13 +156,17 @@ class FileDigest:
         if "_hashlib" in sys.modules or _builtin_sha256_left[0] <= 0:
             self._start_hashlib()
 
+    def _hash_with(self, hasher: Any) -> None:
+        """From now on hash with ``hasher``, fed first with the bytes kept so far."""
+        for data in self._kept:
+            hasher.update(data)
+        self._kept = []
+        self._hash = hasher
+
     def _start_hashlib(self) -> None:
         import hashlib  # noqa: PLC0415 - see the class docstring
 
-        self._hash = hashlib.sha256()
-        for data in self._kept:
-            self._hash.update(data)
-        self._kept = []
+        self._hash_with(hashlib.sha256())
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self.size += len(data)
@@ -180,10 +185,7 @@ class FileDigest:
             if builtin is None:
                 self._start_hashlib()
             else:
-                self._hash = builtin()
-                for data in self._kept:
-                    self._hash.update(data)
-                self._kept = []
+                self._hash_with(builtin())
         hashed: Any = self._hash  # set by now
         return str(hashed.hexdigest())
 
