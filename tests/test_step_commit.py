@@ -286,6 +286,35 @@ def test_records_waiting_when_a_step_fails_are_committed_before_the_run_ends(
     assert CheckpointStore(run_dir).is_done("s1")
 
 
+def test_an_interrupt_during_a_commits_sync_leaves_its_records_to_the_runs_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lands in s0's commit, before its sync made anything durable: the record is
+    still waiting, so the run's end syncs it (the marker stays: its output is durable)."""
+    ran: list[str] = []
+    Clock(monkeypatch)
+    pipeline = steps(tmp_path, ran, count=2)
+    calls = Syscalls(monkeypatch)
+    real = os.fdatasync  # the recording wrapper
+    interrupted: list[int] = []
+
+    def interrupt_the_first(fd: int) -> None:
+        if not interrupted:
+            interrupted.append(fd)
+            raise KeyboardInterrupt
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", interrupt_the_first)
+    code, err = run_text(pipeline)
+    run_dir = pipeline.run_dir("r1")
+    assert code == 130, err
+    assert ran == ["s0"]
+    assert calls.of("fdatasync") == [("fdatasync", f"{run_dir}/{JOURNAL}")]  # the run's end
+    last = [json.loads(line) for line in calls.journal_at_sync[-1].splitlines()]
+    assert ("s0", "done") in [(r["step"], r["outcome"]) for r in last]
+    assert (run_dir / ".checkpoints" / "s0.done").is_file()
+
+
 def _untemp(path: str) -> str:
     """``.out-1.txt.1a2b3c4d.tmp`` -> ``.out-1.txt.tmp``."""
     head, _, name = path.rpartition("/")
