@@ -203,6 +203,14 @@ def alternating(repeat: int, *sides: Callable[[], None]) -> None:
         side()
 
 
+def rounds(cfg: Config, what: str, *sides: Callable[[int], None]) -> None:
+    """``cfg.repeats`` rounds of ``sides``, each called with the round's number, in the order
+    ``alternating`` gives them, saying which round runs."""
+    for repeat in range(cfg.repeats):
+        progress(f"{what}: repeat {repeat + 1}/{cfg.repeats}")
+        alternating(repeat, *(functools.partial(side, repeat) for side in sides))
+
+
 def child_env(pycache: Path) -> dict[str, str]:
     """Our environment without what would change stalwart's behaviour, with bytecode caches.
 
@@ -363,21 +371,19 @@ def bench_steps(cfg: Config, tmp: Path) -> list[Metric]:
                 raise RuntimeError("the floor chain did not finish")
             skipped.base.append(seconds * 1000 / n)
 
-    for repeat in range(cfg.repeats):
-        progress(f"per step and skip path: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(
-            repeat,
-            functools.partial(ours, f"steps-ours-{repeat}", cold, skip),
-            functools.partial(floor, f"steps-floor-{repeat}", cold, skip),
-        )
+    rounds(
+        cfg,
+        "per step and skip path",
+        lambda r: ours(f"steps-ours-{r}", cold, skip),
+        lambda r: floor(f"steps-floor-{r}", cold, skip),
+    )
     with mock.patch("os.fsync", _no_fsync), mock.patch("os.fdatasync", _no_fsync):
-        for repeat in range(cfg.repeats):
-            progress(f"per step, fsync stubbed: repeat {repeat + 1}/{cfg.repeats}")
-            alternating(
-                repeat,
-                functools.partial(ours, f"nosync-ours-{repeat}", no_sync, None),
-                functools.partial(floor, f"nosync-floor-{repeat}", no_sync, None),
-            )
+        rounds(
+            cfg,
+            "per step, fsync stubbed",
+            lambda r: ours(f"nosync-ours-{r}", no_sync, None),
+            lambda r: floor(f"nosync-floor-{r}", no_sync, None),
+        )
     return [cold, skip, no_sync]
 
 
@@ -455,14 +461,13 @@ def bench_commit_io(cfg: Config, tmp: Path) -> list[Metric]:
         state = str(tmp / name)
         bare.base.append(timed(lambda: plain_floor.run_chain(n, state)) * 1000 / n)
 
-    for repeat in range(cfg.repeats):
-        progress(f"per step, the commit's I/O alone: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(
-            repeat,
-            functools.partial(commit, f"io-3-{repeat}", bare, False),
-            functools.partial(floor, f"io-4-{repeat}"),
-            functools.partial(commit, f"io-3x-{repeat}", extra, True),
-        )
+    rounds(
+        cfg,
+        "per step, the commit's I/O alone",
+        lambda r: commit(f"io-3-{r}", bare, False),
+        lambda r: floor(f"io-4-{r}"),
+        lambda r: commit(f"io-3x-{r}", extra, True),
+    )
     return [bare, extra]
 
 
@@ -544,14 +549,13 @@ def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]
     metric.ours.clear()
     metric.base.clear()
     lean.ours.clear()
-    for repeat in range(cfg.repeats):
-        progress(f"per step, CLI: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(
-            repeat,
-            functools.partial(ours, f"cli-ours-{repeat}"),
-            functools.partial(floor, f"cli-floor-{repeat}"),
-            functools.partial(contract, f"cli-lean-{repeat}"),
-        )
+    rounds(
+        cfg,
+        "per step, CLI",
+        lambda r: ours(f"cli-ours-{r}"),
+        lambda r: floor(f"cli-floor-{r}"),
+        lambda r: contract(f"cli-lean-{r}"),
+    )
     if not any('"logger": "stalwart.run"' in line for line in log.read_text().splitlines()):
         raise RuntimeError(f"the CLI runs logged no JSON line to {log}")
     workload = [sys.executable, str(BENCH_DIR / "workloads.py"), "timed-chain", str(n)]
@@ -563,13 +567,12 @@ def bench_cli_steps(cfg: Config, children: Children, syncs: int) -> list[Metric]
         argv = lean_floor_argv(n, tmp / name, syncs, mode="timed-chain")
         no_sync(argv, unsynced.base, "cli-no-sync-lean")
 
-    for repeat in range(cfg.repeats):
-        progress(f"per step, CLI, fsync stubbed: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(
-            repeat,
-            functools.partial(ours_no_sync, f"cli-ns-{repeat}"),
-            functools.partial(contract_no_sync, f"cli-ns-lean-{repeat}"),
-        )
+    rounds(
+        cfg,
+        "per step, CLI, fsync stubbed",
+        lambda r: ours_no_sync(f"cli-ns-{r}"),
+        lambda r: contract_no_sync(f"cli-ns-lean-{r}"),
+    )
     return [metric, lean, ours_vs_lean, unsynced]
 
 
@@ -964,15 +967,12 @@ def bench_large(cfg: Config, tmp: Path) -> Metric:
             raise RuntimeError(f"{path} has the wrong size")
         path.unlink()
 
-    for repeat in range(cfg.repeats):
-        progress(f"large output: repeat {repeat + 1}/{cfg.repeats}")
-        alternating(
-            repeat,
-            functools.partial(one, tmp / "large-ours.bin", workloads.large_write, metric.ours),
-            functools.partial(
-                one, tmp / "large-plain.bin", plain_floor.plain_write_fsync, metric.base
-            ),
-        )
+    rounds(
+        cfg,
+        "large output",
+        lambda _r: one(tmp / "large-ours.bin", workloads.large_write, metric.ours),
+        lambda _r: one(tmp / "large-plain.bin", plain_floor.plain_write_fsync, metric.base),
+    )
     return metric
 
 
