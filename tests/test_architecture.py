@@ -133,12 +133,12 @@ def test_disk_and_http_layers_know_nothing_of_runs() -> None:
         assert not edges[module] & run_layer, module
 
 
-# -- named tuples: typed for type checkers, collections.namedtuple at run time -----------------
+# -- named tuples: typed for type checkers, _records.record_type at run time --------------------
 
 
 def typed_records(path: Path) -> dict[str, tuple[list[str], list[str]]]:
     """``class _XFields(NamedTuple)`` declared under ``if TYPE_CHECKING:``: its field names and
-    the source of its defaults, and the same read from the ``namedtuple(...)`` of the
+    the source of its defaults, and the same read from the ``record_type(...)`` of the
     ``else:`` branch, as {name: (typed, runtime)} with each side ``fields + ["=" + default]``."""
     found: dict[str, tuple[list[str], list[str]]] = {}
     for node in ast.parse(path.read_text(), str(path)).body:
@@ -173,13 +173,13 @@ def typed_records(path: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 def test_each_typed_record_matches_its_run_time_namedtuple() -> None:
     """What mypy checks (the ``NamedTuple`` under ``TYPE_CHECKING``) is what runs (the
-    ``namedtuple``): the same fields in the same order, the same defaults."""
+    ``record_type``): the same fields in the same order, the same defaults."""
     records: dict[str, tuple[list[str], list[str]]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         records.update(typed_records(path))
     assert "_records._MarkerFields" in records, "the records were not found"
     for name, (typed, runtime) in records.items():
-        assert typed == runtime, f"{name}: typed {typed} but namedtuple {runtime}"
+        assert typed == runtime, f"{name}: typed {typed} but run time {runtime}"
 
 
 def test_a_record_that_drifted_is_caught(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_a_record_that_drifted_is_caught(tmp_path: Path) -> None:
         "        a: int\n"
         "        b: int = 0\n"
         "else:\n"
-        "    _AFields = namedtuple('A', ['a', 'b', 'c'], defaults=(0,))\n"
+        "    _AFields = record_type('A', ['a', 'b', 'c'], defaults=(0,))\n"
     )
     [(typed, runtime)] = typed_records(source).values()
     assert typed == ["a", "b", "=0"]

@@ -53,7 +53,7 @@ NEVER_ON_THE_RUN_PATH = {
     "platform",
     "dataclasses",  # the run's records are named tuples (dataclasses loads inspect, ast, dis)
     "inspect",
-    "typing",  # type-only imports sit under TYPE_CHECKING; records are collections.namedtuple
+    "typing",  # type-only imports sit under TYPE_CHECKING; records are _records.record_type
     "importlib",  # stalwart's lazy names are loaded with __import__
     "stalwart._reporting",  # alerts and the resume hint: only when a step fails
     "stalwart._alert_hygiene",  # only when a failure streak is open

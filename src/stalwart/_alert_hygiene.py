@@ -29,9 +29,9 @@ import fcntl
 import json
 import logging
 import os
-from collections import namedtuple
 
 from ._atomic import replace_bytes
+from ._records import record_type
 from ._services import STREAK_FILE
 from ._time import utc_now
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
         first_run_id: str
 
 else:
-    _StreakDecisionFields = namedtuple("StreakDecision", ["send", "streak", "first_run_id"])
+    _StreakDecisionFields = record_type("StreakDecision", ["send", "streak", "first_run_id"])
 
 
 class StreakDecision(_StreakDecisionFields):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
 from ._atomic import FileDigest, atomic_write, json_dumps, lazy_path, replace_bytes
 from ._errors import UsageError
 from ._logging import ContextAdapter, step_logger
-from ._records import InputRecord, OutputRecord, normalize_output_name
+from ._records import InputRecord, OutputRecord, normalize_output_name, record_type
 from ._scope import StepScope
 from ._state_files import real_directories
 
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
         """The policy of the step's ``ctx.http`` calls (default: the client's)."""
 
 else:
-    _StepFields = namedtuple(
+    _StepFields = record_type(
         "Step", ["name", "fn", "retry", "timeout", "http_retry"], defaults=(None, None, None)
     )
 

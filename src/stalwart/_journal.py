@@ -40,10 +40,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from ._atomic import fsync_directory, replace_bytes
+from ._records import record_type
 from ._state_files import open_regular
 
 TYPE_CHECKING = False
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
         detail: str = ""
 
 else:
-    _EntryFields = namedtuple("Entry", ["id", "state", "detail"], defaults=("",))
+    _EntryFields = record_type("Entry", ["id", "state", "detail"], defaults=("",))
 
 
 class Entry(_EntryFields):
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
         bad: int
 
 else:
-    _ReplayFields = namedtuple("Replay", ["entries", "bad"])
+    _ReplayFields = record_type("Replay", ["entries", "bad"])
 
 
 class Replay(_ReplayFields):

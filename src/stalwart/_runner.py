@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import time
-from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
@@ -28,7 +27,7 @@ from ._checkpoint import CheckpointStore, CommitError
 from ._context import Context, Step
 from ._errors import HttpError
 from ._invoke import call_step
-from ._records import NO_PARAMS, Marker, SkipDecision, StepRecord
+from ._records import NO_PARAMS, Marker, SkipDecision, StepRecord, record_type
 from ._run_summary import begin_run, end_run
 from ._scope import StepScope, current_scope
 from ._time import utc_now
@@ -78,7 +77,7 @@ if TYPE_CHECKING:
         """The process's exit code: 1, or the code of a ``sys.exit(code)`` inside the step."""
 
 else:
-    _FailureFields = namedtuple(
+    _FailureFields = record_type(
         "Failure",
         [
             "step",

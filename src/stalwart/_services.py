@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import namedtuple
+
+from ._records import record_type
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ if TYPE_CHECKING:
         run's lease); ``None`` for a local directory (``root``)."""
 
 else:
-    _RunServicesFields = namedtuple(
+    _RunServicesFields = record_type(
         "RunServices",
         ["pipeline", "root", "http", "alerters", "emit", "resume_hint", "store"],
         defaults=(None, None),
