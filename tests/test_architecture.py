@@ -98,7 +98,7 @@ def test_below_the_pipeline_nothing_knows_the_pipeline() -> None:
     edges = graph()
     users = {m for m, targets in edges.items() if "stalwart._pipeline" in targets}
     assert users <= {
-        "stalwart.cli._app",
+        "stalwart.cli",
         "stalwart.cli._main",
         "stalwart.cli._load",
         "stalwart.cli._status",

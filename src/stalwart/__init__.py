@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ._records import Marker as Marker
     from ._result import RunResult as RunResult
     from ._retry import retry as retry
-    from .cli._app import Pipeline as Pipeline
+    from .cli import Pipeline as Pipeline
 
 #: Public name -> the private module that defines it (the one table of what is exported;
 #: the block above says the same to type checkers, and a test keeps the two equal).
@@ -64,7 +64,7 @@ _EXPORTS = {
     "ItemContext": "_item_context",
     "Marker": "_records",
     "Permanent": "_errors",
-    "Pipeline": "cli._app",
+    "Pipeline": "cli",
     "Response": "_http",
     "ResponseFormatError": "_errors",
     "RetryPolicy": "_policy",
