@@ -7,6 +7,8 @@ import that sneaks back onto the run path fails here rather than only in ``make 
 
 from __future__ import annotations
 
+import gc
+import io
 import json
 import re
 from pathlib import Path
@@ -171,3 +173,70 @@ def test_an_unknown_command_of_a_pipeline_lists_the_real_ones(
     pipeline = stalwart.Pipeline("p", root="unused")
     assert run_cli(["demo"], pipeline=pipeline) == 2
     assert "choose from 'run', 'status', 'reset', 'deadletter'" in capsys.readouterr().err
+
+
+# -- gc.freeze: what start-up made is moved out of the collector's way -------------------------
+
+FREEZING = """
+import gc, os, sys
+import stalwart
+
+pipeline = stalwart.Pipeline("freeze", root=os.environ["FREEZE_ROOT"])
+pipeline.frozen_before_main = gc.get_freeze_count()
+
+
+class Cycle:
+    \"\"\"Garbage in a reference cycle, with a finalizer that leaves a file behind.\"\"\"
+
+    def __init__(self, path):
+        self.path, self.me = path, self
+
+    def __del__(self, _open=os.open, _close=os.close):
+        _close(_open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+@pipeline.step()
+def count(ctx):
+    Cycle(os.path.join(os.environ["FREEZE_ROOT"], "finalized"))  # garbage the collector frees
+    ctx.write_text("counts.txt", f"{pipeline.frozen_before_main} {gc.get_freeze_count()}")
+
+if __name__ == "__main__":
+    pipeline.main(sys.argv[1:])
+"""
+
+
+def frozen_counts(state: Path) -> tuple[int, int]:
+    before, during = (state / "freeze" / "runs" / "r1" / "counts.txt").read_text().split()
+    return int(before), int(during)
+
+
+@pytest.mark.parametrize("entry", ["main", "console"])
+def test_the_entry_points_freeze_start_up_and_the_run_is_still_collected(
+    tmp_path: Path, entry: str
+) -> None:
+    script = tmp_path / "freezing.py"
+    script.write_text(FREEZING)
+    state = tmp_path / "state"
+    env = {"FREEZE_ROOT": str(state)}
+    if entry == "main":
+        done = run_python([str(script), "--run-id", "r1"], env=env)
+    else:
+        argv = ["-m", "stalwart", "run", f"{script}:pipeline", "--run-id", "r1"]
+        done = run_python(argv, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    before, during = frozen_counts(state)
+    if entry == "main":
+        assert before == 0  # declaring froze nothing: main() did, when it started
+    else:
+        assert before > 1000  # the console script froze its start-up, then loaded the file
+    assert during > 1000  # the modules imported: thousands of objects
+    assert (state / "finalized").exists()  # a cycle made by the run was collected, finalized
+
+
+def test_run_cli_alone_freezes_nothing(tmp_path: Path) -> None:
+    """Tests and embedders call ``run_cli`` in a long-lived process: it leaves the
+    collector alone (only the entry points that end the process freeze)."""
+    frozen = gc.get_freeze_count()
+    code = run_cli(["status"], pipeline=None, stderr=io.StringIO())
+    assert code == 2  # `status` needs a pipeline: a usage error, after parsing
+    assert gc.get_freeze_count() == frozen

@@ -33,6 +33,7 @@ class Pipeline(_pipeline.Pipeline):
     def main(self, argv: Sequence[str] | None = None) -> NoReturn:
         """The command line: ``[run] [--run-id ID] [--force] [--step NAME]``, ``status``,
         ``reset``, ``deadletter ...``. Exits with 0, 1, 2, 75, 130 or 143."""
-        from ._main import run_cli  # noqa: PLC0415 - argparse and logging set-up, only here
+        from ._main import freeze_start_up, run_cli  # noqa: PLC0415 - logging set-up, only here
 
+        freeze_start_up()
         sys.exit(run_cli(list(sys.argv[1:] if argv is None else argv), pipeline=self))
