@@ -205,9 +205,11 @@ _SHA256: list[Callable[[bytes], Any]] = []
 def sha256_hex(data: bytes) -> str:
     """sha256 of a small output without loading OpenSSL (~2.5 ms), as stalwart hashes small
     outputs: Python's built-in sha256 (``_sha2`` from 3.12, ``_sha256`` before); ``hashlib``
-    only on a Python built without it. Looked up on first use (a re-run never hashes), once."""
+    only on a Python built without it. Looked up on first use (a re-run never hashes), once,
+    this version's name first (a missing module is searched for along all of ``sys.path``)."""
     if not _SHA256:
-        for name in ("_sha2", "_sha256", "hashlib"):
+        names = ("_sha2", "_sha256") if sys.version_info >= (3, 12) else ("_sha256", "_sha2")
+        for name in (*names, "hashlib"):
             try:
                 _SHA256.append(__import__(name).sha256)
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import stat
@@ -489,6 +490,12 @@ def test_digest_falls_back_to_openssl_without_a_builtin_sha256(
     digest.update(b"abc")
     assert digest.sha256 == hashlib.sha256(b"abc").hexdigest()
     assert _hashed_by(digest) == "_hashlib"
+
+
+def test_the_builtin_sha256_is_looked_up_under_this_versions_name_first() -> None:
+    """A name that is not there costs a search of all of ``sys.path``: the first tried is the
+    one this Python has (``_sha256`` on 3.11, ``_sha2`` from 3.12)."""
+    assert importlib.util.find_spec(_atomic._BUILTIN_SHA256_NAMES[0]) is not None
 
 
 def test_digesting_handle_exposes_its_descriptor(tmp_path: Path) -> None:

@@ -120,14 +120,18 @@ _builtin_sha256_left = [_BUILTIN_SHA256_BUDGET]
 
 
 _builtin_sha256_found: list[Any] = []
+_BUILTIN_SHA256_NAMES = ("_sha2", "_sha256")  # 3.12 merged _sha256 into _sha2
+if sys.version_info < (3, 12):
+    _BUILTIN_SHA256_NAMES = ("_sha256", "_sha2")
 
 
 def _builtin_sha256() -> Any:
     """The sha256 constructor compiled into CPython (``_sha2`` from 3.12, ``_sha256`` before),
-    or None if this Python was built without it. Looked up once: a module that is not there
-    is searched for along the whole ``sys.path`` (a ``stat`` per entry) at every import."""
+    or None if this Python was built without it. Looked up once, this version's name first:
+    a module that is not there is searched for along the whole ``sys.path`` (a ``stat`` per
+    entry, and the import system's work for each) at every import."""
     if not _builtin_sha256_found:
-        for name in ("_sha2", "_sha256", None):
+        for name in (*_BUILTIN_SHA256_NAMES, None):
             try:
                 _builtin_sha256_found.append(name and __import__(name).sha256)
                 break
