@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from types import MappingProxyType
 
@@ -59,11 +59,25 @@ class _Record(tuple):  # type: ignore[type-arg]  # the field types: the typed Na
     __slots__ = ()
     _fields: tuple[str, ...] = ()
     _field_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only, replaced per record
+    _default_values: tuple[Any, ...] = ()  # the same values, in field order
+
+    _by_name: Callable[[dict[str, Any]], tuple[Any, ...]] = staticmethod(lambda _: ())
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if kwargs or len(args) != len(cls._fields):
-            args = cls._arguments(args, kwargs)
-        return tuple.__new__(cls, args)
+        if not kwargs:
+            missing = len(cls._fields) - len(args)
+            if missing == 0:
+                return tuple.__new__(cls, args)
+            if 0 < missing <= len(cls._default_values):  # the last fields, left to defaults
+                return tuple.__new__(cls, args + cls._default_values[-missing:])
+        elif not args:  # all by keyword, as records are mostly made: no Python-level loop
+            values = {**cls._field_defaults, **kwargs} if cls._field_defaults else kwargs
+            if len(values) == len(cls._fields):  # then a missing field means an unknown one
+                try:
+                    return tuple.__new__(cls, cls._by_name(values))
+                except KeyError:
+                    pass  # _arguments says which
+        return tuple.__new__(cls, cls._arguments(args, kwargs))
 
     @classmethod
     def _arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -126,10 +140,15 @@ def record_type(
         "__doc__": f"{typename}({', '.join(fields)})",
         "_fields": fields,
         "_field_defaults": dict(zip(fields[len(fields) - len(defaults) :], defaults, strict=True)),
+        "_default_values": tuple(defaults),
         "__match_args__": fields,
     }
     for index, name in enumerate(fields):
         namespace[name] = property(itemgetter(index), doc=f"Alias for field number {index}")
+    if len(fields) > 1:  # the values of a keyword call in field order, in one C call
+        namespace["_by_name"] = staticmethod(itemgetter(*fields))
+    elif fields:  # (itemgetter of one key returns the value, not a tuple)
+        namespace["_by_name"] = staticmethod(lambda values, name=fields[0]: (values[name],))
     return type(typename, (_Record,), namespace)
 
 
