@@ -1101,6 +1101,16 @@ def bench_process(cfg: Config, children: Children, syncs: int) -> list[Metric]:
         contract_small,
         subject=f"lean contract floor: contract_floor.py --syncs {other}",
     )
+    small_vs_frozen = Metric(
+        "process_3_steps_vs_frozen_plain",
+        "process: 3-step vs plain, both frozen",
+        "ms",
+        "plain script, same durable writes, its start-up frozen (plain_floor.py ... --freeze)",
+        Target("info"),
+        small.ours,
+        [],
+        subject="stalwart, whose main() freezes its start-up (gc.freeze)",
+    )
     rerun = Metric(
         "process_rerun",
         f"process: re-run {cfg.steps} done",
@@ -1121,9 +1131,9 @@ def bench_process(cfg: Config, children: Children, syncs: int) -> list[Metric]:
         script = str(BENCH_DIR / "chain.py")
         return children.run([sys.executable, script, str(steps), str(root)], log)
 
-    def floor(steps: int, state: Path) -> float:
+    def floor(steps: int, state: Path, *extra: str) -> float:
         script = str(BENCH_DIR / "plain_floor.py")
-        return children.run([sys.executable, script, "chain", str(steps), str(state)])
+        return children.run([sys.executable, script, "chain", str(steps), str(state), *extra])
 
     def contract_floor(steps: int, state: Path, commit: int = syncs) -> float:
         return children.run(lean_floor_argv(steps, state, commit), log)
@@ -1135,6 +1145,7 @@ def bench_process(cfg: Config, children: Children, syncs: int) -> list[Metric]:
             lambda: small.base.append(floor(3, tmp / f"p3-floor-{index}")),
             lambda: contract_small.append(contract_floor(3, tmp / f"p3-contract-{index}")),
             lambda: commits.ours.append(contract_floor(3, tmp / f"p3-other-{index}", other)),
+            lambda: small_vs_frozen.base.append(floor(3, tmp / f"p3-frozen-{index}", "--freeze")),
         )
 
     ours_root, floor_state = tmp / "rerun-ours", tmp / "rerun-floor"
@@ -1152,6 +1163,7 @@ def bench_process(cfg: Config, children: Children, syncs: int) -> list[Metric]:
     floor(3, tmp / "p3-floor-warm-up")
     contract_floor(3, tmp / "p3-contract-warm-up")
     contract_floor(3, tmp / "p3-other-warm-up", other)
+    floor(3, tmp / "p3-frozen-warm-up", "--freeze")
     for index in range(cfg.processes):
         progress(f"whole process, 3 steps: run {index + 1}/{cfg.processes}")
         cold_round(index)
@@ -1165,7 +1177,15 @@ def bench_process(cfg: Config, children: Children, syncs: int) -> list[Metric]:
     for root, files in before.items():
         if snapshot(root) != files:
             raise RuntimeError(f"the re-run of the finished {root.name} rewrote files")
-    return [small, contract_vs_plain, small_vs_contract, commits, rerun, rerun_vs_contract]
+    return [
+        small,
+        contract_vs_plain,
+        small_vs_contract,
+        small_vs_frozen,
+        commits,
+        rerun,
+        rerun_vs_contract,
+    ]
 
 
 # -- the machine, the report ---------------------------------------------------------------

@@ -89,6 +89,7 @@ KEYS = {
     "process_3_steps",
     "process_contract_floor",
     "process_3_steps_vs_contract",
+    "process_3_steps_vs_frozen_plain",
     "process_lean_floor_commits",
     "process_rerun",
     "process_rerun_vs_contract",
@@ -115,6 +116,7 @@ INFO_KEYS = {
     "startup_import_vs_json",
     "startup_retry",
     "process_contract_floor",
+    "process_3_steps_vs_frozen_plain",
     "process_lean_floor_commits",
     "process_rerun_vs_contract",
 }
@@ -189,6 +191,9 @@ def test_the_runner_prints_a_table_with_a_ratio_row_per_metric(tmp_path: Path) -
         == by_key["process_lean_floor_commits"]["baseline_samples"]
     )
     assert by_key["process_rerun_vs_contract"]["stalwart_samples"] == rerun["stalwart_samples"]
+    frozen = by_key["process_3_steps_vs_frozen_plain"]
+    assert frozen["stalwart_samples"] == small["stalwart_samples"]
+    assert len(frozen["baseline_samples"]) == len(small["baseline_samples"])  # the same rounds
     assert by_key["process_contract_floor"]["subject"].startswith("lean contract floor")
     assert "      lean contract floor " in result.stdout  # its spread line names what it measured
     for metric in document["metrics"]:
