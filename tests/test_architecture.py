@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import stalwart
 
 PACKAGE = Path(stalwart.__file__).parent
@@ -138,12 +140,15 @@ def test_disk_and_http_layers_know_nothing_of_runs() -> None:
 
 def typed_records(path: Path) -> dict[str, tuple[list[str], list[str]]]:
     """``class _XFields(NamedTuple)`` declared under ``if TYPE_CHECKING:``: its field names and
-    the source of its defaults, and the same read from the ``record_type(...)`` of the
-    ``else:`` branch, as {name: (typed, runtime)} with each side ``fields + ["=" + default]``."""
+    the source of its defaults, and the same read from the ``__new__`` that the
+    ``record_type(...)`` of the ``else:`` branch is given, as {name: (typed, runtime)} with
+    each side ``fields + ["=" + default]``. A ``__new__`` must return its parameters, in
+    order, as the tuple (``tuple.__new__(_cls, (a, b, ...))``)."""
     found: dict[str, tuple[list[str], list[str]]] = {}
     for node in ast.parse(path.read_text(), str(path)).body:
         if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"):
             continue
+        functions = {f.name: f for f in node.orelse if isinstance(f, ast.FunctionDef)}
         for cls in node.body:
             if not isinstance(cls, ast.ClassDef) or ast.unparse(cls.bases[0]) != "NamedTuple":
                 continue
@@ -160,13 +165,15 @@ def typed_records(path: Path) -> dict[str, tuple[list[str], list[str]]]:
                     and ast.unparse(other.targets[0]) == cls.name
                     and isinstance(other.value, ast.Call)
                 ):
-                    names = other.value.args[1]
-                    assert isinstance(names, ast.List), cls.name
-                    runtime = [ast.literal_eval(e) for e in names.elts]
-                    for keyword in other.value.keywords:
-                        if keyword.arg == "defaults":
-                            assert isinstance(keyword.value, ast.Tuple), cls.name
-                            runtime += ["=" + ast.unparse(e) for e in keyword.value.elts]
+                    new = functions[ast.unparse(other.value.args[1])]
+                    params = [a.arg for a in new.args.args[1:]]
+                    values = ", ".join(params) + ("," if len(params) == 1 else "")
+                    returned = f"tuple.__new__(_cls, ({values}))"
+                    [body] = new.body
+                    assert isinstance(body, ast.Return), new.name
+                    assert body.value is not None, new.name
+                    assert ast.unparse(body.value) == returned, f"{new.name}: not its parameters"
+                    runtime = params + ["=" + ast.unparse(d) for d in new.args.defaults]
             found[f"{path.stem}.{cls.name}"] = (typed, runtime)
     return found
 
@@ -191,8 +198,27 @@ def test_a_record_that_drifted_is_caught(tmp_path: Path) -> None:
         "        a: int\n"
         "        b: int = 0\n"
         "else:\n"
-        "    _AFields = record_type('A', ['a', 'b', 'c'], defaults=(0,))\n"
+        "    def _new_a(_cls, a, b, c=0):\n"
+        "        return tuple.__new__(_cls, (a, b, c))\n"
+        "    _AFields = record_type('A', _new_a)\n"
     )
     [(typed, runtime)] = typed_records(source).values()
     assert typed == ["a", "b", "=0"]
     assert runtime == ["a", "b", "c", "=0"]
+
+
+def test_a_new_that_does_not_return_its_parameters_is_caught(tmp_path: Path) -> None:
+    source = tmp_path / "swapped.py"
+    source.write_text(
+        "TYPE_CHECKING = False\n"
+        "if TYPE_CHECKING:\n"
+        "    class _AFields(NamedTuple):\n"
+        "        a: int\n"
+        "        b: int\n"
+        "else:\n"
+        "    def _new_a(_cls, a, b):\n"
+        "        return tuple.__new__(_cls, (b, a))\n"
+        "    _AFields = record_type('A', _new_a)\n"
+    )
+    with pytest.raises(AssertionError, match="_new_a: not its parameters"):
+        typed_records(source)

@@ -22,7 +22,11 @@ if TYPE_CHECKING:  # as the package declares its records
         c: int = 3
 
 else:
-    Ours = record_type("Point", ["a", "b", "c"], defaults=(3,))
+
+    def _new_point(_cls, a, b, c=3):  # as the package declares its records
+        return tuple.__new__(_cls, (a, b, c))
+
+    Ours = record_type("Point", _new_point)
 Point = namedtuple("Point", ["a", "b", "c"], defaults=(3,))  # the reference
 
 
@@ -53,20 +57,24 @@ def test_any_call_makes_the_same_tuple_or_fails_the_same_way(
     assert outcome(Ours, args, kwargs) == outcome(Point, args, kwargs)
 
 
+def failure(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    try:
+        factory(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return "no error"
+
+
 @pytest.mark.parametrize(
-    ("args", "kwargs", "says"),
-    [
-        ((1, 2, 3, 4), {}, "takes 3 positional arguments but 4 were given"),
-        ((1,), {}, "missing required argument: 'b'"),
-        ((1, 2), {"a": 5}, "got multiple values for argument 'a'"),
-        ((1, 2), {"d": 5}, "got an unexpected keyword argument 'd'"),
-    ],
+    ("args", "kwargs"),
+    [((1, 2, 3, 4), {}), ((1,), {}), ((1, 2), {"a": 5}), ((1, 2), {"d": 5}), ((), {"c": 1})],
 )
-def test_a_wrong_call_says_what_is_wrong(
-    args: tuple[Any, ...], kwargs: dict[str, Any], says: str
+def test_a_wrong_call_says_what_namedtuple_says(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    with pytest.raises(TypeError, match=f"^Point\\(\\) {says}$"):
-        Ours(*args, **kwargs)
+    message = failure(Ours, args, kwargs)
+    assert message.startswith("Point.__new__() ")  # named as namedtuple's is
+    assert message == failure(Point, args, kwargs)
 
 
 def test_the_class_has_what_namedtuple_gives_it() -> None:

@@ -66,7 +66,11 @@ if TYPE_CHECKING:
         first_run_id: str
 
 else:
-    _StreakDecisionFields = record_type("StreakDecision", ["send", "streak", "first_run_id"])
+
+    def _new_streak_decision(_cls, send, streak, first_run_id):
+        return tuple.__new__(_cls, (send, streak, first_run_id))
+
+    _StreakDecisionFields = record_type("StreakDecision", _new_streak_decision)
 
 
 class StreakDecision(_StreakDecisionFields):

@@ -48,9 +48,11 @@ if TYPE_CHECKING:
         """The policy of the step's ``ctx.http`` calls (default: the client's)."""
 
 else:
-    _StepFields = record_type(
-        "Step", ["name", "fn", "retry", "timeout", "http_retry"], defaults=(None, None, None)
-    )
+
+    def _new_step(_cls, name, fn, retry=None, timeout=None, http_retry=None):
+        return tuple.__new__(_cls, (name, fn, retry, timeout, http_retry))
+
+    _StepFields = record_type("Step", _new_step)
 
 
 class Step(_StepFields):

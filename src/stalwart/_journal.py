@@ -80,7 +80,11 @@ if TYPE_CHECKING:
         detail: str = ""
 
 else:
-    _EntryFields = record_type("Entry", ["id", "state", "detail"], defaults=("",))
+
+    def _new_entry(_cls, id, state, detail=""):
+        return tuple.__new__(_cls, (id, state, detail))
+
+    _EntryFields = record_type("Entry", _new_entry)
 
 
 class Entry(_EntryFields):
@@ -96,7 +100,11 @@ if TYPE_CHECKING:
         bad: int
 
 else:
-    _ReplayFields = record_type("Replay", ["entries", "bad"])
+
+    def _new_replay(_cls, entries, bad):
+        return tuple.__new__(_cls, (entries, bad))
+
+    _ReplayFields = record_type("Replay", _new_replay)
 
 
 class Replay(_ReplayFields):

@@ -7,20 +7,21 @@ directory and file names, so they are never allowed to be paths.
 The records are named tuples: immutable, compared and printed by their fields, as frozen
 dataclasses would be, but cheaper to define at every start (no ``dataclasses`` module, with
 its ``inspect``, ``ast`` and ``dis``: ~6 ms). Type checkers see each as a ``typing.NamedTuple``
-(under ``TYPE_CHECKING``); at run time it is a ``record_type`` with the same fields and
-defaults (``tests/test_architecture.py`` keeps the two equal), so a run never imports
-``typing`` (~3 ms). Methods live on a subclass with ``__slots__ = ()``. ``record_type`` is
-``collections.namedtuple`` without the ``eval`` that compiles each ``__new__`` at every start
-(0.24 ms for the ten records a run defines; the test suite holds the two to the same
-behaviour). The run's other records (``Step``, ``Failure``, ``RunServices``, the journal's
-``Entry``) are made by it too.
+(under ``TYPE_CHECKING``); at run time it is a ``record_type`` made from a ``__new__`` that
+takes the same fields with the same defaults (``tests/test_architecture.py`` keeps the two
+equal), so a run never imports ``typing`` (~3 ms). Methods live on a subclass with
+``__slots__ = ()``. ``record_type`` is ``collections.namedtuple`` with that ``__new__``
+written out in the module rather than compiled from source at every start (0.24 ms for the
+ten records a run defines; ``tests/test_records.py`` holds the two to the same behaviour).
+The run's other records (``Step``, ``Failure``, ``RunServices``, the journal's ``Entry``)
+are made by it too.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from types import MappingProxyType
 
@@ -53,54 +54,20 @@ __all__ = [
 MARKER_FORMAT = 1
 
 
+try:  # the C descriptor namedtuple's fields are (a field read is on every skip decision)
+    from _collections import _tuplegetter as _field  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - CPython has it; what namedtuple falls back to
+
+    def _field(index: int, doc: str) -> Any:
+        return property(itemgetter(index), doc=doc)
+
+
 class _Record(tuple):  # type: ignore[type-arg]  # the field types: the typed NamedTuple's
     """What ``collections.namedtuple`` puts on every class it makes, written once."""
 
     __slots__ = ()
     _fields: tuple[str, ...] = ()
     _field_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only, replaced per record
-    _default_values: tuple[Any, ...] = ()  # the same values, in field order
-
-    _by_name: Callable[[dict[str, Any]], tuple[Any, ...]] = staticmethod(lambda _: ())
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if not kwargs:
-            missing = len(cls._fields) - len(args)
-            if missing == 0:
-                return tuple.__new__(cls, args)
-            if 0 < missing <= len(cls._default_values):  # the last fields, left to defaults
-                return tuple.__new__(cls, args + cls._default_values[-missing:])
-        elif not args:  # all by keyword, as records are mostly made: no Python-level loop
-            values = {**cls._field_defaults, **kwargs} if cls._field_defaults else kwargs
-            if len(values) == len(cls._fields):  # then a missing field means an unknown one
-                try:
-                    return tuple.__new__(cls, cls._by_name(values))
-                except KeyError:
-                    pass  # _arguments says which
-        return tuple.__new__(cls, cls._arguments(args, kwargs))
-
-    @classmethod
-    def _arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """The values of every field from a call's arguments, or ``TypeError`` as a
-        function of those parameters would raise."""
-        fields = cls._fields
-        if len(args) > len(fields):
-            raise TypeError(
-                f"{cls.__name__}() takes {len(fields)} positional arguments "
-                f"but {len(args)} were given"
-            )
-        values = list(args)
-        for name in fields[len(args) :]:
-            if name in kwargs:
-                values.append(kwargs.pop(name))
-            elif name in cls._field_defaults:
-                values.append(cls._field_defaults[name])
-            else:
-                raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
-        for name in kwargs:  # names that are no field, or given positionally as well
-            problem = "got multiple values for" if name in fields else "got an unexpected keyword"
-            raise TypeError(f"{cls.__name__}() {problem} argument {name!r}")
-        return tuple(values)
 
     @classmethod
     def _make(cls, iterable: Iterable[Any]) -> Any:
@@ -126,29 +93,33 @@ class _Record(tuple):  # type: ignore[type-arg]  # the field types: the typed Na
         return tuple(self)
 
 
-def record_type(
-    typename: str, field_names: Sequence[str], *, defaults: tuple[Any, ...] = ()
-) -> Any:
-    """``collections.namedtuple(typename, field_names, defaults=defaults)``, the same class in
-    every way a caller can see (a tuple, its fields as read-only attributes, ``_fields``,
-    ``_field_defaults``, ``_make``, ``_replace``, ``_asdict``, its ``repr``, pickling), made
-    without compiling a ``__new__`` from source (``namedtuple`` ``eval``s one each time:
-    0.35 million instructions, two thirds of what the class costs)."""
-    fields = tuple(field_names)
+def record_type(typename: str, new: Callable[..., Any]) -> Any:
+    """``collections.namedtuple`` for the fields that ``new`` takes, ``new`` as its
+    ``__new__``: ``def _new(_cls, a, b=0): return tuple.__new__(_cls, (a, b))`` gives
+    ``namedtuple(typename, ["a", "b"], defaults=(0,))``, the same class in every way a
+    caller can see (a tuple, its fields as read-only attributes, ``_fields``,
+    ``_field_defaults``, ``_make``, ``_replace``, ``_asdict``, its ``repr``, pickling, the
+    errors of a wrong call).
+
+    ``namedtuple`` makes that ``__new__`` by compiling its source at every start (``eval``:
+    0.35 million instructions, two thirds of what the class costs); ``new`` is compiled
+    with its module, once, into the bytecode cache. ``tests/test_architecture.py`` checks
+    that each ``new`` returns its parameters in order, and that they are the fields of the
+    record's typed declaration."""
+    code = new.__code__
+    fields = code.co_varnames[1 : code.co_argcount]
+    defaults = new.__defaults__ or ()
+    new.__name__, new.__qualname__ = "__new__", f"{typename}.__new__"
     namespace: dict[str, Any] = {
         "__slots__": (),
         "__doc__": f"{typename}({', '.join(fields)})",
+        "__new__": new,
         "_fields": fields,
         "_field_defaults": dict(zip(fields[len(fields) - len(defaults) :], defaults, strict=True)),
-        "_default_values": tuple(defaults),
         "__match_args__": fields,
     }
     for index, name in enumerate(fields):
-        namespace[name] = property(itemgetter(index), doc=f"Alias for field number {index}")
-    if len(fields) > 1:  # the values of a keyword call in field order, in one C call
-        namespace["_by_name"] = staticmethod(itemgetter(*fields))
-    elif fields:  # (itemgetter of one key returns the value, not a tuple)
-        namespace["_by_name"] = staticmethod(lambda values, name=fields[0]: (values[name],))
+        namespace[name] = _field(index, f"Alias for field number {index}")
     return type(typename, (_Record,), namespace)
 
 
@@ -218,7 +189,11 @@ if TYPE_CHECKING:
         sha256: str
 
 else:
-    _OutputRecordFields = record_type("OutputRecord", ["name", "size", "sha256"])
+
+    def _new_output_record(_cls, name, size, sha256):
+        return tuple.__new__(_cls, (name, size, sha256))
+
+    _OutputRecordFields = record_type("OutputRecord", _new_output_record)
 
 
 class OutputRecord(_OutputRecordFields):
@@ -235,7 +210,11 @@ if TYPE_CHECKING:
         sha256: str
 
 else:
-    _InputRecordFields = record_type("InputRecord", ["name", "step", "sha256"])
+
+    def _new_input_record(_cls, name, step, sha256):
+        return tuple.__new__(_cls, (name, step, sha256))
+
+    _InputRecordFields = record_type("InputRecord", _new_input_record)
 
 
 class InputRecord(_InputRecordFields):
@@ -268,25 +247,43 @@ if TYPE_CHECKING:
         format: int = MARKER_FORMAT
 
 else:
-    _MarkerFields = record_type(
-        "Marker",
-        [
-            "pipeline",
-            "step",
-            "run_id",
-            "started",
-            "finished",
-            "duration_s",
-            "attempts",
-            "retries",
-            "runs",
-            "outputs",
-            "inputs",
-            "params",
-            "format",
-        ],
-        defaults=((), (), NO_PARAMS, MARKER_FORMAT),
-    )
+
+    def _new_marker(  # noqa: PLR0917 - the fields, as namedtuple takes them
+        _cls,
+        pipeline,
+        step,
+        run_id,
+        started,
+        finished,
+        duration_s,
+        attempts,
+        retries,
+        runs,
+        outputs=(),
+        inputs=(),
+        params=NO_PARAMS,
+        format=MARKER_FORMAT,
+    ):
+        return tuple.__new__(
+            _cls,
+            (
+                pipeline,
+                step,
+                run_id,
+                started,
+                finished,
+                duration_s,
+                attempts,
+                retries,
+                runs,
+                outputs,
+                inputs,
+                params,
+                format,
+            ),
+        )
+
+    _MarkerFields = record_type("Marker", _new_marker)
 
 
 class Marker(_MarkerFields):
@@ -439,22 +436,37 @@ if TYPE_CHECKING:
         extra: Mapping[str, Any] = MappingProxyType({})
 
 else:
-    _StepRecordFields = record_type(
-        "StepRecord",
-        [
-            "runs",
-            "started",
-            "outcome",
-            "finished",
-            "error_type",
-            "error",
-            "attempts",
-            "retries",
-            "dead_letter_id",
-            "extra",
-        ],
-        defaults=(0, "", "", "", "", "", 0, 0, "", MappingProxyType({})),
-    )
+
+    def _new_step_record(  # noqa: PLR0917 - the fields, as namedtuple takes them
+        _cls,
+        runs=0,
+        started="",
+        outcome="",
+        finished="",
+        error_type="",
+        error="",
+        attempts=0,
+        retries=0,
+        dead_letter_id="",
+        extra=MappingProxyType({}),
+    ):
+        return tuple.__new__(
+            _cls,
+            (
+                runs,
+                started,
+                outcome,
+                finished,
+                error_type,
+                error,
+                attempts,
+                retries,
+                dead_letter_id,
+                extra,
+            ),
+        )
+
+    _StepRecordFields = record_type("StepRecord", _new_step_record)
 
 
 class StepRecord(_StepRecordFields):
@@ -512,9 +524,11 @@ if TYPE_CHECKING:
         corrupt: bool = False
 
 else:
-    _SkipDecisionFields = record_type(
-        "SkipDecision", ["done", "reason", "marker", "corrupt"], defaults=(None, False)
-    )
+
+    def _new_skip_decision(_cls, done, reason, marker=None, corrupt=False):
+        return tuple.__new__(_cls, (done, reason, marker, corrupt))
+
+    _SkipDecisionFields = record_type("SkipDecision", _new_skip_decision)
 
 
 class SkipDecision(_SkipDecisionFields):

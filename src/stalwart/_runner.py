@@ -77,20 +77,33 @@ if TYPE_CHECKING:
         """The process's exit code: 1, or the code of a ``sys.exit(code)`` inside the step."""
 
 else:
-    _FailureFields = record_type(
-        "Failure",
-        [
-            "step",
-            "error",
-            "message",
-            "attempts",
-            "alert_sent",
-            "dead_letter_ids",
-            "resume_command",
-            "exit_code",
-        ],
-        defaults=(1,),
-    )
+
+    def _new_failure(  # noqa: PLR0917 - the fields, as namedtuple takes them
+        _cls,
+        step,
+        error,
+        message,
+        attempts,
+        alert_sent,
+        dead_letter_ids,
+        resume_command,
+        exit_code=1,
+    ):
+        return tuple.__new__(
+            _cls,
+            (
+                step,
+                error,
+                message,
+                attempts,
+                alert_sent,
+                dead_letter_ids,
+                resume_command,
+                exit_code,
+            ),
+        )
+
+    _FailureFields = record_type("Failure", _new_failure)
 
 
 class Failure(_FailureFields):

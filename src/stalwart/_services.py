@@ -111,11 +111,13 @@ if TYPE_CHECKING:
         run's lease); ``None`` for a local directory (``root``)."""
 
 else:
-    _RunServicesFields = record_type(
-        "RunServices",
-        ["pipeline", "root", "http", "alerters", "emit", "resume_hint", "store"],
-        defaults=(None, None),
-    )
+
+    def _new_run_services(  # noqa: PLR0917 - the fields, as namedtuple takes them
+        _cls, pipeline, root, http, alerters, emit, resume_hint=None, store=None
+    ):
+        return tuple.__new__(_cls, (pipeline, root, http, alerters, emit, resume_hint, store))
+
+    _RunServicesFields = record_type("RunServices", _new_run_services)
 
 
 class RunServices(_RunServicesFields):
