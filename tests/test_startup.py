@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from stalwart.cli._main import run_cli
+from stalwart.cli._main import freeze_start_up, run_cli
 from stalwart.cli._parser import build_parser
 
 PIPELINE = """
@@ -240,3 +240,10 @@ def test_run_cli_alone_freezes_nothing(tmp_path: Path) -> None:
     code = run_cli(["status"], pipeline=None, stderr=io.StringIO())
     assert code == 2  # `status` needs a pipeline: a usage error, after parsing
     assert gc.get_freeze_count() == frozen
+
+
+def test_an_interpreter_without_gc_freeze_runs_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gc.freeze`` is CPython's (PyPy has none): the entry points then freeze nothing."""
+    monkeypatch.delattr(gc, "freeze")
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: pytest.fail("asked without freeze"))
+    freeze_start_up()  # no AttributeError

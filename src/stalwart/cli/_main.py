@@ -60,8 +60,9 @@ def freeze_start_up() -> None:
     still freed by reference counting; only a reference cycle among them is left to the
     process's exit. What the run creates is collected, and finalized at exit, as before.
     """
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
+    freeze = getattr(gc, "freeze", None)  # CPython's; an interpreter without it skips this
+    if freeze is not None and gc.get_freeze_count() == 0:
+        freeze()
 
 
 def run_cli(argv: list[str], *, pipeline: Pipeline | None, stderr: TextIO | None = None) -> int:
